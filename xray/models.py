@@ -1,0 +1,284 @@
+"""Load and save timm classifiers in the Hugging Face layout (`config.json`, `model.safetensors`, `README.md`).
+
+A model name is one of:
+- `hf-hub:org/repo[@revision]`: a Hugging Face hub repository (the local HF cache is used offline);
+- `local-dir:PATH`: a folder on disk;
+- a short name: a folder under the bundled models directory (`models/` in the repository).
+
+All three resolve to a folder and then load through the same code, so `label_names`, input size, mean/std,
+temperature and threshold always come from `config.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xray.config import get_settings
+from xray.errors import ModelConfigError, ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+HF_PREFIX = "hf-hub:"
+LOCAL_PREFIX = "local-dir:"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+METRICS_NAME = "metrics.json"
+
+
+@dataclass
+class LoadedModel:
+    """A classifier ready for inference, with everything `config.json` says about it.
+
+    Attributes:
+        name: the name it was loaded by (`hf-hub:...`, `local-dir:...` or a bundled short name).
+        model: the timm module in eval mode (float32, channels_last).
+        architecture: timm architecture name, e.g. `mobilenetv3_large_100`.
+        label_names: class names in output order.
+        data_config: timm data config (input_size, mean, std, interpolation).
+        temperature: softmax temperature fitted on validation (1.0 = uncalibrated).
+        threshold: operating threshold on the positive class probability (binary models), else None.
+        positive_label: the class the threshold applies to (binary models), else None.
+        path: the folder the files were read from.
+        version: hub revision when known, else a short hash of the weights.
+        config: the whole parsed config.json.
+        metrics: parsed metrics.json when present, else {}.
+        lock: serialises Grad-CAM, whose hooks on the shared module must not interleave between threads.
+    """
+
+    name: str
+    model: torch.nn.Module
+    architecture: str
+    label_names: list[str]
+    data_config: dict[str, Any]
+    temperature: float
+    threshold: float | None
+    positive_label: str | None
+    path: Path
+    version: str
+    config: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def card(self) -> str:
+        """The model card (README.md) text, or an empty string when the folder has none."""
+        card_path = self.path / CARD_NAME
+        return card_path.read_text(encoding="utf-8") if card_path.is_file() else ""
+
+    @property
+    def num_parameters(self) -> int:
+        """Number of parameters of the network."""
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def _split_revision(repo: str) -> tuple[str, str | None]:
+    repo_id, _, revision = repo.partition("@")
+    return repo_id, (revision or None)
+
+
+def resolve_model_dir(name: str) -> tuple[Path, str | None]:
+    """Turn a model name into a local folder, downloading from the hub (or reading its cache) when needed.
+
+    Args:
+        name: `hf-hub:org/repo[@revision]`, `local-dir:PATH` or the short name of a bundled model.
+
+    Returns:
+        The folder holding config.json and the weights, and the hub commit hash when it came from the hub.
+
+    Raises:
+        ModelNotFoundError: the name resolves to nothing usable; the message says how to make it available.
+    """
+    if name.startswith(HF_PREFIX):
+        return _resolve_hub(name[len(HF_PREFIX):])
+    if name.startswith(LOCAL_PREFIX):
+        path = Path(name[len(LOCAL_PREFIX):]).expanduser()
+        if not (path / CONFIG_NAME).is_file():
+            raise ModelNotFoundError(
+                f"Model folder '{path}' has no {CONFIG_NAME}. A local-dir: model must be a folder written by "
+                f"xray.models.save_model or timm's save_for_hf ({CONFIG_NAME} with label_names, {WEIGHTS_NAME})."
+            )
+        return path, None
+    bundled = get_settings().models_dir / name
+    if (bundled / CONFIG_NAME).is_file():
+        return bundled, None
+    available = ", ".join(list_bundled_models()) or "none"
+    raise ModelNotFoundError(
+        f"Unknown model '{name}'. Use the name of a bundled model (available: {available}), "
+        f"'hf-hub:org/repo[@revision]' or 'local-dir:PATH'."
+    )
+
+
+def _resolve_hub(repo: str) -> tuple[Path, str | None]:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    repo_id, revision = _split_revision(repo)
+    try:
+        folder = snapshot_download(
+            repo_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, METRICS_NAME, "*.png"]
+        )
+    except LocalEntryNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"Model 'hf-hub:{repo}' is not in the local Hugging Face cache and the hub cannot be reached. "
+            f"Connect to the internet once, or run `huggingface-cli download {repo_id}` on a connected machine "
+            f"and copy the cache (HF_HOME), or use 'local-dir:PATH' with the downloaded folder."
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"Hub repository '{repo_id}' does not exist or is private. Check the name, or log in with "
+            f"`huggingface-cli login` for a private repository."
+        ) from exc
+    except HfHubHTTPError as exc:
+        raise ModelNotFoundError(f"Could not download 'hf-hub:{repo}' from the hub: {exc}") from exc
+    path = Path(folder)
+    # snapshot folders are named by commit hash: that is the exact version served.
+    return path, path.name
+
+
+def list_bundled_models() -> list[str]:
+    """Short names of the bundled models (folders with a config.json under the models directory)."""
+    root = get_settings().models_dir
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / CONFIG_NAME).is_file())
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """Read and check a model folder's config.json."""
+    try:
+        config = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelConfigError(f"Cannot read {path / CONFIG_NAME}: {exc}") from exc
+    for key in ("architecture", "num_classes", "label_names"):
+        if key not in config:
+            raise ModelConfigError(f"{path / CONFIG_NAME} lacks '{key}'; it needs architecture, num_classes, label_names.")
+    if len(config["label_names"]) != config["num_classes"]:
+        raise ModelConfigError(
+            f"{path / CONFIG_NAME} has {len(config['label_names'])} label_names for {config['num_classes']} classes."
+        )
+    return config
+
+
+def build_model(config: dict[str, Any]) -> torch.nn.Module:
+    """Create the timm network a config.json describes, without weights."""
+    import timm
+
+    kwargs = dict(config.get("model_args") or {})
+    kwargs.setdefault("num_classes", config["num_classes"])
+    if "global_pool" in config:
+        kwargs.setdefault("global_pool", config["global_pool"])
+    pretrained_cfg = config.get("pretrained_cfg") or {}
+    try:
+        return timm.create_model(config["architecture"], pretrained=False, pretrained_cfg_overlay=pretrained_cfg, **kwargs)
+    except RuntimeError as exc:
+        raise ModelConfigError(f"timm cannot build '{config['architecture']}': {exc}") from exc
+
+
+def load_model_dir(path: Path, *, name: str | None = None, version: str | None = None) -> LoadedModel:
+    """Load a model folder (config.json + model.safetensors) into an eval-mode float32 `LoadedModel`."""
+    from safetensors.torch import load_file
+
+    from xray.transforms import data_config_for
+
+    config = read_config(path)
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ModelConfigError(f"Model folder '{path}' has no {WEIGHTS_NAME}.")
+    model = build_model(config)
+    state = load_file(str(weights))
+    # Weights may be stored in fp16 to keep bundled models small; compute stays in float32.
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelConfigError(f"{weights} does not match architecture '{config['architecture']}': {exc}") from exc
+    model.eval().to(memory_format=torch.channels_last)
+    labels = list(config["label_names"])
+    binary = len(labels) == 2
+    positive = config.get("positive_label") or (labels[1] if binary else None)
+    metrics_path = path / METRICS_NAME
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+    if version is None:
+        version = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    return LoadedModel(
+        name=name or f"{LOCAL_PREFIX}{path}",
+        model=model,
+        architecture=config["architecture"],
+        label_names=labels,
+        data_config=data_config_for(model),
+        temperature=float(config.get("temperature") or 1.0),
+        threshold=float(config.get("threshold", 0.5)) if binary else None,
+        positive_label=positive,
+        path=path,
+        version=version,
+        config=config,
+        metrics=metrics,
+    )
+
+
+@lru_cache(maxsize=8)
+def load_model(name: str) -> LoadedModel:
+    """Load a model by name once per process (later calls return the cached instance).
+
+    Args:
+        name: `hf-hub:org/repo[@revision]`, `local-dir:PATH` or the short name of a bundled model.
+
+    Raises:
+        ModelNotFoundError: the name cannot be resolved (message says how to make it available).
+        ModelConfigError: the folder's config or weights are unusable.
+    """
+    path, revision = resolve_model_dir(name)
+    loaded = load_model_dir(path, name=name, version=revision)
+    logger.info("loaded model %s (%s, %s)", name, loaded.architecture, loaded.version)
+    return loaded
+
+
+def save_model(
+    model: torch.nn.Module,
+    out_dir: str | Path,
+    *,
+    label_names: list[str],
+    extra_config: dict[str, Any] | None = None,
+    half: bool = False,
+) -> Path:
+    """Save a timm classifier in the hub layout timm's `save_for_hf` writes, with our keys in config.json.
+
+    Args:
+        model: a timm classifier whose head has `len(label_names)` outputs.
+        out_dir: destination folder (created).
+        label_names: class names in output order.
+        extra_config: more keys for config.json, e.g. temperature, threshold, positive_label, ood statistics.
+        half: store floating-point weights as fp16 (halves the file; they are loaded back as float32).
+
+    Returns:
+        The folder written.
+    """
+    from timm.models import save_for_hf
+
+    out = Path(out_dir)
+    model_config = {"label_names": list(label_names), **(extra_config or {})}
+    if half:
+        # save_for_hf saves the module's own state dict, so cast a copy rather than the caller's model.
+        import copy
+
+        model = copy.deepcopy(model).half()
+    save_for_hf(model, str(out), model_config=model_config, safe_serialization=True)
+    return out
+
+
+def update_config(path: str | Path, **values: Any) -> None:
+    """Merge keys into an existing model folder's config.json (e.g. temperature and threshold after calibration)."""
+    config_path = Path(path) / CONFIG_NAME
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config.update(values)
+    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

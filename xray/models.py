@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,13 @@ class LoadedModel:
         """The model card (README.md) text, or an empty string when the folder has none."""
         card_path = self.path / CARD_NAME
         return card_path.read_text(encoding="utf-8") if card_path.is_file() else ""
+
+    @cached_property
+    def transform(self) -> Any:
+        """The evaluation transform (whole-image resize + normalisation) from this model's data config."""
+        from xray.transforms import build_transform
+
+        return build_transform(self.data_config)
 
     @property
     def num_parameters(self) -> int:
@@ -161,7 +168,9 @@ def read_config(path: Path) -> dict[str, Any]:
         raise ModelConfigError(f"Cannot read {path / CONFIG_NAME}: {exc}") from exc
     for key in ("architecture", "num_classes", "label_names"):
         if key not in config:
-            raise ModelConfigError(f"{path / CONFIG_NAME} lacks '{key}'; it needs architecture, num_classes, label_names.")
+            raise ModelConfigError(
+                f"{path / CONFIG_NAME} lacks '{key}'; it needs architecture, num_classes and label_names."
+            )
     if len(config["label_names"]) != config["num_classes"]:
         raise ModelConfigError(
             f"{path / CONFIG_NAME} has {len(config['label_names'])} label_names for {config['num_classes']} classes."
@@ -179,7 +188,9 @@ def build_model(config: dict[str, Any]) -> torch.nn.Module:
         kwargs.setdefault("global_pool", config["global_pool"])
     pretrained_cfg = config.get("pretrained_cfg") or {}
     try:
-        return timm.create_model(config["architecture"], pretrained=False, pretrained_cfg_overlay=pretrained_cfg, **kwargs)
+        return timm.create_model(
+            config["architecture"], pretrained=False, pretrained_cfg_overlay=pretrained_cfg, **kwargs
+        )
     except RuntimeError as exc:
         raise ModelConfigError(f"timm cannot build '{config['architecture']}': {exc}") from exc
 
@@ -203,6 +214,8 @@ def load_model_dir(path: Path, *, name: str | None = None, version: str | None =
     except RuntimeError as exc:
         raise ModelConfigError(f"{weights} does not match architecture '{config['architecture']}': {exc}") from exc
     model.eval().to(memory_format=torch.channels_last)
+    # Inference never needs weight gradients; Grad-CAM attaches its own gradient at the target layer.
+    model.requires_grad_(False)
     labels = list(config["label_names"])
     binary = len(labels) == 2
     positive = config.get("positive_label") or (labels[1] if binary else None)

@@ -1,0 +1,68 @@
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from xray.__main__ import main
+from xray.batch import iter_image_files
+
+
+@pytest.fixture()
+def mixed_folder(tmp_path: Path, kermany_fullres: list[Path]) -> Path:
+    folder = tmp_path / "in"
+    (folder / "NORMAL").mkdir(parents=True)
+    (folder / "PNEUMONIA").mkdir()
+    shutil.copy(kermany_fullres[0], folder / "NORMAL" / "a.jpeg")
+    shutil.copy(kermany_fullres[-1], folder / "PNEUMONIA" / "a.jpeg")  # same name, other folder
+    (folder / "notes.txt").write_text("not an image and not scanned")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    return folder
+
+
+def test_folder_scan_is_recursive_and_skips_non_images(mixed_folder: Path):
+    names = [p.relative_to(mixed_folder).as_posix() for p in iter_image_files([mixed_folder])]
+    assert names == ["NORMAL/a.jpeg", "PNEUMONIA/a.jpeg", "broken.png"]
+
+
+def test_predict_json_reports_each_file_and_bad_file_is_not_fatal(
+    mixed_folder: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    cams = tmp_path / "cams"
+    code = main(["predict", str(mixed_folder), "--model", f"local-dir:{tiny_model_dir}", "--json", "--cam", str(cams)])
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 1  # one file failed
+    assert [Path(r["file"]).name for r in rows] == ["a.jpeg", "a.jpeg", "broken.png"]
+    good, bad = rows[:2], rows[2]
+    for row in good:
+        assert row["model"] == f"local-dir:{tiny_model_dir}"
+        assert row["label"] in {"NORMAL", "PNEUMONIA"}
+        assert set(row["probabilities"]) == {"NORMAL", "PNEUMONIA"}
+    assert bad["label"] is None and bad["probabilities"] is None and bad["error"]
+    written = sorted(p.name for p in cams.iterdir())
+    assert written == ["a_2_cam.png", "a_cam.png"]
+    with Image.open(cams / "a_cam.png") as overlay, Image.open(mixed_folder / "NORMAL" / "a.jpeg") as original:
+        assert overlay.size == original.size and overlay.mode == "RGB"
+
+
+def test_predict_csv_has_a_probability_column_per_class(
+    mixed_folder: Path, tiny_model_dir: Path, tmp_path: Path
+):
+    out = tmp_path / "out.csv"
+    main(["predict", str(mixed_folder / "NORMAL"), "--model", f"local-dir:{tiny_model_dir}", "--csv", str(out)])
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert len(rows) == 1
+    assert list(rows[0]) == ["file", "model", "label", "p_NORMAL", "p_PNEUMONIA", "error"]
+    assert abs(float(rows[0]["p_NORMAL"]) + float(rows[0]["p_PNEUMONIA"]) - 1) < 1e-4
+
+
+def test_predict_without_images_and_unknown_model_fail_cleanly(tmp_path: Path, tiny_model_dir: Path, caplog):
+    assert main(["predict", str(tmp_path)]) == 2
+    assert "No image or DICOM files found" in caplog.text
+    image = tmp_path / "x.png"
+    Image.new("L", (64, 64)).save(image)
+    assert main(["predict", str(image), "--model", "no-such-model"]) == 2
+    assert "Unknown model 'no-such-model'" in caplog.text

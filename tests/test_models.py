@@ -1,0 +1,121 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from tests.conftest import REPO_ROOT
+from tests.hub_cache import populate_hf_cache
+from xray.errors import ModelConfigError, ModelNotFoundError
+from xray.models import load_model, load_model_dir, resolve_model_dir, save_model, update_config
+from xray.predict import predict
+
+
+def test_local_dir_round_trip_keeps_labels_config_and_outputs(tiny_model_dir: Path):
+    loaded = load_model(f"local-dir:{tiny_model_dir}")
+    assert loaded.label_names == ["NORMAL", "PNEUMONIA"]
+    assert loaded.architecture == "mobilenetv3_small_100"
+    assert tuple(loaded.data_config["input_size"]) == (3, 224, 224)
+    assert loaded.threshold == 0.5 and loaded.positive_label == "PNEUMONIA" and loaded.temperature == 1.0
+    # The reloaded network computes exactly what a freshly built timm model with the saved weights computes.
+    ref = timm.create_model("mobilenetv3_small_100", num_classes=2)
+    from safetensors.torch import load_file
+
+    ref.load_state_dict(load_file(str(tiny_model_dir / "model.safetensors")))
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        assert torch.allclose(ref.eval()(x), loaded.model(x), atol=1e-5)
+
+
+def test_load_model_is_cached_per_process(tiny_model_dir: Path):
+    assert load_model(f"local-dir:{tiny_model_dir}") is load_model(f"local-dir:{tiny_model_dir}")
+
+
+def test_config_values_are_applied(tmp_path: Path):
+    model = timm.create_model("resnet18", num_classes=2)
+    out = save_model(model, tmp_path / "m", label_names=["NORMAL", "PNEUMONIA"])
+    update_config(out, temperature=2.0, threshold=0.3)
+    loaded = load_model_dir(out)
+    assert (loaded.temperature, loaded.threshold) == (2.0, 0.3)
+    assert json.loads((out / "config.json").read_text())["label_names"] == ["NORMAL", "PNEUMONIA"]
+
+
+def test_fp16_storage_halves_size_and_keeps_probabilities(tmp_path: Path):
+    torch.manual_seed(0)
+    model = timm.create_model("efficientnet_lite0", num_classes=3)
+    full = save_model(model, tmp_path / "fp32", label_names=["A", "B", "C"])
+    half = save_model(model, tmp_path / "fp16", label_names=["A", "B", "C"], half=True)
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is not cast
+    size32, size16 = (full / "model.safetensors").stat().st_size, (half / "model.safetensors").stat().st_size
+    assert size16 < 0.55 * size32
+    image = (np.random.default_rng(0).random((256, 256, 3)) * 255).astype(np.uint8)
+    a = predict(load_model_dir(full), [image])[0].probabilities
+    b = predict(load_model_dir(half), [image])[0].probabilities
+    assert max(abs(a[k] - b[k]) for k in a) < 1e-3
+
+
+@pytest.mark.parametrize("arch", ["mobilenetv3_large_100", "resnet50", "densenet121", "efficientnet_lite0"])
+def test_supported_architectures_save_and_load(tmp_path: Path, arch: str):
+    out = save_model(timm.create_model(arch, num_classes=2), tmp_path / arch, label_names=["NORMAL", "PNEUMONIA"])
+    loaded = load_model_dir(out)
+    assert loaded.architecture == arch
+    assert predict(loaded, [np.zeros((100, 120), np.uint8)])[0].label in {"NORMAL", "PNEUMONIA"}
+
+
+def test_unknown_short_name_lists_what_is_accepted():
+    with pytest.raises(ModelNotFoundError, match=r"Unknown model 'nope'.*hf-hub:org/repo.*local-dir:PATH"):
+        resolve_model_dir("nope")
+
+
+def test_local_dir_without_config_says_what_is_needed(tmp_path: Path):
+    with pytest.raises(ModelNotFoundError, match=r"has no config.json.*label_names"):
+        resolve_model_dir(f"local-dir:{tmp_path}")
+
+
+def test_config_without_label_names_is_rejected(tmp_path: Path):
+    out = save_model(timm.create_model("resnet18", num_classes=2), tmp_path / "m", label_names=["A", "B"])
+    config = json.loads((out / "config.json").read_text())
+    del config["label_names"]
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelConfigError, match="lacks 'label_names'"):
+        load_model_dir(out)
+
+
+def test_weights_of_another_architecture_are_rejected(tmp_path: Path):
+    out = save_model(timm.create_model("resnet18", num_classes=2), tmp_path / "m", label_names=["A", "B"])
+    update_config(out, architecture="resnet34")
+    with pytest.raises(ModelConfigError, match="does not match architecture 'resnet34'"):
+        load_model_dir(out)
+
+
+def _run_cli(args: list[str], env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, **env_extra}
+    return subprocess.run(
+        [sys.executable, "-m", "xray", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_hf_hub_model_loads_offline_from_the_local_cache(tiny_model_dir: Path, tmp_path: Path, kermany_fullres):
+    commit = populate_hf_cache(tmp_path / "hub", "xray-demo/tiny-pneumonia", tiny_model_dir)
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    for name in ("hf-hub:xray-demo/tiny-pneumonia", f"hf-hub:xray-demo/tiny-pneumonia@{commit}"):
+        done = _run_cli(["predict", str(kermany_fullres[0]), "--model", name, "--json"], env)
+        assert done.returncode == 0, done.stderr
+        [row] = json.loads(done.stdout)
+        assert row["model"] == name
+        assert set(row["probabilities"]) == {"NORMAL", "PNEUMONIA"}
+        assert abs(sum(row["probabilities"].values()) - 1) < 1e-5
+
+
+def test_hf_hub_model_missing_offline_names_repo_and_remedy(tmp_path: Path, kermany_fullres):
+    env = {"HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"}
+    done = _run_cli(["predict", str(kermany_fullres[0]), "--model", "hf-hub:xray-demo/absent"], env)
+    assert done.returncode != 0
+    assert "hf-hub:xray-demo/absent" in done.stderr
+    assert "huggingface-cli download xray-demo/absent" in done.stderr
+    assert "Traceback" not in done.stderr

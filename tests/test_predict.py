@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xray.io import read_image
+from xray.models import load_model_dir, update_config
+from xray.predict import decide, predict, preprocess, to_prediction
+
+
+@pytest.fixture()
+def model_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(tiny_model_dir, tmp_path / "m"))
+
+
+def test_batched_predict_matches_one_by_one_on_real_images(tiny_model_dir: Path, kermany_fullres: list[Path]):
+    loaded = load_model_dir(tiny_model_dir)
+    images = [read_image(p) for p in kermany_fullres[:5]]
+    batched = predict(loaded, images, batch_size=2)
+    single = [predict(loaded, [img])[0] for img in images]
+    assert len(batched) == 5
+    for a, b in zip(batched, single, strict=True):
+        assert set(a.probabilities) == {"NORMAL", "PNEUMONIA"}
+        assert abs(sum(a.probabilities.values()) - 1.0) < 1e-5
+        for k in a.probabilities:
+            assert abs(a.probabilities[k] - b.probabilities[k]) < 1e-4
+
+
+def test_transform_resizes_whole_image_without_crop(tiny_model_dir: Path):
+    loaded = load_model_dir(tiny_model_dir)
+    # A bright one-pixel frame must survive: a centre crop would cut it away.
+    image = np.zeros((400, 300, 3), np.uint8)
+    image[:8], image[-8:], image[:, :8], image[:, -8:] = 255, 255, 255, 255
+    x = preprocess(loaded, [image])[0]
+    assert tuple(x.shape) == tuple(loaded.data_config["input_size"])
+    mean, std = torch.tensor(loaded.data_config["mean"]), torch.tensor(loaded.data_config["std"])
+    white = (1 - mean) / std
+    for edge in (x[:, 0, :], x[:, -1, :], x[:, :, 0], x[:, :, -1]):
+        assert torch.allclose(edge.mean(dim=1), white, atol=0.05)
+
+
+def test_temperature_softens_probabilities_and_keeps_argmax(model_copy: Path):
+    logits = torch.tensor([0.0, 2.0])
+    cold = to_prediction(load_model_dir(model_copy), logits)
+    update_config(model_copy, temperature=4.0)
+    warm = to_prediction(load_model_dir(model_copy), logits)
+    assert cold.probabilities["PNEUMONIA"] == pytest.approx(1 / (1 + np.exp(-2.0)), abs=1e-6)
+    assert warm.probabilities["PNEUMONIA"] == pytest.approx(1 / (1 + np.exp(-0.5)), abs=1e-6)
+    assert cold.label == warm.label == "PNEUMONIA"
+
+
+def test_binary_decision_uses_the_operating_threshold(model_copy: Path):
+    update_config(model_copy, threshold=0.3)
+    loaded = load_model_dir(model_copy)
+    assert decide(loaded, [0.75, 0.25]) == "NORMAL"
+    assert decide(loaded, [0.65, 0.35]) == "PNEUMONIA"
+    assert decide(loaded, [0.65, 0.35], threshold=0.5) == "NORMAL"
+    assert to_prediction(loaded, torch.tensor([0.5, 0.0])).label == "PNEUMONIA"  # p=0.38 >= 0.3
+
+
+def test_three_class_model_uses_argmax(tiny_model_dir_3class: Path):
+    loaded = load_model_dir(tiny_model_dir_3class)
+    assert loaded.threshold is None
+    assert decide(loaded, [0.2, 0.3, 0.5]) == "COVID-19"
+    [pred] = predict(loaded, [np.full((64, 64), 128, np.uint8)])
+    assert pred.label == max(pred.probabilities, key=pred.probabilities.get)

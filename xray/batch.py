@@ -1,0 +1,139 @@
+"""Classify many files at once: the engine of `python -m xray predict` (files or folders, per-file errors)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from PIL import Image
+from tqdm import tqdm
+
+from xray.errors import XrayError
+from xray.io import IMAGE_EXTENSIONS, read_image
+from xray.models import LoadedModel, load_model
+from xray.predict import predict
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FileResult:
+    """The outcome for one file: a prediction, or the reason it could not be read."""
+
+    file: str
+    model: str
+    label: str | None = None
+    probabilities: dict[str, float] | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        """JSON-ready dict; `error` only appears for failed files."""
+        out = {"file": self.file, "label": self.label, "probabilities": self.probabilities, "model": self.model}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
+    """Yield the given files, and the image/DICOM files found recursively in given folders, sorted."""
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            yield path
+
+
+def predict_files(
+    loaded: LoadedModel, files: list[Path], *, batch_size: int = 32, cam_dir: Path | None = None, progress: bool = True
+) -> list[FileResult]:
+    """Predict every file; unreadable files get an `error` instead of stopping the batch.
+
+    Args:
+        loaded: the model.
+        files: image or DICOM files.
+        batch_size: images per forward pass.
+        cam_dir: when given, write `<stem>_cam.png` Grad-CAM overlays of the predicted class there.
+        progress: show a progress bar on stderr.
+    """
+    results: list[FileResult] = []
+    pending: list[tuple[FileResult, object]] = []
+    cam_names: set[str] = set()
+
+    def flush() -> None:
+        for (result, image), prediction in zip(pending, predict(loaded, [img for _, img in pending]), strict=True):
+            result.label, result.probabilities = prediction.label, prediction.probabilities
+            if cam_dir is not None:
+                # Same file names in different folders (NORMAL/x.png, PNEUMONIA/x.png) must not overwrite each other.
+                name, n = f"{Path(result.file).stem}_cam.png", 1
+                while name in cam_names:
+                    n += 1
+                    name = f"{Path(result.file).stem}_{n}_cam.png"
+                cam_names.add(name)
+                _write_cam(loaded, image, cam_dir / name)
+        pending.clear()
+
+    for path in tqdm(files, desc="predict", unit="img", disable=not progress, file=sys.stderr):
+        result = FileResult(file=str(path), model=loaded.name)
+        results.append(result)
+        try:
+            pending.append((result, read_image(path)))
+        except (XrayError, OSError) as exc:
+            result.error = str(exc)
+            logger.warning("%s: %s", path, exc)
+        if len(pending) >= batch_size:
+            flush()
+    if pending:
+        flush()
+    return results
+
+
+def _write_cam(loaded: LoadedModel, image: object, out: Path) -> None:
+    from xray.explain import explain
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _, explanation = explain(loaded, image)
+    Image.fromarray(explanation.overlay()).save(out)
+
+
+def write_csv(results: list[FileResult], label_names: list[str], stream: IO[str]) -> None:
+    """Write one CSV row per file: file, model, label, one probability column per class, error."""
+    writer = csv.writer(stream)
+    writer.writerow(["file", "model", "label", *[f"p_{name}" for name in label_names], "error"])
+    for r in results:
+        probs = [f"{r.probabilities[n]:.6f}" if r.probabilities else "" for n in label_names]
+        writer.writerow([r.file, r.model, r.label or "", *probs, r.error or ""])
+
+
+def run_predict_command(args: argparse.Namespace) -> int:
+    """Run `python -m xray predict`; exit code 1 when some file failed, 2 when no file was found."""
+    from xray.config import get_settings
+
+    files = list(iter_image_files(args.paths))
+    if not files:
+        logger.error("No image or DICOM files found in %s", ", ".join(args.paths))
+        return 2
+    loaded = load_model(args.model or get_settings().default_model)
+    results = predict_files(
+        loaded, files, batch_size=args.batch_size, cam_dir=Path(args.cam) if args.cam else None, progress=not args.json
+    )
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+    elif args.csv != "-":
+        width = max(len(r.file) for r in results)
+        for r in results:
+            detail = r.error or "  ".join(f"{k}={v:.3f}" for k, v in (r.probabilities or {}).items())
+            print(f"{r.file:<{width}}  {r.label or 'ERROR':<12}  {detail}")
+    if args.csv == "-":
+        write_csv(results, loaded.label_names, sys.stdout)
+    elif args.csv:
+        with open(args.csv, "w", newline="", encoding="utf-8") as stream:
+            write_csv(results, loaded.label_names, stream)
+    return 1 if any(r.error for r in results) else 0

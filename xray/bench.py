@@ -1,0 +1,173 @@
+"""Speed benchmark: `python -m xray.bench [--archs ...] [--threads N] [--markdown]`.
+
+For each architecture: cold start (fresh interpreter: import + load), warm load time, p50/p95 latency of
+predict alone and of predict + Grad-CAM on one real-size image, and batch throughput. Every architecture runs
+through the same `xray` code path the app uses; DenseNet-121 (the CheXNet / torchxrayvision architecture) is
+the reference each row is compared with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ARCHS = ["mobilenetv3_large_100", "mobilenetv3_small_100", "efficientnet_lite0", "resnet18", "resnet50",
+                 "densenet121"]
+REFERENCE = "densenet121"
+
+
+@dataclass
+class BenchRow:
+    """Timings for one architecture (milliseconds unless named otherwise)."""
+
+    arch: str
+    params_m: float
+    cold_start_s: float
+    load_s: float
+    predict_p50: float
+    predict_p95: float
+    cam_p50: float
+    cam_p95: float
+    throughput: float
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+
+
+def _time(fn: Callable[[], object], repeats: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def _model_dir(arch: str, root: Path) -> Path:
+    """A saved model folder for `arch`: the bundled one when its architecture matches, else random weights."""
+    import timm
+
+    from xray.models import list_bundled_models, read_config, resolve_model_dir, save_model
+
+    for name in list_bundled_models():
+        path, _ = resolve_model_dir(name)
+        if read_config(path)["architecture"] == arch:
+            return path
+    # Weights do not change speed: random initialisation measures the same network.
+    return save_model(timm.create_model(arch, num_classes=2), root / arch, label_names=["NORMAL", "PNEUMONIA"])
+
+
+def _cold_start(model_dir: Path, threads: int | None) -> float:
+    code = (
+        "import time; t=time.perf_counter(); import torch; "
+        + (f"torch.set_num_threads({threads}); " if threads else "")
+        + "from xray.models import load_model; "
+        f"load_model('local-dir:{model_dir}'); print(time.perf_counter()-t)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def bench_arch(arch: str, image: object, root: Path, *, repeats: int, batch: int, threads: int | None) -> BenchRow:
+    """Measure one architecture through `xray.models`, `xray.predict` and `xray.explain`."""
+    from xray.explain import explain
+    from xray.models import load_model_dir
+    from xray.predict import predict, predict_logits
+
+    model_dir = _model_dir(arch, root)
+    cold = _cold_start(model_dir, threads)
+    start = time.perf_counter()
+    loaded = load_model_dir(model_dir)
+    load_s = time.perf_counter() - start
+    pred = _percentiles(_time(lambda: predict(loaded, [image]), repeats))
+    cam = _percentiles(_time(lambda: explain(loaded, image), repeats))
+    x = torch.randn(batch, *loaded.data_config["input_size"]).contiguous(memory_format=torch.channels_last)
+    batch_ms = statistics.median(_time(lambda: predict_logits(loaded, x), max(3, repeats // 10), warmup=1))
+    return BenchRow(arch, loaded.num_parameters / 1e6, cold, load_s, *pred, *cam, batch * 1000 / batch_ms)
+
+
+def machine_description() -> str:
+    """One line naming the CPU, the cores torch uses and the library versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
+
+
+def to_markdown(rows: list[BenchRow], batch: int) -> str:
+    """A README table; the last columns give each architecture's speed relative to DenseNet-121."""
+    ref = next((r for r in rows if r.arch == REFERENCE), None)
+    head = (f"| model | params (M) | cold start (s) | load (s) | predict p50 / p95 (ms) | predict + Grad-CAM p50 / p95 "
+            f"(ms) | batch {batch} (img/s) | Grad-CAM speed-up vs DenseNet-121 | throughput vs DenseNet-121 |")
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        ratio_cam = f"{ref.cam_p50 / r.cam_p50:.1f}x" if ref else "n/a"
+        ratio_tp = f"{r.throughput / ref.throughput:.1f}x" if ref else "n/a"
+        lines.append(
+            f"| {r.arch} | {r.params_m:.1f} | {r.cold_start_s:.2f} | {r.load_s:.2f} | {r.predict_p50:.1f} / "
+            f"{r.predict_p95:.1f} | {r.cam_p50:.1f} / {r.cam_p95:.1f} | {r.throughput:.0f} | {ratio_cam} | {ratio_tp} |"
+        )
+    return "\n".join(lines)
+
+
+def _bench_image(path: str | None) -> object:
+    from xray.io import read_image
+
+    if path:
+        return read_image(path)
+    candidates = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.jpeg"))
+    if candidates:
+        return read_image(candidates[0])
+    return (np.random.default_rng(0).random((1500, 1800)) * 255).astype(np.uint8)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print a Markdown table."""
+    parser = argparse.ArgumentParser(prog="python -m xray.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--archs", nargs="+", default=DEFAULT_ARCHS)
+    parser.add_argument("--image", default=None, help="image to time (default: first example X-ray)")
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    image = _bench_image(args.image)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch in args.archs:
+            rows.append(bench_arch(arch, image, Path(tmp), repeats=args.repeats, batch=args.batch, threads=args.threads))
+            logger.info("%s done", arch)
+    size = getattr(image, "size", None)
+    print(f"Machine: {machine_description()}; image {size[0]}x{size[1]}" if size else machine_description())
+    print(to_markdown(rows, args.batch))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

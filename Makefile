@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench install install-dev clean
+.PHONY: run user test lint bench install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ install-dev: $(VENV)/.dev
 ## Start the app on the bundled model with a local SQLite file in ./data
 run: install
 	$(BIN)/python app.py
+
+## Create a doctor account for the app (prompts for the password): make user NAME=alice
+user: install
+	@test -n "$(NAME)" || { echo "usage: make user NAME=<sign-in name>"; exit 2; }
+	$(BIN)/python -m xray users add $(NAME)
 
 ## Run the whole test suite offline
 test: install-dev

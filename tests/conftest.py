@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,47 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model_dir_3class(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (randomly initialised) three-class resnet18 saved in the hub layout."""
     return _save_tiny(tmp_path_factory.mktemp("models3"), "resnet18", ["NORMAL", "PNEUMONIA", "COVID-19"])
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of an empty database on a throwaway PostgreSQL server started for this test session (tests/pg_server.py).
+
+    Skips (with the server's own error) only when no PostgreSQL binaries exist or the server cannot start.
+    """
+    from tests.pg_server import PostgresUnavailable, running_postgres
+
+    try:
+        server = running_postgres()
+        url = server.__enter__()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"PostgreSQL server unavailable: {exc}")
+    try:
+        yield url
+    finally:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, and (marked `postgres`) a new database on the test server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{(tmp_path / 'xray.db').as_posix()}"
+        return
+    from tests.pg_server import drop_database, fresh_database
+
+    server = request.getfixturevalue("postgres_url")
+    url, name = fresh_database(server)
+    yield url
+    drop_database(server, name)
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator:
+    """An engine on `db_url` with the tables created; disposed after the test."""
+    from xray.db import init_db, make_engine
+
+    engine = make_engine(db_url)
+    init_db(engine)
+    yield engine
+    engine.dispose()

@@ -18,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_predict(subparsers)
+    _add_evaluate(subparsers)
+    _add_users(subparsers)
     return parser
 
 
@@ -36,6 +38,98 @@ def _run_predict(args: argparse.Namespace) -> int:
     from xray.batch import run_predict_command
 
     return run_predict_command(args)
+
+
+def _add_users(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("users", help="manage doctor accounts (add, list, disable, enable, reset-password)")
+    actions = p.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="create a doctor account (prompts for the password)")
+    add.add_argument("name", help="sign-in name (letters, digits, . _ - @)")
+    add.add_argument("--display-name", default=None, help="how the app greets the doctor (default: NAME)")
+    add.add_argument("--hf-username", default=None, help="Hugging Face user name that may sign in as this doctor")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    actions.add_parser("list", help="list accounts")
+    for action, text in (("disable", "stop an account from signing in (records are kept)"), ("enable", "re-enable")):
+        q = actions.add_parser(action, help=text)
+        q.add_argument("name")
+    reset = actions.add_parser("reset-password", help="set a new password (prompts for it)")
+    reset.add_argument("name")
+    reset.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    p.set_defaults(func=_run_users)
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    import getpass
+
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise SystemExit("No terminal to prompt for the password: pipe it in with --password-stdin.")
+    first = getpass.getpass(f"Password for {args.name}: ")
+    if getpass.getpass("Repeat the password: ") != first:
+        raise SystemExit("The passwords differ; nothing was changed.")
+    return first
+
+
+def _run_users(args: argparse.Namespace) -> int:
+    from sqlmodel import Session
+
+    from xray import auth, crud
+    from xray.config import get_settings
+    from xray.errors import AccountError
+    from xray.service import open_database
+
+    engine = open_database(get_settings())
+    try:
+        with Session(engine) as session:
+            if args.action == "add":
+                password = _read_password(args) if args.password_stdin or not args.hf_username else None
+                doctor = auth.add_doctor(
+                    session, username=args.name, password=password, display_name=args.display_name,
+                    hf_username=args.hf_username,
+                )  # fmt: skip
+                print(f"Created doctor account '{doctor.username}'.")
+            elif args.action == "list":
+                doctors = crud.list_doctors(session)
+                if not doctors:
+                    print("No accounts yet. Create one with: python -m xray users add NAME")
+                for d in doctors:
+                    status = "active" if d.is_active else "disabled"
+                    hub = f"  hf:{d.hf_username}" if d.hf_username else ""
+                    print(f"{d.username:<24} {status:<9} {d.created_at:%Y-%m-%d}  {d.display_name}{hub}")
+            elif args.action in ("disable", "enable"):
+                doctor = auth.set_active(session, username=args.name, active=args.action == "enable")
+                print(f"Account '{doctor.username}' {args.action}d.")
+            elif args.action == "reset-password":
+                auth.require_account(session, args.name)  # fail before prompting for a password
+                doctor = auth.reset_password(session, username=args.name, password=_read_password(args))
+                print(f"Password of '{doctor.username}' changed.")
+    except AccountError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("evaluate", help="score a model on labelled images (metrics with 95%% CIs)")
+    p.add_argument("--model", required=True, help="model name (bundled, local-dir:PATH or hf-hub:org/name)")
+    p.add_argument("--data", action="append", required=True, metavar="PATH",
+                   help="class-per-folder image folder, CSV of path,label[,group] or covid-chestxray folder")
+    p.add_argument("--split", choices=("test", "val", "train", "all"), default="test",
+                   help="which split to score (test: the source's test folder or patient-held-out test)")
+    p.add_argument("--out", metavar="DIR", default=None, help="write metrics.json and plots to DIR")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    p.add_argument("--seed", type=int, default=0, help="split seed (as used in training)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from xray.evaluate import run_evaluate_command
+
+    return run_evaluate_command(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,3 +50,39 @@ class ModelNotFoundError(XrayError, LookupError):
 
 class ModelConfigError(XrayError, ValueError):
     """A model folder exists but its config.json or weights are unusable."""
+
+
+class PretrainedWeightsError(XrayError, LookupError):
+    """ImageNet weights for a backbone are neither reachable on the hub, cached, nor available offline."""
+
+
+class DatasetError(XrayError, ValueError):
+    """Training or evaluation data cannot be read: unknown layout, missing files or unusable labels."""
+
+
+class UploadTooLargeError(ImageReadError):
+    """The uploaded file is larger than the configured limit (settings.max_upload_mb)."""
+
+
+class InvalidInputError(XrayError, ValueError):
+    """A form field (patient, exam date, filter, page, opacity, ...) is missing or malformed."""
+
+
+class RecordNotFoundError(XrayError, LookupError):
+    """No record with that id belongs to the signed-in doctor (the same answer whether it exists or not)."""
+
+
+class AccountError(XrayError, ValueError):
+    """A doctor account cannot be created, found or changed as asked (bad name, weak password, unknown, ...)."""
+
+
+class NotSignedInError(XrayError, PermissionError):
+    """The request carries no signed-in, active doctor account."""
+
+
+class OperatingPointError(XrayError, ValueError):
+    """An operating point cannot be computed: no or malformed validation ROC, or threshold/prevalence out of 0..1."""
+
+
+class OodStatsError(XrayError, ValueError):
+    """A model folder's out-of-distribution statistics are unreadable or do not match the model's features."""

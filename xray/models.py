@@ -132,7 +132,10 @@ def _resolve_hub(repo: str) -> tuple[Path, str | None]:
     repo_id, revision = _split_revision(repo)
     try:
         folder = snapshot_download(
-            repo_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, METRICS_NAME, "*.png"]
+            repo_id,
+            revision=revision,
+            # ood.npz: the input gate's out-of-distribution statistics (xray.gate)
+            allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, METRICS_NAME, "*.png", "ood.npz"],
         )
     except LocalEntryNotFoundError as exc:
         raise ModelNotFoundError(

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from sqlalchemy import inspect, text
+from sqlmodel import Session, select
+
+from xray.db import Doctor, Record, SignInEvent, init_db, make_engine, normalize_database_url, utcnow
+
+
+def _record(doctor_id: int, **extra) -> Record:
+    values = dict(
+        doctor_id=doctor_id,
+        patient_name="Jane Roe",
+        exam_date=date(2024, 5, 1),
+        image_sha256="a" * 64,
+        model_name="local-dir:/m",
+        model_version="abc",
+        label_names=["NORMAL", "PNEUMONIA"],
+        probabilities={"NORMAL": 0.25, "PNEUMONIA": 0.75},
+        predicted_label="PNEUMONIA",
+    )
+    values.update(extra)
+    return Record(**values)
+
+
+def test_tables_and_trust_columns_exist(engine):
+    inspector = inspect(engine)
+    assert {"doctor", "record", "signinevent"} <= set(inspector.get_table_names())
+    columns = {c["name"]: c for c in inspector.get_columns("record")}
+    for name in ("final_read", "final_note", "final_read_at"):
+        assert columns[name]["nullable"], name
+
+
+def test_record_round_trip_keeps_json_and_utc_times(engine):
+    with Session(engine) as session:
+        doctor = Doctor(username="alice", display_name="Alice", password_hash="x")
+        session.add(doctor)
+        session.commit()
+        session.refresh(doctor)
+        session.add(_record(doctor.id))
+        session.commit()
+    with Session(engine) as session:
+        record = session.exec(select(Record)).one()
+        assert record.probabilities == {"NORMAL": 0.25, "PNEUMONIA": 0.75}
+        assert record.label_names == ["NORMAL", "PNEUMONIA"]
+        assert record.exam_date == date(2024, 5, 1)
+        assert record.created_at.tzinfo is not None
+        assert abs(record.created_at - datetime.now(UTC)) < timedelta(minutes=1)
+        assert record.final_read is None and record.final_read_at is None
+
+
+def test_record_needs_an_existing_doctor(engine):
+    from sqlalchemy.exc import IntegrityError
+
+    with Session(engine) as session:
+        session.add(_record(9999))
+        with pytest.raises(IntegrityError):
+            session.commit()
+
+
+def test_usernames_are_unique(engine):
+    from sqlalchemy.exc import IntegrityError
+
+    with Session(engine) as session:
+        session.add(Doctor(username="bob", display_name="Bob"))
+        session.commit()
+        session.add(Doctor(username="bob", display_name="Other Bob"))
+        with pytest.raises(IntegrityError):
+            session.commit()
+
+
+def test_sqlite_file_is_created_in_missing_folder_with_wal(tmp_path):
+    path = tmp_path / "deep" / "er" / "xray.db"
+    engine = make_engine(f"sqlite:///{path}")
+    init_db(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    engine.dispose()
+    assert path.is_file()
+
+
+def test_rows_survive_a_new_engine_on_the_same_database(db_url):
+    first = make_engine(db_url)
+    init_db(first)
+    with Session(first) as session:
+        session.add(SignInEvent(username="carol", address="10.0.0.1", outcome="success"))
+        session.commit()
+    first.dispose()
+    second = make_engine(db_url)
+    init_db(second)  # idempotent: must not drop or duplicate anything
+    with Session(second) as session:
+        events = session.exec(select(SignInEvent)).all()
+    second.dispose()
+    assert [(e.username, e.outcome) for e in events] == [("carol", "success")]
+
+
+def test_plain_postgres_urls_use_psycopg():
+    assert normalize_database_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalize_database_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalize_database_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalize_database_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_utcnow_is_aware():
+    assert utcnow().utcoffset() == timedelta(0)

@@ -1,0 +1,298 @@
+"""Input gate: every finding triggered by a real (or, where none exists offline, generated) input; real chest
+X-rays pass; OOD statistics fitted, saved, reloaded and applied through a real (tiny) model folder."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xray import gate
+from xray.errors import OodStatsError
+from xray.io import XrayImage, read_image
+
+SKLEARN_PHOTO = "datasets/images/china.jpg"
+
+
+def _photo_path() -> Path:
+    import sklearn
+
+    return Path(sklearn.__file__).parent / SKLEARN_PHOTO
+
+
+def _dicom_bytes(grey: np.ndarray, **tags: str) -> bytes:
+    """A conformant 8-bit MONOCHROME2 DICOM file holding a real image, with the given header tags."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = grey.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(grey, dtype=np.uint8).tobytes()
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def cxr(kermany_fullres: list[Path]) -> XrayImage:
+    return read_image(kermany_fullres[0])
+
+
+@pytest.fixture(scope="module")
+def test_images(shared_data: Path) -> list[XrayImage]:
+    paths = sorted((shared_data / "kermany-224" / "test").rglob("*.jpeg"))
+    return [read_image(p) for p in paths[::25]]
+
+
+def codes(image) -> list[str]:
+    return [f.code for f in gate.check_image(image)]
+
+
+# ---------------------------------------------------------------- real chest X-rays pass
+
+
+def test_real_frontal_xrays_raise_no_finding(kermany_fullres: list[Path], test_images: list[XrayImage]) -> None:
+    images = [read_image(p) for p in kermany_fullres] + test_images
+    flagged = {i: codes(image) for i, image in enumerate(images) if codes(image)}
+    assert len(images) == 16 + 25
+    assert flagged == {}
+
+
+def test_real_dicom_radiograph_with_frontal_header_passes(cxr: XrayImage) -> None:
+    data = _dicom_bytes(cxr.pixels[..., 0], Modality="DX", ViewPosition="PA", BodyPartExamined="CHEST")
+    image = read_image(data, filename="chest.dcm")
+    assert image.metadata["ViewPosition"] == "PA"
+    assert gate.check_image(image) == []
+
+
+# ---------------------------------------------------------------- each reason
+
+
+def test_too_small(cxr: XrayImage) -> None:
+    small = np.asarray(Image.fromarray(cxr.pixels).resize((100, 90)))
+    findings = gate.check_image(small)
+    assert [f.code for f in findings] == ["too_small"]
+    assert "100 x 90 pixels" in findings[0].reason and f"{gate.MIN_SIDE} px" in findings[0].reason
+
+
+def test_colour_photograph() -> None:
+    photo = read_image(_photo_path())
+    findings = gate.check_image(photo)
+    assert "color" in [f.code for f in findings]
+    assert "colour image" in next(f.reason for f in findings if f.code == "color")
+
+
+def test_colour_detected_from_pixels_without_reader_flag() -> None:
+    pixels = read_image(_photo_path()).pixels
+    assert "color" in codes(XrayImage(pixels=pixels, source_format="PNG", is_color=False))
+
+
+@pytest.mark.parametrize("level", [0, 128, 255])
+def test_nearly_blank(level: int) -> None:
+    rng = np.random.default_rng(0)
+    flat = np.clip(level + rng.normal(0, 2, (512, 512)), 0, 255).astype(np.uint8)
+    findings = gate.check_image(np.stack([flat] * 3, axis=-1))
+    assert [f.code for f in findings] == ["blank"]
+    assert "nearly blank" in findings[0].reason
+
+
+def test_inverted_real_xrays(cxr: XrayImage, test_images: list[XrayImage]) -> None:
+    for image in [cxr, *test_images]:
+        inverted = XrayImage(pixels=255 - image.pixels, source_format="JPEG")
+        assert "inverted" in codes(inverted)
+    correlation = gate.layout_correlation(cxr.pixels.mean(axis=2))
+    assert correlation > 0.5
+    assert gate.layout_correlation(255 - cxr.pixels.mean(axis=2)) == pytest.approx(-correlation, abs=1e-6)
+
+
+def test_ct_slice_by_dicom_modality() -> None:
+    import pydicom.data
+
+    image = read_image(pydicom.data.get_testdata_file("J2K_pixelrep_mismatch.dcm"))
+    findings = {f.code: f.reason for f in gate.check_image(image)}
+    assert "CT slice" in findings["modality"]
+    assert "HEAD" in findings["body_part"]
+
+
+def test_mr_image_by_dicom_modality() -> None:
+    import pydicom.data
+
+    image = read_image(pydicom.data.get_testdata_file("examples_overlay.dcm"))
+    findings = {f.code: f.reason for f in gate.check_image(image)}
+    assert "MR image" in findings["modality"]
+
+
+def test_ct_slice_with_visible_scan_circle() -> None:
+    """A real CT slice exported without windowing (full data range), where the round field of view shows."""
+    import pydicom
+
+    raw = pydicom.dcmread(pydicom.data.get_testdata_file("693_J2KI.dcm")).pixel_array.astype(np.float64)
+    lo, hi = np.percentile(raw, [0.5, 99.5])
+    grey = (np.clip((raw - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+    findings = gate.check_image(np.stack([grey] * 3, axis=-1))
+    assert "circular_field" in [f.code for f in findings]
+    assert next(f for f in findings if f.code == "circular_field").value < gate.CIRCLE_TOLERANCE
+
+
+@pytest.mark.parametrize(("view", "word"), [("LL", "lateral"), ("RL", "lateral"), ("LLD", "decubitus")])
+def test_non_frontal_view_from_dicom_header(cxr: XrayImage, view: str, word: str) -> None:
+    image = read_image(_dicom_bytes(cxr.pixels[..., 0], Modality="DX", ViewPosition=view), filename="x.dcm")
+    findings = gate.check_image(image)
+    assert [f.code for f in findings] == ["view"]
+    assert word in findings[0].reason and view in findings[0].reason
+
+
+def test_other_body_part_from_dicom_header(cxr: XrayImage) -> None:
+    image = read_image(_dicom_bytes(cxr.pixels[..., 0], Modality="CR", BodyPartExamined="HAND"), filename="x.dcm")
+    assert codes(image) == ["body_part"]
+
+
+def test_unknown_or_localised_body_part_is_not_flagged(cxr: XrayImage) -> None:
+    image = read_image(_dicom_bytes(cxr.pixels[..., 0], Modality="DX", BodyPartExamined="THORAX"), filename="x.dcm")
+    assert codes(image) == []
+
+
+# ---------------------------------------------------------------- Mahalanobis statistics
+
+
+def test_mahalanobis_hand_computed() -> None:
+    means = np.array([[0.0, 0.0], [10.0, 0.0]])
+    precision = np.diag([1.0, 4.0])  # variance 1 along x, 1/4 along y
+    d = gate.mahalanobis(means, precision, np.array([[3.0, 2.0], [9.0, 0.0]]))
+    assert d == pytest.approx([np.sqrt(9 + 16), 1.0])  # first: nearest mean is the origin; second: (10, 0)
+
+
+def test_fit_ood_threshold_is_the_validation_quantile() -> None:
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(500, 8))
+    val = rng.normal(size=(200, 8))
+    stats = gate.fit_ood(train, val, quantile=0.95)
+    distances = gate.ood_score(stats, val)
+    assert stats.threshold == pytest.approx(np.quantile(distances, 0.95))
+    assert (distances > stats.threshold).mean() == pytest.approx(0.05, abs=0.006)
+    assert stats.means.shape == (1, 8) and stats.n_train == 500 and stats.n_val == 200
+    far = gate.ood_score(stats, np.full(8, 6.0))
+    assert far[0] > 3 * stats.threshold
+
+
+def test_fit_ood_class_conditional_means() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(300, 4)) + np.array([5.0, 0, 0, 0])
+    b = rng.normal(size=(300, 4)) - np.array([5.0, 0, 0, 0])
+    labels = np.array([0] * 300 + [1] * 300)
+    stats = gate.fit_ood(np.vstack([a, b]), np.vstack([a[:50], b[:50]]), labels_train=labels)
+    assert stats.means.shape == (2, 4)
+    assert stats.means[0, 0] == pytest.approx(5.0, abs=0.2) and stats.means[1, 0] == pytest.approx(-5.0, abs=0.2)
+    # the midpoint between the classes is far from both, though it is the pooled mean
+    assert gate.ood_score(stats, np.zeros(4))[0] > stats.threshold
+
+
+def test_fit_ood_rejects_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="same D"):
+        gate.fit_ood(np.zeros((20, 3)), np.zeros((20, 4)))
+    with pytest.raises(ValueError, match="at least 10"):
+        gate.fit_ood(np.zeros((5, 3)), np.zeros((20, 3)))
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "x", "num_classes": 2}), encoding="utf-8")
+    assert gate.load_ood(tmp_path) is None
+    stats = gate.fit_ood(rng.normal(size=(200, 16)), rng.normal(size=(50, 16)))
+    path = gate.save_ood(stats, tmp_path)
+    assert path.name == "ood.npz"
+    config = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
+    assert config["architecture"] == "x" and config["ood"]["threshold"] == pytest.approx(stats.threshold)
+    loaded = gate.load_ood(tmp_path)
+    probe = rng.normal(size=(30, 16))
+    assert gate.ood_score(loaded, probe) == pytest.approx(gate.ood_score(stats, probe), rel=1e-3)
+    with pytest.raises(OodStatsError, match="expect 16 features"):
+        gate.ood_score(loaded, np.zeros((1, 8)))
+    path.write_bytes(b"not an npz file")
+    with pytest.raises(OodStatsError, match="refit"):
+        gate.load_ood(tmp_path)
+
+
+# ---------------------------------------------------------------- the whole gate on a real model folder
+
+
+@pytest.fixture(scope="module")
+def model_with_ood(tiny_model_dir: Path, shared_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    from xray.models import load_model
+
+    folder = tmp_path_factory.mktemp("gate") / "tiny"
+    shutil.copytree(tiny_model_dir, folder)
+    paths = sorted((shared_data / "kermany-224" / "train").rglob("*.jpeg"))
+    chosen = [paths[i] for i in np.random.default_rng(0).permutation(len(paths))[:120]]
+    images = [read_image(p) for p in chosen]
+    loaded = load_model(f"local-dir:{folder}")
+    stats = gate.fit_model_ood(loaded, images[:80], images[80:], folder)
+    assert (folder / "ood.npz").is_file() and stats.n_train == 80 and stats.n_val == 40
+    return load_model(f"local-dir:{folder}")
+
+
+def test_assess_flags_photo_as_out_of_distribution(model_with_ood) -> None:
+    result = gate.assess(model_with_ood, read_image(_photo_path()))
+    assert not result.in_scope
+    assert {"color", "out_of_distribution"} <= set(result.codes)
+    assert result.ood_distance > result.ood_threshold
+    assert "unlike its training X-rays" in result.warning and "colour image" in result.warning
+
+
+def test_assess_grey_photo_caught_by_features_alone(model_with_ood) -> None:
+    pixels = read_image(_photo_path()).pixels.mean(axis=2).astype(np.uint8)
+    grey = XrayImage(pixels=np.ascontiguousarray(np.stack([pixels] * 3, axis=-1)), source_format="PNG")
+    assert "color" not in codes(grey)
+    result = gate.assess(model_with_ood, grey)
+    assert "out_of_distribution" in result.codes
+
+
+def test_assess_keeps_real_xrays_in_scope(model_with_ood, test_images: list[XrayImage]) -> None:
+    results = [gate.assess(model_with_ood, image) for image in test_images]
+    assert all(r.ood_distance is not None for r in results)
+    assert sum(r.in_scope for r in results) >= len(results) - 1  # threshold = 99% validation quantile
+    assert all(r.warning is None for r in results if r.in_scope)
+
+
+def test_assess_uses_given_features(model_with_ood, test_images: list[XrayImage]) -> None:
+    features = gate.penultimate_features(model_with_ood, test_images[:1])
+    given = gate.assess(model_with_ood, test_images[0], features=features[0])
+    computed = gate.assess(model_with_ood, test_images[0])
+    assert given.ood_distance == pytest.approx(computed.ood_distance, rel=1e-4)
+
+
+def test_assess_without_ood_statistics_runs_image_checks_only(tiny_model_dir: Path) -> None:
+    from xray.models import load_model
+
+    loaded = load_model(f"local-dir:{tiny_model_dir}")
+    result = gate.assess(loaded, read_image(_photo_path()))
+    assert result.ood_distance is None and result.codes == ["color"]
+
+
+def test_half_precision_storage_keeps_distances(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    scales = np.logspace(-3, 1, 32)  # feature variances over four decades: precision entries up to 1e6
+    stats = gate.fit_ood(rng.normal(size=(400, 32)) * scales, rng.normal(size=(100, 32)) * scales)
+    (tmp_path / "config.json").write_text("{}", encoding="utf-8")
+    gate.save_ood(stats, tmp_path, half=True)
+    probe = rng.normal(size=(50, 32)) * scales
+    assert gate.ood_score(gate.load_ood(tmp_path), probe) == pytest.approx(gate.ood_score(stats, probe), rel=2e-2)

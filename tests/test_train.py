@@ -1,0 +1,196 @@
+"""train.py end to end on a few real chest X-rays, with the real saving, loading and evaluation code."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from xray.config import PROJECT_ROOT
+
+sys.path.insert(0, str(PROJECT_ROOT))
+import train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "pneu"
+    train.main(
+        [
+            "--data",
+            str(shared_data / "kermany-224"),
+            "--arch",
+            "mobilenetv3_small_100",
+            "--init",
+            "scratch",
+            "--epochs",
+            "1",
+            "--max-per-class",
+            "4",
+            "--batch-size",
+            "4",
+            "--bootstrap",
+            "20",
+            "--threads",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
+    return out
+
+
+def test_one_epoch_run_writes_a_loadable_evaluated_model(trained):
+    from xray.models import load_model
+
+    loaded = load_model(f"local-dir:{trained}")
+    assert loaded.architecture == "mobilenetv3_small_100"
+    assert loaded.label_names == ["NORMAL", "PNEUMONIA"]
+    assert loaded.positive_label == "PNEUMONIA"
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["test"]["counts"] == {"NORMAL": 4, "PNEUMONIA": 4}
+    # temperature and threshold were fitted on validation, stored, and are what the loader applies
+    assert loaded.temperature == pytest.approx(metrics["validation"]["temperature"])
+    assert loaded.threshold == pytest.approx(metrics["validation"]["threshold"]["threshold"])
+    assert metrics["training"]["epochs_run"] == 1 and len(metrics["history"]) == 1
+    assert metrics["data"]["split_counts"]["val"]["NORMAL"] == 4
+    for name in ("roc.png", "reliability.png", "confusion.png", "curves.png", "model.safetensors", "checkpoint.pt"):
+        assert (trained / name).is_file(), name
+    card = (trained / "README.md").read_text()
+    assert "not a diagnostic device" in card and "children aged 1-5" in card
+    assert "mobilenetv3_small_100" in card
+
+
+def test_evaluate_command_scores_the_trained_folder(trained, shared_data, capsys):
+    from xray.__main__ import main
+
+    csv_path = trained.parent / "few.csv"
+    images = sorted((shared_data / "kermany-val-fullres").rglob("*.jpeg"))
+    csv_path.write_text("".join(f"{p},{p.parent.name}\n" for p in images[:2] + images[-2:]))
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                f"local-dir:{trained}",
+                "--data",
+                str(csv_path),
+                "--split",
+                "all",
+                "--bootstrap",
+                "0",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["test"]["n"] == 4
+    assert 0.0 <= result["test"]["at_default"]["value"]["accuracy"] <= 1.0
+
+
+def test_resume_continues_from_the_checkpoint(trained, shared_data):
+    ckpt = torch.load(trained / train.CHECKPOINT_NAME, map_location="cpu", weights_only=False)
+    assert ckpt["state"]["epoch"] == 1 and ckpt["state"]["finished"]
+    out = trained.parent / "resumed"
+    out.mkdir()
+    # an unfinished one-epoch checkpoint, continued to two epochs
+    ckpt["state"]["finished"] = False
+    ckpt["state"]["total_steps"] = 4
+    torch.save(ckpt, out / train.CHECKPOINT_NAME)
+    train.main(
+        [
+            "--data",
+            str(shared_data / "kermany-224"),
+            "--arch",
+            "mobilenetv3_small_100",
+            "--init",
+            "scratch",
+            "--epochs",
+            "2",
+            "--max-per-class",
+            "4",
+            "--batch-size",
+            "4",
+            "--bootstrap",
+            "0",
+            "--resume",
+            "--out",
+            str(out),
+        ]
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert metrics["training"]["epochs_run"] == 2
+
+
+def test_export_in_fp16_keeps_probabilities(trained, tmp_path, kermany_fullres):
+    from xray.data import load_pixels, load_samples
+    from xray.models import load_model_dir
+
+    images = load_pixels(load_samples(kermany_fullres[0].parent.parent), (224, 224), "bicubic")
+    metrics = train.export_model(trained, tmp_path / "shipped", half=True, images=images)
+    assert metrics["fp16"]["images_checked"] == 16
+    assert metrics["fp16"]["max_abs_probability_diff"] < 1e-3
+    shipped = tmp_path / "shipped"
+    assert not (shipped / train.CHECKPOINT_NAME).exists()
+    assert (shipped / "model.safetensors").stat().st_size < 0.6 * (trained / "model.safetensors").stat().st_size
+    loaded = load_model_dir(shipped)
+    assert loaded.label_names == ["NORMAL", "PNEUMONIA"]
+    assert loaded.threshold == pytest.approx(load_model_dir(trained).threshold)
+    assert "fp16" in (shipped / "README.md").read_text()
+
+
+def test_learning_rate_schedule():
+    assert train.lr_at(0, 100, 1e-3, 10, "cosine") == pytest.approx(1e-4)
+    assert train.lr_at(9, 100, 1e-3, 10, "cosine") == pytest.approx(1e-3)
+    assert train.lr_at(55, 100, 1e-3, 10, "cosine") == pytest.approx(5e-4)
+    assert train.lr_at(100, 100, 1e-3, 10, "cosine") == pytest.approx(0.0, abs=1e-12)
+    peak = train.lr_at(30, 100, 1e-3, 0, "onecycle")
+    assert peak == pytest.approx(1e-3) and train.lr_at(0, 100, 1e-3, 0, "onecycle") < peak / 10
+
+
+def test_freeze_early_stops_gradients_before_the_cut():
+    import timm
+
+    model = timm.create_model("mobilenetv3_small_100", num_classes=2)
+    frozen = train.freeze_early(model, 2)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert frozen > 0
+    # mobilenetv3_small stages by stride are blocks.0, blocks.1, blocks.3, blocks.5: two stages = up to blocks.2
+    assert not any(name.startswith(("conv_stem", "bn1", "blocks.0.", "blocks.1.", "blocks.2.")) for name in trainable)
+    assert any(name.startswith("blocks.3.") for name in trainable) and "classifier.weight" in trainable
+    resnet = timm.create_model("resnet18", num_classes=2)
+    train.freeze_early(resnet, 2)
+    trainable = [name for name, p in resnet.named_parameters() if p.requires_grad]
+    assert trainable[0].startswith("layer3.") and "fc.weight" in trainable
+
+
+def test_class_weights_balance_the_loss():
+    weights = train._class_weights(np.array([0, 1, 1, 1]), 2).numpy()
+    # 1 NORMAL and 3 PNEUMONIA: each class contributes equally (1 * w0 == 3 * w1)
+    assert weights[0] == pytest.approx(3 * weights[1])
+
+
+def test_fine_tune_our_checkpoint_into_three_classes(trained, shared_data):
+    from xray.models import load_model_dir
+
+    out = trained.parent / "three"
+    train.main([
+        "--data", str(shared_data / "kermany-224"), "--data", str(shared_data / "covid-chestxray"),
+        "--labels", "NORMAL,PNEUMONIA,COVID-19", "--init", f"local-dir:{trained}", "--epochs", "1",
+        "--max-per-class", "3", "--batch-size", "3", "--bootstrap", "0", "--out", str(out),
+    ])  # fmt: skip
+    loaded = load_model_dir(out)
+    assert loaded.label_names == ["NORMAL", "PNEUMONIA", "COVID-19"]
+    assert loaded.architecture == "mobilenetv3_small_100" and loaded.threshold is None
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["counts"] == {"NORMAL": 3, "PNEUMONIA": 3, "COVID-19": 3}
+    assert set(metrics["test"]["roc"]) == {"NORMAL", "PNEUMONIA", "COVID-19"}
+    # the backbone started from our checkpoint, not from scratch: early weights are still close to it
+    before = load_model_dir(trained).model.state_dict()["conv_stem.weight"]
+    after = loaded.model.state_dict()["conv_stem.weight"]
+    assert (after - before).abs().max() < 0.05

@@ -1,0 +1,628 @@
+r"""Train and evaluate a chest X-ray classifier; write a hub-ready model folder.
+
+Examples:
+    python train.py --data ../shared/data/kermany-224 --arch efficientnet_lite0 --init imagenet --out runs/pneu
+    python train.py --data ../shared/data/kermany-224 --data ../shared/data/covid-chestxray \\
+        --labels NORMAL,PNEUMONIA,COVID-19 --init local-dir:runs/pneu --out runs/covid
+    python train.py --export runs/pneu --out models/pneumonia --half --data ../shared/data/kermany-224
+
+The output folder holds config.json (label_names, temperature, threshold), model.safetensors, metrics.json,
+plots (roc, reliability, confusion, curves) and a README.md model card; `--push-to-hub org/name` uploads it.
+Training and inference share `xray.transforms.build_transform`; the test split never chooses anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import random
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("train")
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    """Command-line options of train.py."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = p.add_argument_group("data")
+    data.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="class-per-folder image folder (train/ test/ inside for an official test split), CSV of "
+        "path,label[,group], or a covid-chestxray folder; repeat to combine sources",
+    )
+    data.add_argument("--dataset", action="append", default=[], metavar="NAME", help="Hugging Face dataset id")
+    data.add_argument(
+        "--labels", default=None, help="comma-separated class order (default NORMAL,PNEUMONIA[,COVID-19])"
+    )
+    data.add_argument("--val-fraction", type=float, default=0.15, help="share of training patients for validation")
+    data.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="share of patients held out as test for sources without their own test split",
+    )
+    data.add_argument("--max-per-class", type=int, default=None, help="cap images per class and split (smoke tests)")
+    model = p.add_argument_group("model")
+    model.add_argument("--arch", default="efficientnet_lite0", help="any timm architecture name")
+    model.add_argument(
+        "--freeze",
+        type=int,
+        default=0,
+        metavar="K",
+        help="freeze the stem and the first K block stages (cheaper fine-tuning on CPU)",
+    )
+    model.add_argument(
+        "--init",
+        default="imagenet",
+        help="imagenet, scratch, or a model name to fine-tune (local-dir:PATH, hf-hub:org/name)",
+    )
+    train = p.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--weight-decay", type=float, default=0.05)
+    train.add_argument("--schedule", choices=("cosine", "onecycle"), default="cosine")
+    train.add_argument("--warmup-steps", type=int, default=50)
+    train.add_argument("--patience", type=int, default=3, help="epochs without a better validation AUC before stopping")
+    train.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="MIN",
+        help="stop starting epochs once this many minutes would be exceeded",
+    )
+    train.add_argument(
+        "--balance",
+        choices=("loss", "sampler", "none"),
+        default="loss",
+        help="class imbalance: class-weighted loss or weighted sampler",
+    )
+    train.add_argument("--rotation", type=float, default=10.0, help="max augmentation rotation (degrees)")
+    train.add_argument("--translate", type=float, default=0.05, help="max augmentation shift (fraction)")
+    train.add_argument("--zoom", type=float, default=0.1, help="augmentation zoom range +-")
+    train.add_argument("--hflip", action="store_true", help="random horizontal flips")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", required=True, help="output model folder")
+    out.add_argument(
+        "--min-sensitivity",
+        type=float,
+        default=0.95,
+        help="threshold rule: best specificity with validation sensitivity at least this",
+    )
+    out.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    out.add_argument("--half", action="store_true", help="store fp16 weights (checked against fp32 probabilities)")
+    out.add_argument(
+        "--push-to-hub", default=None, metavar="ORG/NAME", help="upload the folder to the Hugging Face hub"
+    )
+    out.add_argument(
+        "--export",
+        default=None,
+        metavar="RUN_DIR",
+        help="no training: copy a finished model folder to --out (with --half: fp16, verified)",
+    )
+    return p
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch for repeatable runs."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- data
+
+
+def load_splits(args: argparse.Namespace):
+    """Load every --data / --dataset source and split it by patient into train / val / test."""
+    from xray.data import load_hf_dataset, load_samples, make_splits
+
+    sources = [load_samples(d) for d in args.data] + [load_hf_dataset(n) for n in args.dataset]
+    if not sources:
+        raise SystemExit("Give --data PATH or --dataset NAME (no data path is built in).")
+    labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
+    splits = make_splits(
+        sources, label_names=labels, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed
+    )
+    if args.max_per_class:
+        rng = random.Random(args.seed)
+        for split in ("train", "val", "test"):
+            samples = getattr(splits, split)
+            kept = []
+            for name in splits.label_names:
+                members = [s for s in samples if s.label == name]
+                rng.shuffle(members)
+                kept += members[: args.max_per_class]
+            setattr(splits, split, kept)
+    return splits
+
+
+def describe_data(args: argparse.Namespace, splits) -> dict[str, Any]:
+    """Data provenance for metrics.json and the model card."""
+    groups = {split: {s.group for s in getattr(splits, split)} for split in ("train", "val", "test")}
+    return {
+        "patient_overlap": {
+            "train_test": len(groups["train"] & groups["test"]),
+            "val_test": len(groups["val"] & groups["test"]),
+        },
+        "sources": [str(d) for d in args.data] + [f"hf:{n}" for n in args.dataset],
+        "label_names": splits.label_names,
+        "split_counts": splits.summary(),
+        "split_rule": (
+            f"validation = {args.val_fraction:.0%} of training patients (stratified, grouped by patient, "
+            f"seed {args.seed}); test = each source's own test split, else {args.test_fraction:.0%} of its patients"
+        ),
+    }
+
+
+# ---------------------------------------------------------------- model
+
+
+def create_model(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
+    """A fresh model: ImageNet / scratch init of --arch, or a copy of one of our checkpoints (--init NAME)."""
+    from xray import pretrained
+
+    if args.init in ("imagenet", "scratch"):
+        return pretrained.create_model(args.arch, num_classes, init=args.init)
+    from xray.models import load_model
+
+    base = load_model(args.init)
+    # loaded models are set up for inference (eval mode, possibly frozen): make every weight trainable again
+    model = copy.deepcopy(base.model).to(memory_format=torch.contiguous_format).requires_grad_(True)
+    # Loaded models are frozen for inference (xray.models); fine-tuning trains them again.
+    model.requires_grad_(True)
+    if len(base.label_names) != num_classes:
+        model.reset_classifier(num_classes)
+    logger.info("fine-tuning %s (%s, labels %s)", args.init, base.architecture, base.label_names)
+    return model
+
+
+def freeze_early(model: torch.nn.Module, stages: int) -> int:
+    """Freeze the stem and the first `stages` feature stages of a timm CNN; returns the frozen parameter count.
+
+    Stages are timm's `feature_info` levels (one per output stride): for efficientnet_lite0, 3 freezes the stem
+    and blocks 0-3; for resnet18, 2 freezes the stem, layer1 and layer2.
+
+    Early layers work on the largest feature maps, so their backward pass is the costliest on a CPU and their
+    ImageNet edge/texture filters transfer well.
+    """
+    if stages <= 0:
+        return 0
+    info = getattr(model, "feature_info", None)
+    modules = [name for name, _ in model.named_children()]
+    # timm CNNs list their stages in feature_info ('blocks.2', 'layer1', ...); everything before the cut is frozen
+    # feature_info lists one module per output stride; stem entries (conv_stem/bn1/act1) are not stages
+    cut_names = [f["module"] for f in info if "." in f["module"] or f["module"].startswith("layer")] if info else []
+    cut = cut_names[min(stages, len(cut_names) - 1)] if cut_names else None
+    frozen = 0
+    for name, param in model.named_parameters():
+        if cut is not None and (name.startswith(cut + ".") or _after(name, cut, modules)):
+            continue
+        param.requires_grad_(False)
+        frozen += param.numel()
+    return frozen
+
+
+def _after(param_name: str, cut: str, children: list[str]) -> bool:
+    """Whether a parameter belongs at or after the module `cut` (e.g. 'blocks.2') in the model's order."""
+    top, _, rest = cut.partition(".")
+    head = param_name.split(".")
+    if head[0] != top:
+        return children.index(head[0]) > children.index(top) if head[0] in children and top in children else True
+    if not rest:
+        return True
+    index = rest.split(".")[0]
+    return len(head) > 1 and head[1].isdigit() and index.isdigit() and int(head[1]) >= int(index)
+
+
+def lr_at(step: int, total: int, base_lr: float, warmup: int, schedule: str) -> float:
+    """Learning rate at an optimiser step: linear warm-up, then cosine decay (or one-cycle) to zero."""
+    if schedule == "onecycle":
+        peak = max(1, int(0.3 * total))
+        if step < peak:
+            return base_lr * (0.04 + 0.96 * step / peak)
+        progress = (step - peak) / max(1, total - peak)
+    else:
+        if step < warmup:
+            return base_lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+    return base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _class_weights(targets: np.ndarray, num_classes: int) -> torch.Tensor:
+    counts = np.bincount(targets, minlength=num_classes).astype(np.float64)
+    weights = counts.sum() / (num_classes * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+@torch.inference_mode()
+def validate(model: torch.nn.Module, loader, device: torch.device) -> tuple[float, np.ndarray, np.ndarray]:
+    """Mean cross-entropy, logits and targets over a loader, in eval mode."""
+    model.eval()
+    losses, logits, targets = [], [], []
+    for x, y in loader:
+        out = model(x.to(device).contiguous(memory_format=torch.channels_last)).float().cpu()
+        losses.append(torch.nn.functional.cross_entropy(out, y, reduction="sum").item())
+        logits.append(out.numpy())
+        targets.append(y.numpy())
+    y_all = np.concatenate(targets)
+    return sum(losses) / max(1, len(y_all)), np.concatenate(logits), y_all
+
+
+# ---------------------------------------------------------------- training
+
+
+def train(args: argparse.Namespace, splits, out: Path) -> tuple[torch.nn.Module, list[dict[str, float]], dict]:
+    """Train with early stopping on validation AUC; returns the best model, the history and run facts."""
+    from tqdm.auto import tqdm
+
+    from xray import metrics as M
+    from xray.data import ImageDataset, load_pixels
+    from xray.transforms import build_transform, data_config_for
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    num_classes = len(splits.label_names)
+    model = create_model(args, num_classes)
+    data_config = data_config_for(model)
+    size = tuple(data_config["input_size"][1:])
+    interpolation = str(data_config.get("interpolation", "bilinear"))
+    logger.info("data config %s", data_config)
+    t0 = time.perf_counter()
+    train_px = load_pixels(splits.train, size, interpolation, progress=True)
+    val_px = load_pixels(splits.val, size, interpolation, progress=True)
+    logger.info("decoded %d + %d images in %.0f s", len(train_px), len(val_px), time.perf_counter() - t0)
+    y_train, y_val = splits.targets("train"), splits.targets("val")
+    train_tf = build_transform(
+        data_config,
+        train=True,
+        rotation=args.rotation,
+        translate=args.translate,
+        scale=(1 - args.zoom, 1 + args.zoom),
+        hflip=args.hflip,
+    )
+    eval_tf = build_transform(data_config, train=False)
+    generator = torch.Generator().manual_seed(args.seed)
+    train_ds = ImageDataset(train_px, y_train, train_tf)
+    sampler = None
+    if args.balance == "sampler":
+        weights = _class_weights(y_train, num_classes).numpy()[y_train]
+        sampler = torch.utils.data.WeightedRandomSampler(weights, len(y_train), replacement=True, generator=generator)
+    loader_kw = {"num_workers": args.workers, "persistent_workers": False}
+    train_loader = torch.utils.data.DataLoader(
+        train_ds,
+        batch_size=args.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=len(train_ds) > args.batch_size,
+        generator=generator,
+        **loader_kw,
+    )
+    val_loader = torch.utils.data.DataLoader(ImageDataset(val_px, y_val, eval_tf), batch_size=64, **loader_kw)
+    loss_weight = _class_weights(y_train, num_classes).to(device) if args.balance == "loss" else None
+    criterion = torch.nn.CrossEntropyLoss(weight=loss_weight)
+    frozen = freeze_early(model, args.freeze)
+    if frozen:
+        logger.info("froze %.2f M parameters (stem + %d stages)", frozen / 1e6, args.freeze)
+    model.to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=args.weight_decay
+    )
+    state = {
+        "epoch": 0,
+        "step": 0,
+        "total_steps": args.epochs * len(train_loader),
+        "best_auc": -1.0,
+        "best_epoch": 0,
+        "best_state": None,
+        "history": [],
+        "train_seconds": 0.0,
+        "finished": False,
+    }
+    ckpt_path = out / CHECKPOINT_NAME
+    if args.resume and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state.update(ckpt["state"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        generator.set_state(ckpt["loader_rng"])
+        np.random.set_state(ckpt["numpy_rng"])
+        random.setstate(ckpt["python_rng"])
+        logger.info("resumed from %s at epoch %d (best AUC %.4f)", ckpt_path, state["epoch"], state["best_auc"])
+    budget_s = args.time_budget * 60 if args.time_budget else None
+    bad_epochs = state["epoch"] - state["best_epoch"]
+    while not state["finished"] and state["epoch"] < args.epochs:
+        epoch_start = time.perf_counter()
+        model.train()
+        running, seen = 0.0, 0
+        bar = tqdm(train_loader, desc=f"epoch {state['epoch'] + 1}/{args.epochs}", mininterval=5, file=sys.stderr)
+        for x, y in bar:
+            lr = lr_at(state["step"], state["total_steps"], args.lr, args.warmup_steps, args.schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            y = y.to(device)
+            loss = criterion(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            state["step"] += 1
+            running += loss.item() * len(y)
+            seen += len(y)
+            bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{lr:.2e}")
+            if budget_s and state["step"] == 10 and not args.resume:
+                # fit the learning-rate schedule to the steps the time budget allows (10% kept for validation)
+                step_s = (time.perf_counter() - epoch_start) / 10
+                fit = int(0.9 * budget_s / step_s)
+                if fit < state["total_steps"]:
+                    state["total_steps"] = max(fit, 11)
+                    logger.info(
+                        "%.2f s/step: the %g min budget allows %d steps (%.2f epochs)",
+                        step_s,
+                        args.time_budget,
+                        state["total_steps"],
+                        state["total_steps"] / len(train_loader),
+                    )
+            if state["step"] >= state["total_steps"]:
+                break
+            if budget_s and state["train_seconds"] + time.perf_counter() - epoch_start > budget_s:
+                logger.info("time budget reached in epoch %d after %d steps", state["epoch"] + 1, state["step"])
+                break
+        val_loss, val_logits, val_y = validate(model, val_loader, device)
+        val_probs = M.softmax(val_logits)
+        val_auc = M.roc_auc(val_y, val_probs)["auc"] if len(val_y) else float("nan")
+        val_acc = float((val_probs.argmax(1) == val_y).mean()) if len(val_y) else float("nan")
+        state["epoch"] += 1
+        seconds = time.perf_counter() - epoch_start
+        state["train_seconds"] += seconds
+        record = {
+            "epoch": state["epoch"],
+            "train_loss": running / max(1, seen),
+            "val_loss": val_loss,
+            "val_auc": val_auc,
+            "val_accuracy": val_acc,
+            "lr": lr,
+            "seconds": seconds,
+        }
+        state["history"].append(record)
+        improved = not math.isnan(val_auc) and val_auc > state["best_auc"]
+        if improved or state["best_state"] is None:
+            state["best_auc"] = val_auc if not math.isnan(val_auc) else state["best_auc"]
+            state["best_epoch"] = state["epoch"]
+            state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+        logger.info(
+            "epoch %d: train loss %.4f, val loss %.4f, val AUC %.4f, val acc %.4f, %.0f s%s",
+            state["epoch"],
+            record["train_loss"],
+            val_loss,
+            val_auc,
+            val_acc,
+            seconds,
+            " (best)" if improved else "",
+        )
+        stop = None
+        if bad_epochs >= args.patience:
+            stop = f"no better validation AUC for {args.patience} epochs"
+        elif budget_s and state["train_seconds"] > budget_s:
+            stop = f"time budget of {args.time_budget:g} min"
+        elif state["step"] >= state["total_steps"]:
+            stop = "learning-rate schedule finished"
+        if stop or state["epoch"] >= args.epochs:
+            state["finished"] = True
+            state["stop_reason"] = stop or f"{args.epochs} epochs"
+            logger.info("stopping: %s", state["stop_reason"])
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "state": state,
+                "torch_rng": torch.get_rng_state(),
+                "loader_rng": generator.get_state(),
+                "numpy_rng": np.random.get_state(),
+                "python_rng": random.getstate(),
+                "args": vars(args),
+            },
+            ckpt_path,
+        )
+    model.load_state_dict(state["best_state"])
+    # safetensors stores contiguous tensors only, so leave channels_last before saving
+    model.cpu().eval().to(memory_format=torch.contiguous_format)
+    facts = {
+        "epochs_run": state["epoch"],
+        "steps_run": state["step"],
+        "steps_per_epoch": len(train_loader),
+        "best_epoch": state["best_epoch"],
+        "best_val_auc": state["best_auc"],
+        "stop_reason": state.get("stop_reason"),
+        "train_seconds": state["train_seconds"],
+        "seconds_per_epoch": state["train_seconds"] / max(1, state["epoch"]),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
+    }
+    return model, state["history"], facts
+
+
+def _after_training(loaded, splits, out_dir: Path) -> None:
+    """Hook run after the model folder is written and evaluated (e.g. fitting the OOD gate on its features).
+
+    The lead wires `xray.gate.fit_ood(loaded, train_images, val_images, out_dir)` here; it is deliberately a
+    no-op until that module exists, rather than an import guarded by try/except.
+    """
+
+
+def finish(args: argparse.Namespace, model: torch.nn.Module, splits, history, facts: dict, out: Path) -> dict:
+    """Save, evaluate (temperature/threshold on validation, metrics on test), write plots, card; push if asked."""
+    from xray.card import write_model_card
+    from xray.data import load_pixels
+    from xray.evaluate import evaluate_model
+    from xray.models import load_model_dir, save_model
+
+    labels = splits.label_names
+    extra_config: dict[str, Any] = {"temperature": 1.0}
+    if len(labels) == 2:
+        extra_config.update(threshold=0.5, positive_label=labels[1])
+    save_model(model, out, label_names=labels, extra_config=extra_config)
+    loaded = load_model_dir(out)
+    size = tuple(loaded.data_config["input_size"][1:])
+    interpolation = str(loaded.data_config.get("interpolation", "bilinear"))
+    val_px = load_pixels(splits.val, size, interpolation)
+    test_px = load_pixels(splits.test, size, interpolation, progress=True)
+    training = {k: v for k, v in vars(args).items() if k not in {"push_to_hub", "export", "resume"}}
+    metrics = evaluate_model(
+        loaded,
+        test_px,
+        splits.targets("test"),
+        val_images=val_px,
+        y_val=splits.targets("val"),
+        out_dir=out,
+        history=history,
+        min_sensitivity=args.min_sensitivity,
+        n_boot=args.bootstrap,
+        extra={
+            "data": describe_data(args, splits),
+            "training": {**training, **facts},
+            "weights_bytes": (out / "model.safetensors").stat().st_size,
+        },
+    )
+    _after_training(loaded, splits, out)
+    if args.half:
+        metrics = convert_half(out, test_px)
+    write_model_card(out)
+    if args.push_to_hub:
+        push_to_hub(out, args.push_to_hub)
+    return metrics
+
+
+def convert_half(folder: Path, images: Sequence[Any]) -> dict:
+    """Re-store a model folder's weights as fp16 and record the largest probability change on `images`."""
+    from xray.evaluate import predict_logits
+    from xray.metrics import softmax
+    from xray.models import load_model_dir, save_model
+
+    before = load_model_dir(folder)
+    p32 = softmax(predict_logits(before, images), before.temperature)
+    extra = {
+        k: v
+        for k, v in before.config.items()
+        if k
+        not in {
+            "architecture",
+            "num_classes",
+            "label_names",
+            "num_features",
+            "global_pool",
+            "pretrained_cfg",
+            "model_args",
+        }
+    }
+    # loaded models are channels_last; safetensors needs contiguous tensors
+    model = copy.deepcopy(before.model).to(memory_format=torch.contiguous_format)
+    save_model(model, folder, label_names=before.label_names, extra_config=extra, half=True)
+    after = load_model_dir(folder)
+    p16 = softmax(predict_logits(after, images), after.temperature)
+    diff = float(np.abs(p32 - p16).max()) if len(images) else 0.0
+    metrics_path = folder / "metrics.json"
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    metrics["fp16"] = {
+        "max_abs_probability_diff": diff,
+        "images_checked": len(images),
+        "decisions_changed": int((p32.argmax(1) != p16.argmax(1)).sum()) if len(images) else 0,
+    }
+    metrics["weights_bytes"] = (folder / "model.safetensors").stat().st_size
+    metrics_path.write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+    logger.info("fp16 weights: max |p32 - p16| = %.2e on %d images", diff, len(images))
+    if diff > 1e-3:
+        logger.warning("fp16 changes probabilities by %.2e (> 1e-3); keep fp32 weights for this model", diff)
+    return metrics
+
+
+def export_model(run_dir: Path, dest: Path, *, half: bool, images: Sequence[Any]) -> dict:
+    """Copy a finished model folder (no checkpoint) to `dest`, optionally in fp16, and rewrite its card."""
+    from xray.card import write_model_card
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in run_dir.iterdir():
+        if path.is_file() and path.name != CHECKPOINT_NAME and path.suffix in {".json", ".safetensors", ".png", ".md"}:
+            shutil.copy2(path, dest / path.name)
+    metrics = convert_half(dest, images) if half else json.loads((dest / "metrics.json").read_text(encoding="utf-8"))
+    write_model_card(dest)
+    return metrics
+
+
+def push_to_hub(folder: Path, repo_id: str, *, private: bool = False) -> str:
+    """Upload a model folder to the Hugging Face hub (needs a token: `huggingface-cli login` or HF_TOKEN)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    info = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        repo_type="model",
+        ignore_patterns=[CHECKPOINT_NAME],
+        commit_message="Upload chest X-ray classifier (train.py)",
+    )
+    logger.info("pushed %s to https://huggingface.co/%s", folder, repo_id)
+    return str(getattr(info, "commit_url", info))
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Run training (or --export) and return the output folder."""
+    args = build_arg_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    out = Path(args.out)
+    if args.export:
+        from xray.data import load_pixels
+        from xray.models import load_model_dir
+
+        images: list = []
+        if args.half and (args.data or args.dataset):
+            splits = load_splits(args)
+            loaded = load_model_dir(Path(args.export))
+            images = load_pixels(
+                splits.test,
+                tuple(loaded.data_config["input_size"][1:]),
+                str(loaded.data_config.get("interpolation", "bilinear")),
+            )
+        export_model(Path(args.export), out, half=args.half, images=images)
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    splits = load_splits(args)
+    logger.info("splits %s", json.dumps(splits.summary()))
+    model, history, facts = train(args, splits, out)
+    finish(args, model, splits, history, facts, out)
+    logger.info("model folder written: %s", out)
+    return out
+
+
+if __name__ == "__main__":
+    main()

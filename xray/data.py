@@ -1,0 +1,382 @@
+"""Labelled chest X-ray datasets for training and evaluation, and patient-grouped splits.
+
+Accepted sources (never a hard-coded path):
+- an image folder with one sub-folder per class, optionally under `train/` and `test/` (`test/` is then the
+  official test split, as in Kermany's data set);
+- a CSV file of `path,label[,group]` rows (a header row is optional; paths relative to the CSV's folder);
+- a covid-chestxray folder (Cohen et al.; `metadata.csv` with `patientid`, `finding`, `filename`);
+- a Hugging Face dataset id, loaded with `datasets` (an image column and a ClassLabel column).
+
+Every sample carries a `group` (the patient when known) so that no patient is on both sides of a split.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xray.errors import DatasetError
+
+logger = logging.getLogger(__name__)
+
+TRAIN, VAL, TEST = "train", "val", "test"
+#: Conventional class order: the negative class first, so a binary model's positive class is label_names[1].
+PREFERRED_ORDER = ("NORMAL", "PNEUMONIA", "COVID-19")
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom"}
+
+
+@dataclass
+class Sample:
+    """One labelled image.
+
+    Attributes:
+        source: a file path, or an in-memory image (PIL / array) for Hugging Face datasets.
+        label: class name.
+        group: patient (or other) id that must stay on one side of a split.
+        split: `train` or `test` when the source fixes it, else None (carved later).
+    """
+
+    source: Any
+    label: str
+    group: str
+    split: str | None = None
+
+
+@dataclass
+class Splits:
+    """Train / validation / test samples and the class order shared by all three."""
+
+    label_names: list[str]
+    train: list[Sample] = field(default_factory=list)
+    val: list[Sample] = field(default_factory=list)
+    test: list[Sample] = field(default_factory=list)
+
+    def targets(self, split: str) -> np.ndarray:
+        """Integer class indices of a split, in `label_names` order."""
+        index = {name: i for i, name in enumerate(self.label_names)}
+        return np.array([index[s.label] for s in getattr(self, split)], dtype=np.int64)
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Counts per class for each split, plus patient-group counts."""
+        out: dict[str, dict[str, int]] = {}
+        for split in (TRAIN, VAL, TEST):
+            samples = getattr(self, split)
+            counts = Counter(s.label for s in samples)
+            out[split] = {name: counts.get(name, 0) for name in self.label_names}
+            out[split]["groups"] = len({s.group for s in samples})
+        return out
+
+
+_KERMANY_PATTERNS = (
+    re.compile(r"^(person\d+)_", re.IGNORECASE),  # person1000_bacteria_2931.jpeg
+    re.compile(r"^((?:NORMAL2-)?IM-\d+)-", re.IGNORECASE),  # IM-0115-0001.jpeg, NORMAL2-IM-0388-0001.jpeg
+)
+
+
+def kermany_patient_id(path: str | Path) -> str:
+    """Patient id encoded in a Kermany file name (`person123`, `IM-0115`, `NORMAL2-IM-0388`); else the stem."""
+    name = Path(path).name
+    for pattern in _KERMANY_PATTERNS:
+        match = pattern.match(name)
+        if match:
+            return match.group(1)
+    return Path(path).stem
+
+
+def order_labels(names: Iterable[str]) -> list[str]:
+    """Class order: NORMAL, PNEUMONIA, COVID-19 first when present, then the others alphabetically."""
+    names = set(names)
+    known = [n for n in PREFERRED_ORDER if n in names]
+    return known + sorted(names - set(known))
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+
+
+def load_image_folder(root: Path, *, prefix: str = "") -> list[Sample]:
+    """Samples from a class-per-folder tree, with `train/` and `test/` splits when the tree has them."""
+    split_dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and d.name.lower() in {"train", "val", "test"}]
+    trees = [(d, TEST if d.name.lower() == TEST else TRAIN) for d in split_dirs] or [(root, None)]
+    samples = []
+    for tree, split in trees:
+        for class_dir in sorted(d for d in tree.iterdir() if d.is_dir()):
+            for path in _images_in(class_dir):
+                samples.append(Sample(path, class_dir.name, prefix + kermany_patient_id(path), split))
+    if not samples:
+        raise DatasetError(
+            f"No images under '{root}'. Expected one sub-folder per class (e.g. NORMAL/, PNEUMONIA/), "
+            f"optionally inside train/ and test/."
+        )
+    return samples
+
+
+def load_csv(path: Path, *, prefix: str = "") -> list[Sample]:
+    """Samples from a CSV of `path,label[,group]` rows; relative paths are taken from the CSV's folder."""
+    samples = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        for i, row in enumerate(csv.reader(handle)):
+            if not row or (i == 0 and row[0].strip().lower() in {"path", "file", "filename", "image"}):
+                continue
+            if len(row) < 2:
+                raise DatasetError(f"{path} line {i + 1}: expected path,label[,group], got {row!r}.")
+            image = Path(row[0].strip())
+            image = image if image.is_absolute() else path.parent / image
+            if not image.is_file():
+                raise DatasetError(f"{path} line {i + 1}: image '{image}' does not exist.")
+            group = row[2].strip() if len(row) > 2 and row[2].strip() else kermany_patient_id(image)
+            samples.append(Sample(image, row[1].strip(), prefix + group))
+    if not samples:
+        raise DatasetError(f"{path} has no rows; expected path,label[,group].")
+    return samples
+
+
+#: covid-chestxray `finding` values -> our classes. COVID-19 (with or without ARDS) is COVID-19; every other
+#: pneumonia (bacterial, viral non-COVID, fungal) is PNEUMONIA; "No Finding" is NORMAL; "todo" (not yet
+#: labelled) rows are dropped.
+def covid_chestxray_label(finding: str) -> str | None:
+    """Map a covid-chestxray `finding` to NORMAL / PNEUMONIA / COVID-19, or None to drop the row."""
+    text = finding.strip()
+    if "COVID-19" in text:
+        return "COVID-19"
+    if text.lower() == "no finding":
+        return "NORMAL"
+    if text.lower() in {"todo", ""}:
+        return None
+    return "PNEUMONIA"
+
+
+def load_covid_chestxray(root: Path, *, prefix: str = "covid:") -> list[Sample]:
+    """Frontal images of Cohen et al.'s covid-chestxray collection, grouped by `patientid`."""
+    with (root / "metadata.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    # A few files are listed under two patient ids: treat such ids as one patient (union-find), and keep each
+    # file once, so no image or person can end up on both sides of a split.
+    parent: dict[str, str] = {}
+
+    def find(pid: str) -> str:
+        while parent.setdefault(pid, pid) != pid:
+            pid = parent[pid]
+        return pid
+
+    first_owner: dict[str, str] = {}
+    for row in rows:
+        pid, name = row["patientid"].strip(), row["filename"]
+        if name in first_owner:
+            a, b = sorted((find(first_owner[name]), find(pid)))
+            parent[b] = a
+        else:
+            first_owner[name] = pid
+    samples, seen = [], set()
+    for row in rows:
+        label = covid_chestxray_label(row.get("finding", ""))
+        image = root / "images" / row["filename"]
+        if label is None or row["filename"] in seen or not image.is_file():
+            continue
+        seen.add(row["filename"])
+        samples.append(Sample(image, label, prefix + find(row["patientid"].strip())))
+    if not samples:
+        raise DatasetError(f"No usable rows in {root / 'metadata.csv'} (images expected under {root / 'images'}).")
+    return samples
+
+
+def load_hf_dataset(name: str) -> list[Sample]:
+    """Samples of a Hugging Face dataset: its `test` split is kept as test, the others are pooled for training."""
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(name)
+    except Exception as exc:  # datasets raises many types (connection, missing config, missing files)
+        raise DatasetError(f"Cannot load Hugging Face dataset '{name}': {exc}") from exc
+    samples = []
+    for split_name, part in dataset.items():
+        features = part.features
+        image_col = next((k for k, v in features.items() if isinstance(v, datasets.Image)), None)
+        label_col = next((k for k, v in features.items() if isinstance(v, datasets.ClassLabel)), None)
+        if image_col is None or label_col is None:
+            raise DatasetError(f"Dataset '{name}' needs an Image column and a ClassLabel column; it has {features}.")
+        names = features[label_col].names
+        group_col = next((k for k in ("patient_id", "patientid", "patient", "group") if k in features), None)
+        split = TEST if split_name == TEST else TRAIN
+        for i, row in enumerate(part):
+            group = str(row[group_col]) if group_col else f"{name}:{split_name}:{i}"
+            samples.append(Sample(row[image_col], names[row[label_col]], group, split))
+    return samples
+
+
+def load_samples(source: str | Path) -> list[Sample]:
+    """Samples from a folder, a CSV file or a covid-chestxray folder (see the module docstring)."""
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return load_csv(path, prefix=f"{path.stem}:")
+    if path.is_dir() and (path / "metadata.csv").is_file() and (path / "images").is_dir():
+        return load_covid_chestxray(path)
+    if path.is_dir():
+        return load_image_folder(path, prefix=f"{path.name}:")
+    raise DatasetError(
+        f"Data '{source}' not found. Give a class-per-folder image folder, a CSV of path,label[,group], "
+        f"a covid-chestxray folder, or --dataset NAME for a Hugging Face dataset."
+    )
+
+
+def split_by_group(
+    samples: Sequence[Sample], fraction: float, *, seed: int, label_names: Sequence[str]
+) -> tuple[list[Sample], list[Sample]]:
+    """Split samples into (rest, held_out) with about `fraction` held out, stratified by class, grouped by patient.
+
+    Every group lands entirely on one side (sklearn's StratifiedGroupKFold, first fold held out).
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    if len(samples) < 2:
+        return list(samples), []
+    n_splits = max(2, round(1 / fraction))
+    index = {name: i for i, name in enumerate(label_names)}
+    y = np.array([index[s.label] for s in samples])
+    groups = np.array([s.group for s in samples])
+    # sklearn needs at least n_splits members in every class and n_splits groups
+    n_splits = min(n_splits, len(set(groups)), int(np.bincount(y)[np.unique(y)].min()))
+    if n_splits < 2:
+        return list(samples), []
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    rest_idx, held_idx = next(splitter.split(np.zeros(len(y)), y, groups))
+    return [samples[i] for i in rest_idx], [samples[i] for i in held_idx]
+
+
+def make_splits(
+    sources: Sequence[Sequence[Sample]],
+    *,
+    label_names: Sequence[str] | None = None,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Splits:
+    """Build train/val/test from one or more sources.
+
+    A source with its own test split keeps it; a source without one has `test_fraction` of its patients held
+    out as test. Validation is then carved from each source's training samples, stratified and grouped by patient.
+
+    Args:
+        sources: sample lists from `load_samples` / `load_hf_dataset`.
+        label_names: class order; default `order_labels` of the labels found.
+        val_fraction: share of training patients for validation.
+        test_fraction: share of patients held out as test for sources without a test split.
+        seed: split seed.
+    """
+    all_samples = [s for source in sources for s in source]
+    found = order_labels(s.label for s in all_samples)
+    names = list(label_names) if label_names else found
+    unknown = set(found) - set(names)
+    if unknown:
+        raise DatasetError(f"Labels {sorted(unknown)} in the data are not among the label names {names}.")
+    train: list[Sample] = []
+    val: list[Sample] = []
+    test: list[Sample] = []
+    for source in sources:
+        if any(s.split == TEST for s in source):
+            pool = [s for s in source if s.split != TEST]
+            test += [s for s in source if s.split == TEST]
+        else:
+            pool, held = split_by_group(source, test_fraction, seed=seed, label_names=names)
+            test += held
+        # Validation is carved per source, so a source's validation patients are the same whichever other
+        # sources join it (a model fine-tuned from a kermany-only model never validates on its training images).
+        rest, held = split_by_group(pool, val_fraction, seed=seed + 1, label_names=names)
+        train += rest
+        val += held
+    splits = Splits(label_names=names, train=train, val=val, test=test)
+    check_disjoint(splits)
+    return splits
+
+
+def check_disjoint(splits: Splits) -> None:
+    """Raise DatasetError when a patient group or an image appears in two of train / val / test."""
+    sides = {name: getattr(splits, name) for name in (TRAIN, VAL, TEST)}
+    groups = {name: {s.group for s in samples} for name, samples in sides.items()}
+    files = {
+        name: {str(s.source) for s in samples if isinstance(s.source, (str, Path))} for name, samples in sides.items()
+    }
+    for a, b in ((TRAIN, VAL), (TRAIN, TEST), (VAL, TEST)):
+        shared_files = files[a] & files[b]
+        if shared_files:
+            raise DatasetError(f"{len(shared_files)} images are in both {a} and {b}, e.g. {sorted(shared_files)[0]}.")
+    # Kermany's official train/test folders are a fixed published split; overlap there is reported, not fixed.
+    for a, b in ((TRAIN, VAL), (TRAIN, TEST), (VAL, TEST)):
+        shared = groups[a] & groups[b]
+        if shared and (a, b) == (TRAIN, VAL):
+            raise DatasetError(f"{len(shared)} patients are in both {a} and {b}, e.g. {sorted(shared)[0]}.")
+        if shared:
+            logger.warning(
+                "%d patient ids are in both %s and %s (fixed official split of the source)", len(shared), a, b
+            )
+
+
+def read_pixels(sample: Sample, size: tuple[int, int] | None = None, interpolation: str = "bilinear") -> np.ndarray:
+    """Decode a sample with `xray.io.read_image` (as the app does) into uint8 pixels, optionally pre-resized.
+
+    Pre-resizing to the model input size with the transform's own interpolation gives exactly the pixels the
+    transform's resize would produce (resizing to the same size is then a no-op), at a fraction of the memory.
+    Grayscale images are kept as HxW (the transform turns them into RGB).
+
+    Args:
+        sample: the sample to decode.
+        size: (height, width) to resize to, or None to keep the original size.
+        interpolation: `bilinear`, `bicubic` or `nearest` (the model's data config).
+    """
+    from PIL import Image
+
+    from xray.io import read_image
+
+    if isinstance(sample.source, (str, Path)):
+        pixels = read_image(sample.source).pixels
+    else:
+        pixels = np.asarray(sample.source.convert("RGB") if hasattr(sample.source, "convert") else sample.source)
+    if (
+        pixels.ndim == 3
+        and pixels.shape[2] == 3
+        and np.array_equal(pixels[..., 0], pixels[..., 1])
+        and np.array_equal(pixels[..., 0], pixels[..., 2])
+    ):
+        pixels = pixels[..., 0]
+    if size is not None and pixels.shape[:2] != tuple(size):
+        resample = {"bicubic": Image.BICUBIC, "nearest": Image.NEAREST}.get(interpolation, Image.BILINEAR)
+        pixels = np.asarray(Image.fromarray(pixels).resize((size[1], size[0]), resample))
+    return np.ascontiguousarray(pixels)
+
+
+def load_pixels(
+    samples: Sequence[Sample], size: tuple[int, int] | None = None, interpolation: str = "bilinear", *, progress=False
+) -> list[np.ndarray]:
+    """Decode many samples into memory once, so epochs do not re-read and re-decode JPEGs."""
+    from tqdm.auto import tqdm
+
+    return [
+        read_pixels(s, size, interpolation) for s in tqdm(samples, desc="decode", disable=not progress, leave=False)
+    ]
+
+
+class ImageDataset:
+    """A torch-style dataset over decoded pixels: applies the (train or eval) transform, returns (tensor, label)."""
+
+    def __init__(self, pixels: Sequence[np.ndarray], targets: Sequence[int], transform) -> None:
+        if len(pixels) != len(targets):
+            raise ValueError(f"{len(pixels)} images for {len(targets)} targets")
+        self.pixels = pixels
+        self.targets = np.asarray(targets, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, index: int):
+        return self.transform(self.pixels[index]), int(self.targets[index])

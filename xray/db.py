@@ -1,0 +1,134 @@
+"""Database tables (SQLModel) and the engine: SQLite by default (WAL), PostgreSQL through psycopg.
+
+Three tables: `doctor` (accounts), `record` (one saved prediction each, owned by one doctor) and `signinevent`
+(every sign-in attempt, for throttling and audit). Nothing touches the database at import; call
+`make_engine` and `init_db` at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, Column, Engine, event
+from sqlalchemy.engine import make_url
+from sqlmodel import Field, SQLModel, create_engine
+
+logger = logging.getLogger(__name__)
+
+#: How long a SQLite writer waits for another writer's lock before giving up (milliseconds).
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def utcnow() -> datetime:
+    """The current time in UTC (timezone-aware; SQLModel stores and returns datetimes in UTC)."""
+    return datetime.now(UTC)
+
+
+class Doctor(SQLModel, table=True):
+    """A doctor account. Passwords are stored only as Argon2 hashes (see `xray.auth`)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    username: str = Field(index=True, unique=True, max_length=64, description="lower-case sign-in name")
+    display_name: str = Field(max_length=200, description="how the app greets the doctor")
+    password_hash: str | None = Field(default=None, description="Argon2 hash; None for hub-only accounts")
+    hf_username: str | None = Field(
+        default=None, index=True, unique=True, max_length=100, description="lower-case Hugging Face user name"
+    )
+    is_active: bool = Field(default=True, description="disabled accounts cannot sign in or use the API")
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Record(SQLModel, table=True):
+    """One prediction saved for one doctor: patient fields, the stored image, the model and its output.
+
+    The model output (probabilities, predicted label, model id) is never edited after creation. The patient
+    fields can be corrected; the `final_*` fields hold the doctor's own final read, set later and kept apart
+    from the model's output.
+    """
+
+    id: int | None = Field(default=None, primary_key=True)
+    doctor_id: int = Field(foreign_key="doctor.id", index=True)
+    patient_name: str = Field(index=True, max_length=200)
+    exam_date: date = Field(index=True)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    updated_at: datetime | None = Field(default=None)
+    # The uploaded file, stored in the data directory under its SHA-256 (see xray.storage).
+    image_sha256: str = Field(index=True, max_length=64)
+    image_filename: str = Field(default="", max_length=255)
+    image_format: str = Field(default="", max_length=32)
+    image_width: int = 0
+    image_height: int = 0
+    # The model and its output, as served.
+    model_name: str = Field(max_length=300)
+    model_version: str = Field(max_length=100)
+    architecture: str = Field(default="", max_length=100)
+    label_names: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    probabilities: dict[str, float] = Field(sa_column=Column(JSON, nullable=False))
+    predicted_label: str = Field(index=True, max_length=100)
+    positive_label: str | None = Field(default=None, max_length=100)
+    threshold: float | None = None
+    cam_method: str = Field(default="gradcam", max_length=20)
+    cam_target_label: str = Field(default="", max_length=100)
+    heatmap_sha256: str | None = Field(default=None, max_length=64)
+    latency_ms: float = 0.0
+    # The doctor's own read, set later (trust features); never changes the model's output above.
+    final_read: str | None = Field(default=None, max_length=100)
+    final_note: str | None = Field(default=None, max_length=2000)
+    final_read_at: datetime | None = None
+
+
+class SignInEvent(SQLModel, table=True):
+    """One sign-in attempt: who, from where, when and how it ended (success, bad_credentials, throttled, ...)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    username: str = Field(index=True, max_length=200)
+    address: str = Field(default="", index=True, max_length=100)
+    outcome: str = Field(max_length=20)
+
+
+def normalize_database_url(url: str) -> str:
+    """Pick the installed PostgreSQL driver (psycopg 3) for plain `postgresql://` / `postgres://` URLs."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers work while a prediction is being written; NORMAL sync is durable enough with WAL.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """Create the engine for a database URL (SQLite file folders are created; WAL is switched on).
+
+    Args:
+        url: SQLAlchemy URL, e.g. `sqlite:///data/xray.db` or `postgresql+psycopg://user@host/db`.
+    """
+    url = normalize_database_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    # pool_pre_ping drops connections the server closed while the app was idle.
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def init_db(engine: Engine) -> None:
+    """Create the tables that do not exist yet (existing tables and rows are kept)."""
+    SQLModel.metadata.create_all(engine)
+    logger.info("database ready: %s", engine.url.render_as_string(hide_password=True))

@@ -1,0 +1,525 @@
+"""Input gate: is this a frontal chest X-ray like the ones the model was trained on?
+
+Two kinds of checks, each finding with a `code` and a doctor-readable `reason`:
+
+Image statistics and DICOM header (`check_image`; thresholds set on the training images, see below):
+- `too_small`: shorter side under `MIN_SIDE` px;
+- `color`: a colour image (`xray.io.color_image`: more than 2% of pixels clearly coloured);
+- `blank`: nearly uniform (grey-level spread or standard deviation far below any training image);
+- `inverted`: grey levels reversed (bones dark, lungs bright), by correlation with the average layout of a
+  frontal chest X-ray (`FRONTAL_LAYOUT`);
+- `circular_field`: a round field of view on a uniform background, the look of a reconstructed CT/MR slice;
+- `modality`, `view`, `body_part`: the DICOM header says CT/MR/ultrasound/..., a lateral (or oblique,
+  decubitus) view, or another body part.
+
+Out-of-distribution score (`ood_score`): Mahalanobis distance of the model's penultimate features to the
+training features (class-conditional means, one shared Ledoit-Wolf shrinkage covariance; Lee et al. 2018),
+flagged above the `quantile` (default 99%) of the distances of the validation images. The statistics live
+in the model folder (`ood.npz`, and `config.json` key `ood`), written by `fit_model_ood` after training.
+
+An image with any finding is out of scope: the app shows the prediction only on request, under a warning
+that lists the reasons.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from xray.errors import OodStatsError
+
+logger = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------- image statistics
+
+#: Shorter side below which an image is too small: the ribs, vessels and small opacities the model relies on
+#: are lost. The training images are 224 px (Kermany) and at least 156 px (covid-chestxray).
+MIN_SIDE = 128
+#: Nearly blank: grey-level spread (99.5th - 0.5th percentile) or standard deviation below these. The lowest
+#: values among the 5216 Kermany / 555 covid-chestxray training images: spread 90 / 69, std 19.9 / 14.8.
+MIN_SPREAD = 32.0
+MIN_STD = 6.0
+#: Inverted: correlation with `FRONTAL_LAYOUT` below this. Kermany training images: 0.08 at the lowest (99.9%
+#: above 0.2); an inverted image scores the negative of its original, so -0.1 catches 99.98% of inverted
+#: training images while leaving a margin for unusual real ones (1 of 555 covid-chestxray images: -0.24).
+INVERTED_BELOW = -0.1
+#: Circular field of view: largest deviation of the field edge from the inscribed circle (share of the
+#: radius). CT slices with a visible scan circle score under 0.02; no training image scores under 0.18.
+CIRCLE_TOLERANCE = 0.08
+
+#: Average grey-level layout of a frontal chest X-ray on a 16 x 16 grid covering the central 80% of the image
+#: (left half; the right half mirrors it), z-scored, x10. Mean of the z-scored 5216 Kermany training images,
+#: made left-right symmetric; printed by `scripts/eval_gate.py --image-stats DIR`. Dark lungs either side of
+#: a bright mediastinum, bright abdomen below.
+_LAYOUT_LEFT_HALF = (
+    (-15, -9, -5, -2, 0, 2, 5, 8),
+    (-14, -6, -1, 1, 0, -1, 5, 9),
+    (-14, -4, 1, 0, -4, -5, 4, 10),
+    (-15, -3, 2, -3, -8, -7, 4, 12),
+    (-15, -2, 0, -6, -10, -6, 5, 13),
+    (-14, -2, -2, -8, -9, -3, 7, 14),
+    (-13, -2, -5, -10, -8, 0, 9, 16),
+    (-12, -3, -8, -11, -7, 3, 11, 17),
+    (-12, -5, -10, -10, -4, 5, 12, 18),
+    (-11, -7, -11, -9, -2, 6, 13, 19),
+    (-12, -9, -12, -8, -1, 6, 13, 19),
+    (-12, -11, -12, -7, -1, 5, 12, 19),
+    (-13, -12, -11, -5, 1, 5, 12, 19),
+    (-14, -11, -7, 0, 5, 8, 13, 19),
+    (-13, -6, 0, 7, 11, 12, 16, 20),
+    (-10, 0, 7, 12, 15, 16, 17, 21),
+)
+LAYOUT_GRID = 20  # the image is averaged onto 20 x 20 cells; the central 16 x 16 are compared
+_LAYOUT_MARGIN = 2
+
+
+def _zscore(values: np.ndarray) -> np.ndarray:
+    values = values.astype(np.float64)
+    return (values - values.mean()) / (values.std() + 1e-6)
+
+
+FRONTAL_LAYOUT = _zscore(np.hstack([np.array(_LAYOUT_LEFT_HALF), np.array(_LAYOUT_LEFT_HALF)[:, ::-1]]))
+
+#: DICOM Modality values of projection radiographs (CR, DX, DR, RG) and of captures that may hold one.
+RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RG", "OT", "SC"})
+_MODALITY_NAMES = {
+    "CT": "a CT slice",
+    "MR": "an MR image",
+    "US": "an ultrasound image",
+    "NM": "a nuclear medicine image",
+    "PT": "a PET image",
+    "MG": "a mammogram",
+    "XA": "an angiography image",
+    "RF": "a fluoroscopy image",
+    "XC": "an external camera photograph",
+    "SEG": "a segmentation, not an image",
+}
+#: DICOM ViewPosition values of frontal views; anything else that is a known view is flagged.
+FRONTAL_VIEWS = frozenset({"PA", "AP"})
+_LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLAT", "RLAT"})
+_OTHER_VIEWS = {"RLD": "decubitus", "LLD": "decubitus", "RLO": "oblique", "LLO": "oblique", "AX": "axial"}
+#: DICOM BodyPartExamined values that clearly name another region (free text, often localised, so only an
+#: explicit list is flagged; an absent or unknown value is not).
+OTHER_BODY_PARTS = frozenset({
+    "HEAD", "BRAIN", "SKULL", "FACE", "NECK", "CSPINE", "LSPINE", "SSPINE", "SPINE", "ABDOMEN", "PELVIS", "HIP",
+    "KNEE", "ANKLE", "FOOT", "LEG", "HAND", "WRIST", "ELBOW", "ARM", "EXTREMITY", "BREAST", "HEART", "LIVER",
+    "KIDNEY", "BLADDER", "PROSTATE", "UTERUS", "EYE",
+})
+
+
+@dataclass(frozen=True)
+class GateFinding:
+    """One reason why an image looks out of scope.
+
+    Attributes:
+        code: short identifier (`too_small`, `color`, `blank`, `inverted`, `circular_field`, `modality`,
+            `view`, `body_part`, `out_of_distribution`).
+        reason: the sentence shown to the doctor.
+        value: the measured statistic behind it, when there is one (for logs and evaluation).
+    """
+
+    code: str
+    reason: str
+    value: float | None = None
+
+
+@dataclass
+class GateResult:
+    """The gate's verdict on one image.
+
+    Attributes:
+        in_scope: True when no check fired.
+        reasons: the findings' doctor-readable reasons, in order.
+        findings: the findings themselves.
+        ood_distance: Mahalanobis distance of the image's features (None when the model has no OOD statistics).
+        ood_threshold: the distance above which an image counts as far from the training data.
+    """
+
+    in_scope: bool
+    reasons: list[str]
+    findings: list[GateFinding] = field(default_factory=list)
+    ood_distance: float | None = None
+    ood_threshold: float | None = None
+
+    @property
+    def codes(self) -> list[str]:
+        """The findings' codes."""
+        return [f.code for f in self.findings]
+
+    @property
+    def warning(self) -> str | None:
+        """One paragraph for the doctor, or None when the image is in scope."""
+        if self.in_scope:
+            return None
+        return (
+            "This image may be outside what the model was made for (frontal chest X-rays): "
+            + " ".join(self.reasons)
+            + " Any result for it is unreliable."
+        )
+
+
+def _grey(pixels: np.ndarray) -> np.ndarray:
+    arr = np.asarray(pixels)
+    return arr[..., :3].mean(axis=2) if arr.ndim == 3 else arr.astype(np.float64)
+
+
+def layout_correlation(grey: np.ndarray) -> float:
+    """Correlation of an image's coarse grey-level layout with `FRONTAL_LAYOUT` (-1..1; about -0.8 when inverted)."""
+    cells = cv2.resize(grey.astype(np.float32), (LAYOUT_GRID, LAYOUT_GRID), interpolation=cv2.INTER_AREA)
+    inner = cells[_LAYOUT_MARGIN:-_LAYOUT_MARGIN, _LAYOUT_MARGIN:-_LAYOUT_MARGIN]
+    return float((_zscore(inner) * FRONTAL_LAYOUT).mean())
+
+
+def circle_deviation(grey: np.ndarray) -> float:
+    """How far a uniform-background field edge is from the inscribed circle, as a share of its radius.
+
+    Rays from the centre at 20 angles (25-65 degrees in each quadrant) find where the image stops matching
+    the corners' value; for a CT/MR slice with a round field of view that radius is the inscribed circle's.
+    Returns `inf` when the corners are not a uniform background at all.
+    """
+    size = 128
+    small = cv2.resize(grey.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    lo, hi = np.percentile(small, [0.5, 99.5])
+    norm = np.clip((small - lo) / max(hi - lo, 1e-6), 0, 1)
+    corners = np.concatenate([norm[:4, :4].ravel(), norm[:4, -4:].ravel(), norm[-4:, :4].ravel(),
+                              norm[-4:, -4:].ravel()])
+    if corners.std() > 0.03:
+        return math.inf
+    background = float(np.median(corners))
+    centre, radius = (size - 1) / 2, size / 2
+    radii = np.arange(0.5 * radius, 1.41 * radius, 0.5)
+    worst = 0.0
+    for quadrant in range(4):
+        for degrees in (25, 35, 45, 55, 65):
+            theta = np.deg2rad(degrees + 90 * quadrant)
+            xs = np.clip(np.round(centre + radii * np.cos(theta)).astype(int), 0, size - 1)
+            ys = np.clip(np.round(centre + radii * np.sin(theta)).astype(int), 0, size - 1)
+            content = np.flatnonzero(np.abs(norm[ys, xs] - background) > 0.06)
+            edge = radii[content[-1]] / radius if len(content) else 0.0
+            worst = max(worst, abs(edge - 1.0))
+    return worst
+
+
+def _metadata_findings(metadata: dict[str, str]) -> list[GateFinding]:
+    found = []
+    modality = (metadata.get("Modality") or "").strip().upper()
+    if modality and modality not in RADIOGRAPH_MODALITIES:
+        what = _MODALITY_NAMES.get(modality, f"a '{modality}' image")
+        found.append(GateFinding("modality", f"The DICOM header says this is {what} (Modality {modality}), not a "
+                                             "chest radiograph."))
+    view = (metadata.get("ViewPosition") or "").strip().upper()
+    if view in _LATERAL_VIEWS:
+        found.append(GateFinding("view", f"The DICOM header says this is a lateral view ({view}); the model was "
+                                         "trained on frontal (PA/AP) views only."))
+    elif view in _OTHER_VIEWS:
+        found.append(GateFinding("view", f"The DICOM header says this is a {_OTHER_VIEWS[view]} view ({view}); the "
+                                         "model was trained on frontal (PA/AP) views only."))
+    part = (metadata.get("BodyPartExamined") or "").strip().upper().replace(" ", "")
+    if part in OTHER_BODY_PARTS:
+        found.append(GateFinding("body_part", f"The DICOM header says the body part is {part}, not the chest."))
+    return found
+
+
+def check_image(image: Any) -> list[GateFinding]:
+    """Image-statistics and DICOM-header checks (no model needed).
+
+    Args:
+        image: an `XrayImage` (pixels, metadata, is_color) or an HxWx3 / HxW uint8 array.
+
+    Returns:
+        The findings, empty when nothing looks out of scope.
+    """
+    from xray.io import color_image
+
+    pixels = np.asarray(getattr(image, "pixels", image))
+    metadata = dict(getattr(image, "metadata", None) or {})
+    findings = _metadata_findings(metadata)
+    height, width = pixels.shape[:2]
+    if min(height, width) < MIN_SIDE:
+        findings.append(GateFinding(
+            "too_small", f"The image is only {width} x {height} pixels; at least {MIN_SIDE} px on the shorter side "
+                         "is needed to show the lungs in enough detail.", float(min(height, width))))
+    colour = bool(getattr(image, "is_color", False)) or (pixels.ndim == 3 and color_image(pixels[..., :3]))
+    if colour:
+        findings.append(GateFinding("color", "This is a colour image (a photograph or screenshot?), not a grey-scale "
+                                             "X-ray."))
+    grey = _grey(pixels)
+    if max(height, width) > 512:  # statistics of a 512 px copy are the same and much cheaper
+        scale = 512 / max(height, width)
+        grey = cv2.resize(grey.astype(np.float32), (max(1, round(width * scale)), max(1, round(height * scale))),
+                          interpolation=cv2.INTER_AREA)
+    lo, hi = np.percentile(grey, [0.5, 99.5])
+    std = float(grey.std())
+    if hi - lo < MIN_SPREAD or std < MIN_STD:
+        findings.append(GateFinding("blank", "The image is nearly blank (almost no contrast).", float(hi - lo)))
+        return findings  # layout statistics are meaningless on a flat image
+    if not colour:
+        correlation = layout_correlation(grey)
+        if correlation < INVERTED_BELOW:
+            findings.append(GateFinding(
+                "inverted", "The grey levels look inverted (bones dark, lungs bright), or this is not a frontal "
+                            "chest X-ray.", correlation))
+    deviation = circle_deviation(grey)
+    if deviation < CIRCLE_TOLERANCE:
+        findings.append(GateFinding(
+            "circular_field", "The image has a round field of view on a uniform background, like a CT or MR "
+                              "slice, not a chest radiograph.", deviation))
+    return findings
+
+
+# ---------------------------------------------------------------- out-of-distribution score
+
+OOD_FILE = "ood.npz"
+OOD_CONFIG_KEY = "ood"
+
+
+@dataclass
+class OodStats:
+    """Mahalanobis statistics of a model's penultimate features.
+
+    Attributes:
+        means: (K, D) feature means, one per class (K = 1: class-agnostic).
+        precision: (D, D) inverse of the shared shrinkage covariance.
+        threshold: distance above which an image is flagged (the `quantile` of the validation distances).
+        quantile: the validation quantile the threshold was set at.
+        shrinkage: the Ledoit-Wolf shrinkage coefficient.
+        n_train: training images the means and covariance came from.
+        n_val: validation images the threshold came from.
+    """
+
+    means: np.ndarray
+    precision: np.ndarray
+    threshold: float
+    quantile: float
+    shrinkage: float
+    n_train: int
+    n_val: int
+
+    @property
+    def feature_dim(self) -> int:
+        """Feature dimension D."""
+        return int(self.means.shape[1])
+
+
+def mahalanobis(means: np.ndarray, precision: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """Distance of each feature row to the nearest mean under the shared precision: (N,)."""
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[None, :]
+    best = np.full(len(x), np.inf)
+    for mean in np.asarray(means, dtype=np.float64):
+        diff = x - mean
+        best = np.minimum(best, np.einsum("nd,de,ne->n", diff, precision, diff, optimize=True))
+    return np.sqrt(np.maximum(best, 0.0))
+
+
+def fit_ood(
+    features_train: np.ndarray,
+    features_val: np.ndarray,
+    *,
+    labels_train: np.ndarray | None = None,
+    quantile: float = 0.99,
+) -> OodStats:
+    """Fit Mahalanobis OOD statistics on training features; set the threshold on validation features.
+
+    Args:
+        features_train: (N, D) penultimate features of the training images.
+        features_val: (M, D) features of validation images the model was not trained on.
+        labels_train: (N,) class indices: class-conditional means with a shared covariance (else one mean).
+        quantile: share of validation images that must stay under the threshold.
+
+    Raises:
+        ValueError: shapes disagree or there are too few images.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    x = np.asarray(features_train, dtype=np.float64)
+    v = np.asarray(features_val, dtype=np.float64)
+    if x.ndim != 2 or v.ndim != 2 or x.shape[1] != v.shape[1]:
+        raise ValueError(f"features must be (N, D) arrays with the same D, got {x.shape} and {v.shape}")
+    if len(x) < 10 or len(v) < 10:
+        raise ValueError(f"need at least 10 training and 10 validation feature rows, got {len(x)} and {len(v)}")
+    if not 0.5 <= quantile < 1.0:
+        raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
+    if labels_train is None:
+        means = x.mean(axis=0, keepdims=True)
+        centred = x - means
+    else:
+        y = np.asarray(labels_train)
+        if y.shape != (len(x),):
+            raise ValueError(f"labels_train must have one entry per training row, got {y.shape}")
+        classes = np.unique(y)
+        means = np.stack([x[y == c].mean(axis=0) for c in classes])
+        centred = x - means[np.searchsorted(classes, y)]
+    lw = LedoitWolf(assume_centered=True).fit(centred)
+    precision = np.linalg.inv(lw.covariance_)
+    precision = (precision + precision.T) / 2
+    distances = mahalanobis(means, precision, v)
+    threshold = float(np.quantile(distances, quantile))
+    logger.info("OOD: D=%d, shrinkage %.3f, validation distance median %.1f, %.0f%% quantile %.1f",
+                x.shape[1], lw.shrinkage_, float(np.median(distances)), 100 * quantile, threshold)
+    return OodStats(means=means, precision=precision, threshold=threshold, quantile=float(quantile),
+                    shrinkage=float(lw.shrinkage_), n_train=len(x), n_val=len(v))
+
+
+def ood_score(stats: OodStats, features: np.ndarray) -> np.ndarray:
+    """Mahalanobis distances (N,) of feature rows (or one (D,) vector) to the training distribution."""
+    x = np.asarray(features)
+    if x.shape[-1] != stats.feature_dim:
+        raise OodStatsError(
+            f"The OOD statistics expect {stats.feature_dim} features but the model gives {x.shape[-1]}; "
+            "refit them for this model (scripts/eval_gate.py --fit)."
+        )
+    return mahalanobis(stats.means, stats.precision, x)
+
+
+def save_ood(stats: OodStats, model_dir: str | Path, *, half: bool = False) -> Path:
+    """Write `ood.npz` into a model folder and record it under `config.json` key `ood`.
+
+    Args:
+        stats: fitted statistics.
+        model_dir: the model folder (with config.json).
+        half: store the D x D precision in float16, scaled by its largest entry (halves the file; check the
+            distances it gives against float32 before shipping it: tiny entries lose precision).
+
+    Returns:
+        The path of the written file.
+    """
+    from xray.models import update_config
+
+    folder = Path(model_dir)
+    path = folder / OOD_FILE
+    # float16 tops out at 65504, so the precision is stored divided by its largest entry.
+    scale = float(np.abs(stats.precision).max()) or 1.0
+    precision = (stats.precision / scale).astype(np.float16 if half else np.float32)
+    np.savez(path, means=stats.means.astype(np.float32), precision=precision, precision_scale=np.float64(scale))
+    update_config(folder, **{OOD_CONFIG_KEY: {
+        "file": OOD_FILE,
+        "method": "mahalanobis, class-conditional means, shared Ledoit-Wolf covariance" if len(stats.means) > 1
+        else "mahalanobis, one mean, Ledoit-Wolf covariance",
+        "threshold": stats.threshold,
+        "quantile": stats.quantile,
+        "shrinkage": stats.shrinkage,
+        "feature_dim": stats.feature_dim,
+        "n_train": stats.n_train,
+        "n_val": stats.n_val,
+    }})
+    return path
+
+
+def load_ood(model_dir: str | Path) -> OodStats | None:
+    """Read a model folder's OOD statistics, or None when it has none (`config.json` without key `ood`).
+
+    Raises:
+        OodStatsError: the config names a file that is missing, unreadable or inconsistent.
+    """
+    folder = Path(model_dir)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise OodStatsError(f"Cannot read {folder / 'config.json'}: {exc}") from exc
+    entry = config.get(OOD_CONFIG_KEY)
+    if not entry:
+        return None
+    path = folder / str(entry.get("file", OOD_FILE))
+    try:
+        with np.load(path) as data:
+            means = data["means"].astype(np.float64)
+            scale = float(data["precision_scale"]) if "precision_scale" in data.files else 1.0
+            precision = data["precision"].astype(np.float64) * scale
+        threshold = float(entry["threshold"])
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise OodStatsError(
+            f"The OOD statistics in {folder} are unreadable ({exc}); refit them (scripts/eval_gate.py --fit)."
+        ) from exc
+    if means.ndim != 2 or precision.shape != (means.shape[1], means.shape[1]) or not math.isfinite(threshold):
+        raise OodStatsError(f"The OOD statistics in {folder} are inconsistent (means {means.shape}, precision "
+                            f"{precision.shape}); refit them (scripts/eval_gate.py --fit).")
+    return OodStats(means=means, precision=precision, threshold=threshold,
+                    quantile=float(entry.get("quantile", math.nan)), shrinkage=float(entry.get("shrinkage", math.nan)),
+                    n_train=int(entry.get("n_train", 0)), n_val=int(entry.get("n_val", 0)))
+
+
+_CACHE: dict[tuple[str, float], OodStats | None] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def ood_stats_for(loaded: Any) -> OodStats | None:
+    """The OOD statistics of a loaded model, read once per folder (and again when ood.npz changes)."""
+    path = Path(loaded.path)
+    entry = (loaded.config or {}).get(OOD_CONFIG_KEY) or {}
+    file = path / str(entry.get("file", OOD_FILE))
+    key = (str(path), file.stat().st_mtime if file.is_file() else -1.0)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = load_ood(path)
+        return _CACHE[key]
+
+
+def penultimate_features(loaded: Any, images: Sequence[Any]) -> np.ndarray:
+    """(N, D) penultimate features of images through the model's own evaluation transform."""
+    from xray.evaluate import extract_features
+
+    return extract_features(loaded, list(images))
+
+
+def fit_model_ood(
+    loaded: Any,
+    train_images: Sequence[Any],
+    val_images: Sequence[Any],
+    out_dir: str | Path | None = None,
+    *,
+    train_targets: np.ndarray | None = None,
+    quantile: float = 0.99,
+) -> OodStats:
+    """Extract features of the training and validation images, fit the OOD statistics, save them to `out_dir`.
+
+    This is the after-training step (`train.py`): `train_images` are the images the model was trained on,
+    `val_images` the validation split carved from the training data (never the test set).
+    """
+    features_train = penultimate_features(loaded, train_images)
+    features_val = penultimate_features(loaded, val_images)
+    stats = fit_ood(features_train, features_val, labels_train=train_targets, quantile=quantile)
+    if out_dir is not None:
+        save_ood(stats, out_dir)
+    return stats
+
+
+# ---------------------------------------------------------------- both
+
+
+def assess(loaded: Any, image: Any, features: np.ndarray | None = None) -> GateResult:
+    """Run every check on one image: image statistics, DICOM header and (when the model has them) OOD statistics.
+
+    Args:
+        loaded: the `LoadedModel` that will classify the image.
+        image: an `XrayImage` (or HxWx3 uint8 array).
+        features: the image's penultimate features when already computed (else one extra forward pass).
+
+    Returns:
+        `GateResult` with `in_scope` and the doctor-readable `reasons`.
+    """
+    findings = check_image(image)
+    distance = threshold = None
+    stats = ood_stats_for(loaded)
+    if stats is not None:
+        if features is None:
+            features = penultimate_features(loaded, [image])
+        distance = float(ood_score(stats, np.asarray(features).reshape(1, -1))[0])
+        threshold = stats.threshold
+        if distance > threshold:
+            findings.append(GateFinding(
+                "out_of_distribution",
+                f"The model finds this image unlike its training X-rays (feature distance {distance:.0f}; "
+                f"{stats.quantile:.0%} of validation X-rays are under {threshold:.0f}).", distance))
+    return GateResult(in_scope=not findings, reasons=[f.reason for f in findings], findings=findings,
+                      ood_distance=distance, ood_threshold=threshold)

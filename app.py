@@ -93,6 +93,10 @@ def build_demo(
     store = service.image_store(settings)
     models = list(model_names) if model_names is not None else service.registered_models(settings)
     infos = {name: service.describe_model(name) for name in models}
+    if not models:
+        logger.warning(
+            "No model is installed in %s and XRAY_EXTRA_MODELS is empty; Diagnose will say so.", settings.models_dir
+        )
     default_model = models[0] if models else None
     max_bytes = int(settings.max_upload_mb * 2**20)
     max_pixels = settings.max_image_pixels
@@ -600,6 +604,7 @@ def launch_options(settings: Settings, engine: Engine) -> dict[str, Any]:
 def main() -> None:
     """Start the app on the settings from the environment (creates the data folder and tables)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up probes
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     settings = get_settings()
     if settings.num_threads:

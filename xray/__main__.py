@@ -79,7 +79,7 @@ def _run_users(args: argparse.Namespace) -> int:
     from xray.errors import AccountError
     from xray.service import open_database
 
-    engine = open_database(get_settings())
+    engine = open_database(get_settings(), hint_first_account=False)
     try:
         with Session(engine) as session:
             if args.action == "add":

@@ -59,10 +59,10 @@ EXAMPLES_DIR = PROJECT_ROOT / "examples"
 # ---------------------------------------------------------------------------------------------- start-up
 
 
-def open_database(settings: Settings) -> Engine:
+def open_database(settings: Settings, *, hint_first_account: bool = True) -> Engine:
     """Create the data directory, connect to the database, create missing tables and bootstrap the admin.
 
-    Logs how to create the first account when there is none.
+    Logs how to create the first account when there is none (unless `hint_first_account` is False).
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
@@ -70,7 +70,7 @@ def open_database(settings: Settings) -> Engine:
     with Session(engine) as session:
         if auth.bootstrap_admin(session, username=settings.admin_username, password=settings.admin_password):
             logger.info("admin account '%s' is ready (from XRAY_ADMIN_USERNAME/PASSWORD)", settings.admin_username)
-        if crud.count_doctors(session, active_only=True) == 0:
+        if hint_first_account and crud.count_doctors(session, active_only=True) == 0:
             logger.warning(
                 "No doctor account exists yet, so nobody can sign in. Create one with: python -m xray users add NAME"
             )

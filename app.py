@@ -28,7 +28,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 import xray
-from xray import auth, service
+from xray import auth, service, trust
 from xray.config import Settings, get_settings
 from xray.errors import XrayError
 
@@ -38,6 +38,7 @@ TITLE = "Chest X-ray decision support"
 CSS = """
 .xray-notice {border-left: 4px solid #d97706; background: #fffbeb; padding: 8px 12px; border-radius: 4px;}
 .xray-notice p {margin: 0; color: #78350f;}
+.xray-gate {border: 2px solid #b91c1c; background: #fef2f2; padding: 8px 12px; border-radius: 4px;}
 """
 NOTICE_HTML = f'<div class="xray-notice" role="note"><p><strong>{service.NOTICE}</strong></p></div>'
 
@@ -103,6 +104,8 @@ def build_demo(
     model_choices = [(infos[n].choice_label, n) for n in models]
     label_choices = ["Any"] + sorted({label for info in infos.values() for label in info.label_names})
     upload_types = sorted(service.IMAGE_EXTENSIONS)
+    all_labels = sorted({label for info in infos.values() for label in info.label_names})
+    op_start = trust.operating_defaults(infos.get(default_model) if default_model else None)
 
     def doctor_of(session: Session, request: gr.Request | None) -> Any:
         return service.require_doctor(session, getattr(request, "username", None))
@@ -161,6 +164,15 @@ def build_demo(
                 f"{service.model_line(record)} · saved as record **{record.id}** for patient "
                 f"{patient_text} ({record.exam_date.isoformat()}) · {result.latency_ms:.0f} ms"
             )
+            gate_text = service.gate_markdown(record.gate_reasons, result.gate_note)
+            if not result.in_scope:
+                # Out of scope: the prediction (probabilities, verdict, heatmap) stays hidden until asked for.
+                gr.Warning("This image looks out of scope for the model; the prediction is hidden. See why below.")
+                hidden_target = gr.update(choices=[], value=None, interactive=False)
+                return (
+                    None, "", result.view.pixels, None, hidden_target, info, "",
+                    gr.update(value=gate_text, visible=True), gr.update(visible=True), None, None, record.id,
+                )  # fmt: skip
             return (
                 result.probabilities,
                 summary,
@@ -168,9 +180,46 @@ def build_demo(
                 result.view.overlay(alpha),
                 gr.update(choices=list(record.label_names), value=result.view.target_label, interactive=True),
                 info,
+                service.heat_markdown(record.heat_in_lungs),
+                gr.update(value=gate_text, visible=bool(gate_text)),
+                gr.update(visible=False),
                 result.view,
                 record.id,
+                record.id,
             )
+
+    @_friendly
+    def reveal(record_id: Any, alpha: float, request: gr.Request) -> tuple[Any, ...]:
+        with Session(engine) as session:
+            doctor = doctor_of(session, request)
+            detail = service.open_record(session, store, doctor=doctor, record_id=record_id, max_pixels=max_pixels)
+            record = detail.record
+            summary = service.result_summary(record)
+            if record.gate_reasons:
+                summary = "⚠️ **Shown on request despite the input warning above: unreliable.**\n\n" + summary
+            return (
+                record.probabilities,
+                summary,
+                detail.view.overlay(alpha),
+                gr.update(choices=list(record.label_names), value=detail.view.target_label, interactive=True),
+                service.heat_markdown(record.heat_in_lungs),
+                gr.update(visible=False),
+                detail.view,
+                record.id,
+            )
+
+    @_friendly
+    def operating(model_name: str | None, threshold: Any, prevalence: Any, shown: Any, request: gr.Request) -> str:
+        with Session(engine) as session:
+            doctor = doctor_of(session, request)
+            return trust.operating_for_record(
+                session, doctor=doctor, info=infos.get(model_name or ""), threshold=threshold, prevalence=prevalence,
+                record_id=shown,
+            )  # fmt: skip
+
+    def operating_start(model_name: str | None) -> tuple[Any, Any, Any]:
+        start = trust.operating_defaults(infos.get(model_name or ""))
+        return gr.update(visible=start.available), gr.update(value=start.threshold), gr.update(value=start.prevalence)
 
     @_friendly
     def change_opacity(view: service.HeatmapView | None, alpha: float) -> Any:
@@ -220,15 +269,73 @@ def build_demo(
             doctor = doctor_of(session, request)
             detail = service.open_record(session, store, doctor=doctor, record_id=record_id, max_pixels=max_pixels)
             record = detail.record
+            if record.final_read is None:
+                current = None
+            else:
+                current = trust.CONFIRM if record.final_read == record.predicted_label else record.final_read
             return (
                 service.record_markdown(record),
                 detail.view.pixels,
                 detail.view.overlay(alpha),
                 record.patient_name,
                 record.exam_date.isoformat(),
+                gr.update(choices=trust.final_read_choices(record), value=current),
+                record.final_note or "",
                 detail.view,
                 gr.update(visible=False),
             )
+
+    @_friendly
+    def save_final_read(record_id: Any, choice: str | None, note: str | None, request: gr.Request) -> tuple[str, str]:
+        with Session(engine) as session:
+            doctor = doctor_of(session, request)
+            record = trust.save_final_read(session, doctor=doctor, record_id=record_id, choice=choice, note=note)
+            message = (
+                f"Saved your final read of record {record.id}: **{record.final_read}**."
+                if record.final_read
+                else f"Cleared your final read of record {record.id}."
+            )
+            return message, service.record_markdown(record)
+
+    @_friendly
+    def agreement(request: gr.Request) -> str:
+        with Session(engine) as session:
+            doctor = doctor_of(session, request)
+            return trust.agreement_markdown(trust.agreement(session, doctor=doctor))
+
+    @_friendly
+    def report(record_id: Any, request: gr.Request) -> str:
+        with Session(engine) as session:
+            doctor = doctor_of(session, request)
+            return str(trust.record_report(session, store, doctor=doctor, record_id=record_id, max_pixels=max_pixels))
+
+    @_friendly
+    def batch(
+        files: list[str] | None,
+        exam: str | None,
+        model_name: str | None,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's way to ask for a progress tracker
+    ) -> tuple[Any, Any]:
+        def tick(done: int, total: int, name: str) -> None:
+            progress((done, total), desc=f"{name}" if done < total else "done", unit="files")
+
+        with Session(engine) as session:
+            doctor = doctor_of(session, request)
+            rows = trust.diagnose_batch(
+                session,
+                store,
+                doctor=doctor,
+                files=files,
+                exam_date=exam,
+                model_name=model_name,
+                allowed_models=models,
+                max_upload_bytes=max_bytes,
+                max_pixels=max_pixels,
+                progress=tick,
+            )
+        table_value = {"headers": trust.BATCH_COLUMNS, "data": trust.batch_table(rows)}
+        return table_value, str(trust.batch_csv(rows))
 
     def select_row(evt: gr.SelectData) -> Any:
         row = evt.row_value or []
@@ -355,19 +462,35 @@ def build_demo(
                         probabilities = gr.Label(
                             label="Probabilities (calibrated)", num_top_classes=5, elem_id="xray-probabilities"
                         )
+                        gate_box = gr.Markdown(visible=False, elem_classes="xray-gate", elem_id="xray-gate")
+                        reveal_btn = gr.Button("Show the prediction anyway", visible=False, variant="secondary")
                         summary = gr.Markdown()
                         with gr.Row():
                             original = gr.Image(label="Original", interactive=False)
                             overlay = gr.Image(label="Grad-CAM heatmap", interactive=False, elem_id="xray-heatmap")
+                        heat_info = gr.Markdown(elem_id="xray-heat-in-lungs")
                         with gr.Row():
                             opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Heatmap opacity")
                             target = gr.Radio(choices=[], label="Heatmap for class", interactive=False)
+                        with gr.Accordion("Operating point", open=False, visible=op_start.available) as op_group:
+                            with gr.Row():
+                                op_threshold = gr.Slider(
+                                    0.0, 1.0, value=op_start.threshold, step=0.01, label="Threshold",
+                                    info="Positive when its probability is at least this (model default shown)",
+                                )  # fmt: skip
+                                op_prevalence = gr.Number(
+                                    value=op_start.prevalence, minimum=0.0, maximum=1.0, step=0.01,
+                                    label="Prevalence (0-1)", info="How common the condition is among your patients",
+                                )  # fmt: skip
+                            op_text = gr.Markdown()
                         model_info = gr.Markdown()
                         gr.HTML(NOTICE_HTML)
                 record_id_out = gr.Number(visible=False, precision=0)
                 view_state = gr.State(None)
+                shown_state = gr.State(None)  # the record whose prediction is on screen (None while hidden)
 
             with gr.Tab("History", id="history") as history_tab:
+                agreement_text = gr.Markdown(elem_id="xray-agreement")
                 with gr.Row():
                     f_patient = gr.Textbox(label="Patient contains", scale=2)
                     f_from = gr.DateTime(include_time=False, type="string", label="Exam date from", value=None)
@@ -399,6 +522,14 @@ def build_demo(
                             with gr.Row():
                                 confirm_btn = gr.Button("Yes, delete", variant="stop")
                                 cancel_btn = gr.Button("Cancel")
+                        with gr.Group():
+                            final_choice = gr.Radio(
+                                choices=trust.final_read_choices(None, all_labels), label="Your final read"
+                            )
+                            final_note = gr.Textbox(label="Note (optional)", max_lines=4, max_length=2000)
+                            final_btn = gr.Button("Save final read")
+                        report_btn = gr.Button("Download PDF report")
+                        report_file = gr.File(label="PDF report", interactive=False, visible=False)
                         h_message = gr.Markdown()
                     with gr.Column(scale=2):
                         with gr.Row():
@@ -406,6 +537,24 @@ def build_demo(
                             h_overlay = gr.Image(label="Saved heatmap", interactive=False, elem_id="xray-saved-heatmap")
                         h_opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Heatmap opacity")
                 h_view = gr.State(None)
+
+            with gr.Tab("Batch", id="batch"):
+                gr.Markdown(
+                    "Analyse several X-rays at once: choose files or a zip of them. Each file is checked and saved "
+                    "like a single upload (patient = file name, or the DICOM patient fields); the exam date is the "
+                    "DICOM study date when the file has one, else the date below."
+                )
+                with gr.Row():
+                    b_files = gr.File(
+                        label="X-rays (PNG, JPEG, DICOM) or a .zip", file_count="multiple",
+                        file_types=[*upload_types, ".zip"], type="filepath", scale=2,
+                    )  # fmt: skip
+                    with gr.Column(scale=1):
+                        b_date = gr.DateTime(value=_today, include_time=False, type="string", label="Exam date")
+                        b_model = gr.Dropdown(choices=model_choices, value=default_model, label="Model")
+                        b_run = gr.Button("Run batch and save", variant="primary")
+                b_table = gr.Dataframe(headers=trust.BATCH_COLUMNS, interactive=False, wrap=True, elem_id="xray-batch")
+                b_csv = gr.File(label="Results (CSV)", interactive=False, visible=False)
 
             with gr.Tab("Compare", id="compare"):
                 gr.Markdown(
@@ -431,14 +580,29 @@ def build_demo(
         demo.load(greet, None, greeting, api_visibility="private")
         demo.load(model_card, a_model, a_card, api_name="model_card_on_load", api_visibility="private")
         upload.change(preview, upload, [preview_image, patient, exam_date], api_visibility="private")
+        op_inputs = [model, op_threshold, op_prevalence, shown_state]
         run.click(
             diagnose,
             [upload, patient, exam_date, model, method, opacity],
-            [probabilities, summary, original, overlay, target, model_info, view_state, record_id_out],
+            [
+                probabilities, summary, original, overlay, target, model_info, heat_info, gate_box, reveal_btn,
+                view_state, shown_state, record_id_out,
+            ],
             api_name="diagnose",
             concurrency_limit=4,
             concurrency_id="inference",
-        )
+        ).then(operating, op_inputs, op_text, api_name="operating_after_diagnose", api_visibility="private")
+        reveal_btn.click(
+            reveal,
+            [record_id_out, opacity],
+            [probabilities, summary, overlay, target, heat_info, reveal_btn, view_state, shown_state],
+            api_name="show_prediction",
+        ).then(operating, op_inputs, op_text, api_name="operating_after_reveal", api_visibility="private")
+        op_threshold.release(operating, op_inputs, op_text, api_name="operating_point")
+        op_prevalence.change(operating, op_inputs, op_text, api_name="operating_prevalence", api_visibility="private")
+        model.change(
+            operating_start, model, [op_group, op_threshold, op_prevalence], api_visibility="private"
+        ).then(operating, op_inputs, op_text, api_name="operating_on_model", api_visibility="private")
         opacity.change(change_opacity, [view_state, opacity], overlay, api_visibility="private")
         target.input(
             change_target,
@@ -457,19 +621,30 @@ def build_demo(
         export.click(export_csv, filters, csv_file, api_name="export_csv").success(
             lambda: gr.update(visible=True), None, csv_file, api_name="show_export", api_visibility="private"
         )
+        record_outputs = [
+            h_details, h_original, h_overlay, h_patient, h_date, final_choice, final_note, h_view, confirm_box,
+        ]  # fmt: skip
         table.select(select_row, None, h_record, api_visibility="private").then(
             open_record,
             [h_record, h_opacity],
-            [h_details, h_original, h_overlay, h_patient, h_date, h_view, confirm_box],
+            record_outputs,
             api_name="open_record_from_table",
             api_visibility="private",
+        ).then(lambda: gr.update(visible=False), None, report_file, api_name="hide_report", api_visibility="private")
+        open_btn.click(open_record, [h_record, h_opacity], record_outputs, api_name="open_record").then(
+            lambda: gr.update(visible=False), None, report_file, api_name="hide_report_2", api_visibility="private"
         )
-        open_btn.click(
-            open_record,
-            [h_record, h_opacity],
-            [h_details, h_original, h_overlay, h_patient, h_date, h_view, confirm_box],
-            api_name="open_record",
+        final_btn.click(
+            save_final_read, [h_record, final_choice, final_note], [h_message, h_details], api_name="final_read"
+        ).then(agreement, None, agreement_text, api_name="agreement_after_read", api_visibility="private")
+        report_btn.click(report, h_record, report_file, api_name="report").success(
+            lambda: gr.update(visible=True), None, report_file, api_name="show_report", api_visibility="private"
         )
+        demo.load(agreement, None, agreement_text, api_name="agreement")
+        history_tab.select(agreement, None, agreement_text, api_name="agreement_on_tab", api_visibility="private")
+        b_run.click(
+            batch, [b_files, b_date, b_model], [b_table, b_csv], api_name="batch", concurrency_id="inference"
+        ).success(lambda: gr.update(visible=True), None, b_csv, api_name="show_batch_csv", api_visibility="private")
         h_opacity.change(
             change_opacity, [h_view, h_opacity], h_overlay, api_name="history_opacity", api_visibility="private"
         )

@@ -569,6 +569,7 @@ def export_model(run_dir: Path, dest: Path, *, half: bool, images: Sequence[Any]
     for path in run_dir.iterdir():
         if path.is_file() and path.name != CHECKPOINT_NAME and path.suffix in {".json", ".safetensors", ".png", ".md"}:
             shutil.copy2(path, dest / path.name)
+            (dest / path.name).chmod(0o644)  # timm writes weights owner-only; bundled files must be readable
     metrics = convert_half(dest, images) if half else json.loads((dest / "metrics.json").read_text(encoding="utf-8"))
     write_model_card(dest)
     return metrics

@@ -110,7 +110,8 @@ def test_logout_ends_the_session(server):
 
 def test_only_the_intended_endpoints_are_public(alice):
     endpoints = set(alice.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    expected = {"/diagnose", "/history", "/export_csv", "/open_record", "/update_record", "/delete_record"}
+    expected = {"/diagnose", "/history", "/export_csv", "/open_record", "/update_record", "/delete_record",
+                "/show_prediction", "/final_read", "/agreement", "/report", "/operating_point", "/batch"}  # fmt: skip
     assert expected | {"/compare", "/model_card"} <= endpoints
     assert not {"/preview", "/greet", "/change_target", "/change_opacity"} & endpoints
 
@@ -119,7 +120,9 @@ def test_only_the_intended_endpoints_are_public(alice):
 
 
 def test_diagnose_returns_probabilities_heatmap_and_saves_the_record(server, alice):
-    label, summary, original, overlay, target, info, record_id = _diagnose(alice, server, patient="Predict Test")
+    label, summary, original, overlay, target, info, heat, gate, record_id = _diagnose(
+        alice, server, patient="Predict Test"
+    )
     confidences = {c["label"]: c["confidence"] for c in label["confidences"]}
     assert set(confidences) == {"NORMAL", "PNEUMONIA"} and sum(confidences.values()) == pytest.approx(1.0)
     assert label["label"] in confidences
@@ -130,6 +133,7 @@ def test_diagnose_returns_probabilities_heatmap_and_saves_the_record(server, ali
     assert np.abs(original_px.astype(int) - overlay_px.astype(int)).mean() > 5  # the heatmap is really drawn
     assert target["value"] == label["label"]
     assert f"saved as record **{int(record_id)}**" in info and "version" in info
+    assert "of the heat lies inside the estimated lung fields" in heat and "prediction is hidden" not in str(gate)
     rows, _ = _history(alice, patient="Predict Test")
     assert [r[0] for r in rows] == [int(record_id)] and rows[0][4] == label["label"]
 
@@ -343,3 +347,96 @@ def _history_count(browser: httpx.Client) -> int:
     events = browser.get(f"gradio_api/call/history/{started.json()['event_id']}").text
     assert "event: complete" in events
     return events.count("Path Probe")
+
+
+# ------------------------------------------------------------------------------------------------ trust
+
+
+def _colour_photo(path: Path) -> Path:
+    y, x = np.mgrid[0:320, 0:400]
+    rgb = np.stack([(x * 255 // 399), (y * 255 // 319), 255 - (x * 255 // 399)], axis=-1).astype(np.uint8)
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+def test_out_of_scope_upload_hides_the_prediction_until_asked(server, alice, bob, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    photo = _colour_photo(tmp_path / "holiday.png")
+    label, summary, original, overlay, target, info, heat, gate, record_id = _diagnose(
+        alice, server, patient="Gate Test", file=photo
+    )
+    record_id, gate = int(record_id), gate["value"]  # the box comes as an update that also makes it visible
+    assert gate and "prediction is hidden" in gate and "colour image" in gate and "ood.npz" in gate
+    assert not (label or {}).get("confidences") and overlay is None and summary == "" and heat == ""
+    assert original is not None
+    assert f"saved as record **{record_id}**" in info
+    # Bob cannot reveal Alice's record; Alice can, under the warning.
+    with pytest.raises(AppError, match=f"Record {record_id} was not found"):
+        bob.predict(record_id, 0.4, api_name="/show_prediction")
+    label, summary, overlay, target, heat = alice.predict(record_id, 0.4, api_name="/show_prediction")
+    assert set(c["label"] for c in label["confidences"]) == {"NORMAL", "PNEUMONIA"}
+    assert "Shown on request despite the input warning" in summary and "Model output" in summary
+    assert Image.open(overlay).size[0] > 0 and "lung fields" in heat
+    details, *_ = alice.predict(record_id, 0.4, api_name="/open_record")
+    assert "Input check:" in details and "colour image" in details
+
+
+def test_final_read_and_agreement_are_per_doctor(server, alice, bob):
+    from gradio_client.exceptions import AppError
+
+    *_, record_id = _diagnose(alice, server, patient="Read Test")
+    record_id = int(record_id)
+    message, details = alice.predict(record_id, "confirm", "looks right", api_name="/final_read")
+    assert message.startswith(f"Saved your final read of record {record_id}") and "Final read by the doctor" in details
+    assert "Agreement with the model: 1/1 (100%)" in alice.predict(api_name="/agreement")
+    # Bob can neither set Alice's read nor see it, whatever he sends.
+    for choice in ("confirm", "NORMAL", "clear"):
+        with pytest.raises(AppError, match=f"Record {record_id} was not found"):
+            bob.predict(record_id, choice, "hijack", api_name="/final_read")
+    assert "no final reads yet" in bob.predict(api_name="/agreement")
+    _details, _img, _heat, _patient, _exam, choice, note = alice.predict(record_id, 0.4, api_name="/open_record")
+    assert (choice["value"], note) == ("confirm", "looks right") and ["NORMAL", "NORMAL"] in choice["choices"]
+    with pytest.raises(AppError, match="not in the list of choices|not a class"):
+        alice.predict(record_id, "MADE-UP", "", api_name="/final_read")
+
+
+def test_pdf_report_download(server, alice, bob):
+    from gradio_client.exceptions import AppError
+    from pypdf import PdfReader
+
+    *_, record_id = _diagnose(alice, server, patient="Pdf Patient", exam="2024-03-04")
+    record_id = int(record_id)
+    path = alice.predict(record_id, api_name="/report")
+    text = " ".join(PdfReader(path).pages[0].extract_text().split())
+    assert "Pdf Patient" in text and "2024-03-04" in text and "Dr Alice (alice)" in text and server["model"] in text
+    with pytest.raises(AppError, match=f"Record {record_id} was not found"):
+        bob.predict(record_id, api_name="/report")
+
+
+def test_operating_point_without_validation_roc_says_why(server, alice):
+    text = alice.predict(server["model"], 0.3, 0.2, api_name="/operating_point")
+    assert "no validation ROC" in text
+
+
+def test_batch_of_files_and_a_zip(server, bob, tmp_path):
+    import zipfile
+
+    from gradio_client import handle_file
+
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image")
+    archive = tmp_path / "two.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(EXAMPLES / "NORMAL2-IM-1437-0001.jpeg", "a/NORMAL2-IM-1437-0001.jpeg")
+        zf.writestr("../notes.txt", "hello")
+    files = [handle_file(str(SAMPLE)), handle_file(str(fake)), handle_file(str(archive))]
+    table, csv_path = bob.predict(files, "2024-06-01", server["model"], api_name="/batch")
+    rows = table["data"]
+    assert [r[0] for r in rows] == [SAMPLE.name, "fake.png", "two.zip/NORMAL2-IM-1437-0001.jpeg", "two.zip/notes.txt"]
+    assert rows[0][2] == SAMPLE.stem and rows[0][5] == "in scope" and rows[0][6] == ""
+    assert rows[1][1] is None and rows[1][6] and "not an image" in rows[3][6]
+    exported = list(csv.DictReader(Path(csv_path).open(encoding="utf-8")))
+    assert len(exported) == 4 and exported[2]["patient"] == "NORMAL2-IM-1437-0001"
+    history, _ = _history(bob, patient="NORMAL2-IM-1437")
+    assert len(history) == 1 and history[0][3] == "2024-06-01"

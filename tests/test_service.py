@@ -488,3 +488,54 @@ def test_example_files_are_the_four_samples():
 def test_markdown_escape_keeps_patient_names_literal():
     assert service.md_escape("*Roe* [x](http://y) #1") == "\\*Roe\\* \\[x\\]\\(http://y\\) \\#1"
     assert service.md_escape("Jane Roe") == "Jane Roe"
+
+
+# ------------------------------------------------------------------------------------------------ trust: input gate
+
+
+def _colour_photo(path: Path) -> Path:
+    """A generated colour picture (hue gradients), the kind of upload the gate must flag."""
+    y, x = np.mgrid[0:320, 0:400]
+    rgb = np.stack([(x * 255 // 399), (y * 255 // 319), 255 - (x * 255 // 399)], axis=-1).astype(np.uint8)
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+def test_trust_frontal_xray_is_in_scope_with_heat_share(session, store, doctors, model_name):
+    alice, _ = doctors
+    result = _diagnose(session, store, alice, model_name)
+    assert result.in_scope and result.gate.reasons == [] and result.record.gate_reasons == []
+    # The tiny test model has no ood.npz: the gate says it checked image statistics only.
+    assert result.gate_note == service.NO_OOD_NOTE and result.gate.ood_distance is None
+    share = result.record.heat_in_lungs
+    assert share == pytest.approx(result.heatmap_check.heat_in_lungs) and 0.0 <= share <= 1.0
+    assert f"{share:.0%} of the heat lies inside the estimated lung fields" in service.record_markdown(result.record)
+    assert service.gate_markdown(result.record.gate_reasons) == ""
+
+
+def test_trust_out_of_scope_upload_is_saved_with_its_reasons(session, store, doctors, model_name, tmp_path):
+    alice, _ = doctors
+    result = _diagnose(session, store, alice, model_name, source=_colour_photo(tmp_path / "photo.png"))
+    assert not result.in_scope and "color" in result.gate.codes
+    record = crud.get_record(session, doctor=alice, record_id=result.record.id)
+    assert record.gate_reasons == result.gate.reasons and "colour image" in record.gate_reasons[0]
+    box = service.gate_markdown(record.gate_reasons, result.gate_note)
+    assert "prediction is hidden" in box and "colour image" in box and "Show the prediction anyway" in box
+    assert "ood.npz" in box
+    assert "Input check:" in service.record_markdown(record) and "unreliable" in service.record_markdown(record)
+
+
+def test_trust_small_and_blank_images_are_flagged(session, store, doctors, model_name, tmp_path):
+    alice, _ = doctors
+    small = tmp_path / "small.png"
+    Image.open(NORMAL_JPEG).convert("L").resize((100, 90)).save(small)
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((400, 400), 128, np.uint8)).save(blank)
+    assert "too_small" in _diagnose(session, store, alice, model_name, source=small).gate.codes
+    assert _diagnose(session, store, alice, model_name, source=blank).gate.codes == ["blank"]
+
+
+def test_trust_heat_markdown_warns_when_low():
+    assert "looked mostly outside the lungs" in service.heat_markdown(0.2)
+    assert "outside" not in service.heat_markdown(0.8) and "80% of the heat" in service.heat_markdown(0.8)
+    assert "not checked" in service.heat_markdown(None)

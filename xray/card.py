@@ -54,8 +54,16 @@ LIMITATIONS = [
 def _epochs(training: dict[str, Any]) -> str:
     steps, per_epoch = training.get("steps_run"), training.get("steps_per_epoch")
     if steps and per_epoch:
-        return f"{steps / per_epoch:.2f} epochs"
+        return f"{steps / per_epoch:.2f} epochs ({steps} steps)"
     return f"{training.get('epochs_run')} epochs"
+
+
+def _init(init: str | None) -> str:
+    if init == "imagenet":
+        return "ImageNet weights"
+    if init == "scratch":
+        return "random (trained from scratch)"
+    return f"fine-tuned from our checkpoint `{init}` (its classifier head replaced when the classes differ)"
 
 
 def _fmt(value: Any, digits: int = 3, pct: bool = False) -> str:
@@ -141,14 +149,14 @@ def render_model_card(config: dict[str, Any], result: dict[str, Any]) -> str:
         f"- Architecture: timm `{result['architecture']}`, {result.get('num_parameters', 0) / 1e6:.2f} M parameters, "
         f"weights {result.get('weights_bytes', 0) / 1e6:.1f} MB" + (" (stored in fp16)" if fp16 else "") + ".",
         f"- Classes (output order): {', '.join(labels)}.",
-        f"- Initialisation: `{training.get('init', 'n/a')}`; input {training.get('data_config', {}).get('input_size')} "
+        f"- Initialisation: {_init(training.get('init'))}; input {training.get('data_config', {}).get('input_size')} "
         "(whole image resized, no crop; mean/std in config.json).",
         f"- Training: AdamW (lr {training.get('lr')}, weight decay {training.get('weight_decay')}), "
         f"{training.get('schedule')} schedule, batch {training.get('batch_size')}, class imbalance by "
         f"{training.get('balance')}, augmentation rotation +-{training.get('rotation')} deg, shift "
         f"{training.get('translate')}, zoom +-{training.get('zoom')}, "
         f"flips {'on' if training.get('hflip') else 'off'}; "
-        f"{_epochs(training)} ({training.get('steps_run', 'n/a')} steps) run"
+        f"{_epochs(training)} run"
         + (f" with the stem and first {training['freeze']} stages frozen" if training.get("freeze") else "")
         + f", best validation AUC {_fmt(training.get('best_val_auc'), 4)} at "
         f"epoch {training.get('best_epoch')} ({training.get('stop_reason')}); "

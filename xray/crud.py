@@ -209,6 +209,12 @@ def set_final_read(
     return _update_owned(session, doctor=doctor, record_id=record_id, values=values)
 
 
+def list_final_reads(session: Session, *, doctor: Doctor) -> list[Record]:
+    """The doctor's records that carry a final read, newest read first."""
+    statement = _owned(select(Record).where(col(Record.final_read).is_not(None)), doctor)
+    return list(session.exec(statement.order_by(col(Record.final_read_at).desc(), col(Record.id).desc())))
+
+
 def delete_record(session: Session, *, doctor: Doctor, record_id: int) -> Record | None:
     """Delete the doctor's record; returns the deleted row (detached) or None when there was none."""
     record = get_record(session, doctor=doctor, record_id=record_id)

@@ -324,34 +324,25 @@ def check_disjoint(splits: Splits) -> None:
 def read_pixels(sample: Sample, size: tuple[int, int] | None = None, interpolation: str = "bilinear") -> np.ndarray:
     """Decode a sample with `xray.io.read_image` (as the app does) into uint8 pixels, optionally pre-resized.
 
-    Pre-resizing to the model input size with the transform's own interpolation gives exactly the pixels the
-    transform's resize would produce (resizing to the same size is then a no-op), at a fraction of the memory.
-    Grayscale images are kept as HxW (the transform turns them into RGB).
+    Pre-resizing goes through `xray.transforms.resize_pixels`, the transform's own resize, so the cached pixels
+    are exactly what the transform would produce (resizing to the same size is then a no-op), at a fraction of
+    the memory. Grey images are kept as HxW (the transform turns them into three channels).
 
     Args:
         sample: the sample to decode.
         size: (height, width) to resize to, or None to keep the original size.
         interpolation: `bilinear`, `bicubic` or `nearest` (the model's data config).
     """
-    from PIL import Image
-
     from xray.io import read_image
+    from xray.transforms import resize_pixels
 
     if isinstance(sample.source, (str, Path)):
-        pixels = read_image(sample.source).pixels
+        image = read_image(sample.source).pixels
     else:
-        pixels = np.asarray(sample.source.convert("RGB") if hasattr(sample.source, "convert") else sample.source)
-    if (
-        pixels.ndim == 3
-        and pixels.shape[2] == 3
-        and np.array_equal(pixels[..., 0], pixels[..., 1])
-        and np.array_equal(pixels[..., 0], pixels[..., 2])
-    ):
-        pixels = pixels[..., 0]
-    if size is not None and pixels.shape[:2] != tuple(size):
-        resample = {"bicubic": Image.BICUBIC, "nearest": Image.NEAREST}.get(interpolation, Image.BILINEAR)
-        pixels = np.asarray(Image.fromarray(pixels).resize((size[1], size[0]), resample))
-    return np.ascontiguousarray(pixels)
+        image = np.asarray(sample.source.convert("RGB") if hasattr(sample.source, "convert") else sample.source)
+    if size is None:
+        size = image.shape[:2]
+    return np.ascontiguousarray(resize_pixels(image, {"input_size": (3, *size), "interpolation": interpolation}))
 
 
 def load_pixels(

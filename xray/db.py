@@ -79,6 +79,10 @@ class Record(SQLModel, table=True):
     final_read: str | None = Field(default=None, max_length=100)
     final_note: str | None = Field(default=None, max_length=2000)
     final_read_at: datetime | None = None
+    # Trust checks at prediction time: the input gate's reasons (JSON list; empty list = in scope, None = not
+    # checked) and the share of Grad-CAM heat over the estimated lung fields (None = not measured).
+    gate_reasons: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    heat_in_lungs: float | None = None
 
 
 class SignInEvent(SQLModel, table=True):
@@ -129,6 +133,32 @@ def make_engine(url: str) -> Engine:
 
 
 def init_db(engine: Engine) -> None:
-    """Create the tables that do not exist yet (existing tables and rows are kept)."""
+    """Create the tables that do not exist yet and add missing nullable columns (existing rows are kept)."""
     SQLModel.metadata.create_all(engine)
+    _add_missing_nullable_columns(engine)
     logger.info("database ready: %s", engine.url.render_as_string(hide_password=True))
+
+
+def _add_missing_nullable_columns(engine: Engine) -> None:
+    """`ALTER TABLE ... ADD COLUMN` for nullable columns added to a table after its database was created.
+
+    Only nullable columns without a server default are added this way (existing rows read them as NULL);
+    anything else needs a real migration, and is logged.
+    """
+    from sqlalchemy import inspect, text
+
+    inspector = inspect(engine)
+    for table in SQLModel.metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable or column.primary_key:
+                logger.error("table %s lacks column %s, which cannot be added automatically", table.name, column.name)
+                continue
+            kind = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as connection:
+                connection.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
+            logger.info("added column %s.%s (%s) to an existing database", table.name, column.name, kind)

@@ -119,6 +119,8 @@ class ModelInfo:
     label_names: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    threshold: float | None = None
+    positive_label: str | None = None
 
     @property
     def headline(self) -> dict[str, float]:
@@ -178,8 +180,16 @@ def describe_model(name: str) -> ModelInfo:
         metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
     except (XrayError, OSError, ValueError) as exc:
         return ModelInfo(name=name, error=str(exc))
+    labels = list(config["label_names"])
+    binary = len(labels) == 2
+    # The same defaults as xray.models.load_model, so the slider starts where the model decides.
     return ModelInfo(
-        name=name, architecture=str(config["architecture"]), label_names=list(config["label_names"]), metrics=metrics
+        name=name,
+        architecture=str(config["architecture"]),
+        label_names=labels,
+        metrics=metrics,
+        threshold=float(config.get("threshold", 0.5)) if binary else None,
+        positive_label=(config.get("positive_label") or labels[1]) if binary else None,
     )
 
 
@@ -471,6 +481,14 @@ class Diagnosis:
     view: HeatmapView
     latency_ms: float
     warnings: list[str] = field(default_factory=list)
+    gate: Any = None  # xray.gate.GateResult
+    gate_note: str | None = None
+    heatmap_check: Any = None  # xray.lungs.HeatmapCheck
+
+    @property
+    def in_scope(self) -> bool:
+        """False when the input gate found a reason to doubt the image (show the result only on request)."""
+        return self.gate is None or self.gate.in_scope
 
 
 def check_method(method: str | None) -> str:
@@ -541,9 +559,11 @@ def diagnose(
     image = load_image(data, filename=filename, max_pixels=max_pixels)
     loaded = load_registered_model(model_name, allowed_models)
     target = check_target(loaded, target_label)
+    gate_result, gate_note = check_input(loaded, image)
     start = time.perf_counter()
     prediction, explanation = explain(loaded, image, target_label=target, method=method)
     latency_ms = (time.perf_counter() - start) * 1000
+    heat = check_heatmap(explanation.heatmap, image)
     image_sha = store.put(data)
     heatmap_sha = store.put_heatmap(explanation.heatmap)
     width, height = image.size
@@ -569,11 +589,15 @@ def diagnose(
         cam_target_label=explanation.target_label,
         heatmap_sha256=heatmap_sha,
         latency_ms=latency_ms,
+        gate_reasons=list(gate_result.reasons),
+        heat_in_lungs=heat.heat_in_lungs,
     )
-    logger.info("record %s saved for %s (%s: %s)", record.id, doctor.username, loaded.name, prediction.label)
-    warnings = []
-    if getattr(image, "is_color", False):
-        warnings.append("This image is in colour; chest X-rays are grayscale. Check that the right file was uploaded.")
+    logger.info(
+        "record %s saved for %s (%s: %s; %s)",
+        record.id, doctor.username, loaded.name, prediction.label,
+        "in scope" if gate_result.in_scope else "out of scope: " + ",".join(gate_result.codes),
+    )  # fmt: skip
+    warnings: list[str] = []
     view = make_view(
         image.pixels, explanation.heatmap, target_label=explanation.target_label, method=method, record_id=record.id
     )
@@ -585,7 +609,83 @@ def diagnose(
         view=view,
         latency_ms=latency_ms,
         warnings=warnings,
+        gate=gate_result,
+        gate_note=gate_note,
+        heatmap_check=heat,
     )
+
+
+#: Said when a model folder has no `ood.npz`: the gate then checks image statistics and the DICOM header only.
+NO_OOD_NOTE = (
+    "This model has no out-of-distribution statistics (ood.npz), so the input check used image statistics "
+    "and the DICOM header only."
+)
+
+
+def check_input(loaded: Any, image: XrayImage) -> tuple[Any, str | None]:
+    """The input gate on one image: `(GateResult, note)`; the note says when the OOD score could not be used."""
+    from xray import gate
+    from xray.errors import OodStatsError
+
+    try:
+        if gate.ood_stats_for(loaded) is None:
+            return gate.assess(loaded, image), NO_OOD_NOTE
+        return gate.assess(loaded, image), None
+    except OodStatsError as exc:
+        # Broken statistics must not block a doctor's work: fall back to the image checks and say why.
+        logger.error("OOD statistics of %s unusable: %s", loaded.name, exc)
+        findings = gate.check_image(image)
+        result = gate.GateResult(in_scope=not findings, reasons=[f.reason for f in findings], findings=findings)
+        return result, f"The out-of-distribution check failed ({exc}); only image statistics were checked."
+
+
+def check_heatmap(heatmap: np.ndarray, image: XrayImage) -> Any:
+    """Where the heat lies relative to the estimated lung fields (`xray.lungs.HeatmapCheck`)."""
+    from xray.lungs import assess_heatmap
+
+    return assess_heatmap(heatmap, image)
+
+
+def gate_warning(reasons: Sequence[str] | None) -> str | None:
+    """The out-of-scope warning for stored gate reasons, or None when there were none."""
+    if not reasons:
+        return None
+    return (
+        "This image may be outside what the model was made for (frontal chest X-rays): "
+        + " ".join(reasons)
+        + " Any result for it is unreliable."
+    )
+
+
+def gate_markdown(reasons: Sequence[str] | None, note: str | None = None) -> str:
+    """The warning box shown instead of the result for an out-of-scope image (empty when in scope)."""
+    if not reasons:
+        return f"ℹ️ {note}" if note else ""
+    lines = ["### ⚠️ Out of scope: the prediction is hidden", ""]
+    lines += [f"- {md_escape(r)}" for r in reasons]
+    lines += [
+        "",
+        "The model was made for frontal chest X-rays; any result for this image is unreliable. The record is "
+        "saved. Click **Show the prediction anyway** to see it under this warning.",
+    ]
+    if note:
+        lines += ["", f"ℹ️ {note}"]
+    return "\n".join(lines)
+
+
+def heat_markdown(share: float | None) -> str:
+    """`62% of the heat lies inside the estimated lung fields`, with a warning when that is under half."""
+    from xray.lungs import MIN_HEAT_IN_LUNGS
+
+    if share is None:
+        return "Where the heatmap lies relative to the lungs was not checked (the lung fields could not be outlined)."
+    text = f"{share:.0%} of the heat lies inside the estimated lung fields."
+    if share < MIN_HEAT_IN_LUNGS:
+        text += (
+            "\n\n⚠️ **The model looked mostly outside the lungs** (corners, labels, markers, shoulders or "
+            "abdomen): treat this result with caution."
+        )
+    return text
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
@@ -767,6 +867,11 @@ def record_markdown(record: Record) -> str:
         "",
         model_line(record) + f" · heatmap: {record.cam_method} for {record.cam_target_label or record.predicted_label}",
     ]
+    if record.heat_in_lungs is not None:
+        lines += ["", heat_markdown(record.heat_in_lungs)]
+    warning = gate_warning(record.gate_reasons)
+    if warning:
+        lines += ["", f"⚠️ **Input check:** {md_escape(warning)}"]
     if record.final_read:
         lines += [
             "",

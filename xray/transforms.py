@@ -59,6 +59,16 @@ def _resize(image: Image.Image, *, size: tuple[int, int], resample: Image.Resamp
     return image.resize(size, resample, reducing_gap=_REDUCING_GAP)
 
 
+def resize_pixels(image: Any, data_config: dict[str, Any]) -> np.ndarray:
+    """Resize an image to the model's input size exactly as the transform does (used to cache decoded data).
+
+    Returns HxW uint8 for grey images, HxWx3 for colour ones; the transform then leaves the size as it is.
+    """
+    _, height, width = data_config["input_size"]
+    resample = _RESAMPLE.get(str(data_config.get("interpolation", "bilinear")), Image.Resampling.BILINEAR)
+    return np.asarray(_resize(_to_pil(image), size=(width, height), resample=resample))
+
+
 def _normalise(image: Image.Image, *, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Float CHW tensor ((x / 255 - mean) / std) with three channels.
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# Exported ONNX graphs of the tests' throwaway models go to a temporary cache, not the user's ~/.cache/xray.
+os.environ.setdefault("XRAY_CACHE_DIR", tempfile.mkdtemp(prefix="xray-test-cache-"))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

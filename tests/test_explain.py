@@ -82,3 +82,15 @@ def test_overlay_blends_heat_onto_image():
     np.testing.assert_array_equal(overlay_heatmap(image, heat, alpha=0.0), image)
     with pytest.raises(ValueError, match="opacity must be between 0 and 1"):
         overlay_heatmap(image, heat, alpha=1.5)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_model_dir_3class"])
+def test_features_from_the_same_pass_equal_penultimate_features(fixture: str, request, kermany_fullres: list[Path]):
+    from xray.evaluate import extract_features
+
+    loaded = load_model_dir(request.getfixturevalue(fixture))
+    image = read_image(kermany_fullres[2])
+    _, explanation = explain(loaded, image)
+    expected = extract_features(loaded, [image])[0]
+    assert explanation.features is not None and explanation.features.shape == expected.shape
+    np.testing.assert_allclose(explanation.features, expected, rtol=1e-4, atol=1e-5)

@@ -67,3 +67,24 @@ def test_three_class_model_uses_argmax(tiny_model_dir_3class: Path):
     assert decide(loaded, [0.2, 0.3, 0.5]) == "COVID-19"
     [pred] = predict(loaded, [np.full((64, 64), 128, np.uint8)])
     assert pred.label == max(pred.probabilities, key=pred.probabilities.get)
+
+
+@pytest.mark.parametrize("arch", ["mobilenetv3_large_100", "efficientnet_lite0", "resnet18", "densenet121"])
+def test_onnx_runtime_path_gives_the_same_probabilities_and_heatmap(arch: str, tmp_path: Path, kermany_fullres):
+    """The accelerated path (ONNX Runtime features + PyTorch head) matches eager PyTorch within 1e-4."""
+    import timm
+
+    from xray.explain import explain
+    from xray.models import save_model
+
+    torch.manual_seed(0)
+    folder = save_model(timm.create_model(arch, num_classes=2), tmp_path / arch, label_names=["NORMAL", "PNEUMONIA"])
+    fast, eager = load_model_dir(folder, accelerated=True), load_model_dir(folder, accelerated=False)
+    images = [read_image(p) for p in kermany_fullres[:3]]
+    for a, b in zip(predict(fast, images), predict(eager, images), strict=True):
+        assert max(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities) < 1e-4
+    (pa, ea), (pb, eb) = explain(fast, images[0]), explain(eager, images[0])
+    assert max(abs(pa.probabilities[k] - pb.probabilities[k]) for k in pa.probabilities) < 1e-4
+    assert ea.target_label == eb.target_label
+    np.testing.assert_allclose(ea.heatmap, eb.heatmap, atol=1e-3)
+    np.testing.assert_allclose(ea.features, eb.features, rtol=1e-4, atol=1e-4)

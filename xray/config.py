@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=80_000_000, description="Largest accepted image, in pixels.")
     max_upload_mb: float = Field(default=50.0, description="Largest accepted upload, in MiB.")
     num_threads: int | None = Field(default=None, description="torch intra-op threads; default: torch's choice.")
+    onnx: bool = Field(default=True, description="Run the feature extractor with ONNX Runtime (exported once, cached).")
+    cache_dir: Path | None = Field(default=None, description="Cache for exported ONNX graphs; default ~/.cache/xray.")
     admin_username: str | None = Field(default=None, description="Bootstrap a doctor account at start (hosted Space).")
     admin_password: str | None = Field(default=None, description="Its password, from a secret; never in code.")
     host: str = "127.0.0.1"

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM
+from pytorch_grad_cam.utils.image import scale_cam_image
 
 from xray.models import LoadedModel
 from xray.predict import Prediction, preprocess, to_prediction
@@ -34,12 +35,15 @@ class Explanation:
         image: the input pixels (HxWx3 uint8) the heatmap lies on.
         target_label: the class explained.
         method: one of `METHODS`.
+        features: the penultimate features (the classifier's input) from the same forward pass, for the
+            input gate's out-of-distribution score (`xray.gate.assess`).
     """
 
     heatmap: np.ndarray
     image: np.ndarray
     target_label: str
     method: str
+    features: np.ndarray | None = None
 
     def overlay(self, alpha: float = 0.4) -> np.ndarray:
         """The image with the heatmap blended on top in the JET colour map (HxWx3 uint8)."""
@@ -109,6 +113,21 @@ class _DecisionTarget:
         return output[self.loaded.label_names.index(self.target_label)]
 
 
+class _Head(torch.nn.Module):
+    """The classifier head as a module of its own, fed the feature map that ONNX Runtime computed.
+
+    `features` is an identity layer standing where `forward_features` ends, for pytorch-grad-cam to hook.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.features = torch.nn.Identity()
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.features(feature_map))
+
+
 def _leaf_activation(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
     # Start the autograd graph here, so backward runs through the head only (the weights need no gradient).
     return output.detach().requires_grad_(True)
@@ -142,18 +161,37 @@ def explain(
     batch = preprocess(loaded, [pixels])
     target = _DecisionTarget(loaded, target_label)
     layer = cam_target_layer(loaded.model, tuple(loaded.data_config["input_size"]))
+    captured: list[torch.Tensor] = []
+    classifier = loaded.model.get_classifier() if hasattr(loaded.model, "get_classifier") else None
+    feature_map = None
+    if loaded.accelerated:
+        from xray.accel import forward_features
+
+        feature_map = forward_features(loaded, batch).requires_grad_(True)
     # Hooks on the shared module must not interleave between threads serving different requests.
     with loaded.lock, torch.enable_grad():
-        handle = layer.register_forward_hook(_leaf_activation)
+        handles = [] if feature_map is not None else [layer.register_forward_hook(_leaf_activation)]
+        if isinstance(classifier, torch.nn.Module):
+            handles.append(classifier.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach())))
         try:
-            with METHODS[method](model=loaded.model, target_layers=[layer]) as cam:
-                grayscale = cam(input_tensor=batch, targets=[target])[0]
+            if feature_map is None:
+                with METHODS[method](model=loaded.model, target_layers=[layer]) as cam:
+                    grayscale = cam(input_tensor=batch, targets=[target])[0]
+            else:
+                head = _Head(loaded.model)
+                with METHODS[method](model=head, target_layers=[head.features]) as cam:
+                    small = cam(input_tensor=feature_map, targets=[target])
+                # As pytorch-grad-cam does for a full model: normalise, resize to the input size, normalise.
+                grayscale = scale_cam_image(scale_cam_image(small, tuple(batch.shape[-1:-3:-1])))[0]
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
     assert target.prediction is not None and target.target_label is not None
     height, width = pixels.shape[:2]
     heatmap = cv2.resize(grayscale.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    features = captured[0].flatten(1)[0].float().numpy() if captured else None
     explanation = Explanation(
-        heatmap=np.clip(heatmap, 0.0, 1.0), image=pixels, target_label=target.target_label, method=method
+        heatmap=np.clip(heatmap, 0.0, 1.0), image=pixels, target_label=target.target_label, method=method,
+        features=features,
     )
     return target.prediction, explanation

@@ -53,6 +53,7 @@ class LoadedModel:
         config: the whole parsed config.json.
         metrics: parsed metrics.json when present, else {}.
         lock: serialises Grad-CAM, whose hooks on the shared module must not interleave between threads.
+        accelerated: compute the feature extractor with ONNX Runtime (`xray.accel`); PyTorch otherwise.
     """
 
     name: str
@@ -68,6 +69,7 @@ class LoadedModel:
     config: dict[str, Any]
     metrics: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    accelerated: bool = False
 
     @property
     def card(self) -> str:
@@ -198,8 +200,17 @@ def build_model(config: dict[str, Any]) -> torch.nn.Module:
         raise ModelConfigError(f"timm cannot build '{config['architecture']}': {exc}") from exc
 
 
-def load_model_dir(path: Path, *, name: str | None = None, version: str | None = None) -> LoadedModel:
-    """Load a model folder (config.json + model.safetensors) into an eval-mode float32 `LoadedModel`."""
+def load_model_dir(
+    path: Path, *, name: str | None = None, version: str | None = None, accelerated: bool | None = None
+) -> LoadedModel:
+    """Load a model folder (config.json + model.safetensors) into an eval-mode float32 `LoadedModel`.
+
+    Args:
+        path: the folder.
+        name: the name it was asked for (default `local-dir:PATH`).
+        version: hub revision when known (default: a hash of the weights).
+        accelerated: use ONNX Runtime for the feature extractor (default: `XRAY_ONNX` when onnxruntime exists).
+    """
     from safetensors.torch import load_file
 
     from xray.transforms import data_config_for
@@ -226,6 +237,10 @@ def load_model_dir(path: Path, *, name: str | None = None, version: str | None =
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
     if version is None:
         version = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    if accelerated is None:
+        from xray.accel import onnx_available
+
+        accelerated = get_settings().onnx and onnx_available()
     return LoadedModel(
         name=name or f"{LOCAL_PREFIX}{path}",
         model=model,
@@ -239,6 +254,7 @@ def load_model_dir(path: Path, *, name: str | None = None, version: str | None =
         version=version,
         config=config,
         metrics=metrics,
+        accelerated=accelerated,
     )
 
 

@@ -70,8 +70,12 @@ def preprocess(loaded: LoadedModel, images: Iterable[Any]) -> torch.Tensor:
 
 
 def predict_logits(loaded: LoadedModel, batch: torch.Tensor) -> torch.Tensor:
-    """Forward a preprocessed batch with no autograd bookkeeping."""
+    """Forward a preprocessed batch with no autograd bookkeeping (ONNX Runtime features when accelerated)."""
     with torch.inference_mode():
+        if loaded.accelerated:
+            from xray.accel import forward_features
+
+            return loaded.model.forward_head(forward_features(loaded, batch))
         return loaded.model(batch)
 
 

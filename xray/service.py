@@ -559,10 +559,10 @@ def diagnose(
     image = load_image(data, filename=filename, max_pixels=max_pixels)
     loaded = load_registered_model(model_name, allowed_models)
     target = check_target(loaded, target_label)
-    gate_result, gate_note = check_input(loaded, image)
     start = time.perf_counter()
     prediction, explanation = explain(loaded, image, target_label=target, method=method)
     latency_ms = (time.perf_counter() - start) * 1000
+    gate_result, gate_note = check_input(loaded, image, features=explanation.features)
     heat = check_heatmap(explanation.heatmap, image)
     image_sha = store.put(data)
     heatmap_sha = store.put_heatmap(explanation.heatmap)
@@ -622,15 +622,21 @@ NO_OOD_NOTE = (
 )
 
 
-def check_input(loaded: Any, image: XrayImage) -> tuple[Any, str | None]:
-    """The input gate on one image: `(GateResult, note)`; the note says when the OOD score could not be used."""
+def check_input(loaded: Any, image: XrayImage, *, features: np.ndarray | None = None) -> tuple[Any, str | None]:
+    """The input gate on one image: `(GateResult, note)`; the note says when the OOD score could not be used.
+
+    Args:
+        loaded: the model.
+        image: the decoded upload.
+        features: its penultimate features from the prediction's forward pass (else the gate runs one).
+    """
     from xray import gate
     from xray.errors import OodStatsError
 
     try:
         if gate.ood_stats_for(loaded) is None:
-            return gate.assess(loaded, image), NO_OOD_NOTE
-        return gate.assess(loaded, image), None
+            return gate.assess(loaded, image, features), NO_OOD_NOTE
+        return gate.assess(loaded, image, features), None
     except OodStatsError as exc:
         # Broken statistics must not block a doctor's work: fall back to the image checks and say why.
         logger.error("OOD statistics of %s unusable: %s", loaded.name, exc)

@@ -467,12 +467,20 @@ def train(args: argparse.Namespace, splits, out: Path) -> tuple[torch.nn.Module,
     return model, state["history"], facts
 
 
-def _after_training(loaded, splits, out_dir: Path) -> None:
-    """Hook run after the model folder is written and evaluated (e.g. fitting the OOD gate on its features).
+def _after_training(loaded, splits, out_dir: Path, val_pixels: Sequence[Any]) -> None:
+    """Fit the input gate's out-of-distribution statistics (ood.npz) on this model's own features.
 
-    The lead wires `xray.gate.fit_ood(loaded, train_images, val_images, out_dir)` here; it is deliberately a
-    no-op until that module exists, rather than an import guarded by try/except.
+    Mean and covariance come from the training split, the threshold from the validation split: the test split
+    plays no part (xray.gate).
     """
+    from xray.data import load_pixels
+    from xray.gate import fit_model_ood
+
+    size = tuple(loaded.data_config["input_size"][1:])
+    interpolation = str(loaded.data_config.get("interpolation", "bilinear"))
+    train_pixels = load_pixels(splits.train, size, interpolation, progress=True)
+    stats = fit_model_ood(loaded, train_pixels, val_pixels, out_dir, train_targets=splits.targets("train"))
+    logger.info("OOD statistics written to %s (threshold %.1f)", out_dir, stats.threshold)
 
 
 def finish(args: argparse.Namespace, model: torch.nn.Module, splits, history, facts: dict, out: Path) -> dict:
@@ -509,7 +517,7 @@ def finish(args: argparse.Namespace, model: torch.nn.Module, splits, history, fa
             "weights_bytes": (out / "model.safetensors").stat().st_size,
         },
     )
-    _after_training(loaded, splits, out)
+    _after_training(loaded, splits, out, val_px)
     if args.half:
         metrics = convert_half(out, test_px)
     write_model_card(out)
@@ -567,7 +575,9 @@ def export_model(run_dir: Path, dest: Path, *, half: bool, images: Sequence[Any]
 
     dest.mkdir(parents=True, exist_ok=True)
     for path in run_dir.iterdir():
-        if path.is_file() and path.name != CHECKPOINT_NAME and path.suffix in {".json", ".safetensors", ".png", ".md"}:
+        # .npz: the input gate's OOD statistics (ood.npz)
+        kept = {".json", ".safetensors", ".png", ".md", ".npz"}
+        if path.is_file() and path.name != CHECKPOINT_NAME and path.suffix in kept:
             shutil.copy2(path, dest / path.name)
             (dest / path.name).chmod(0o644)  # timm writes weights owner-only; bundled files must be readable
     metrics = convert_half(dest, images) if half else json.loads((dest / "metrics.json").read_text(encoding="utf-8"))

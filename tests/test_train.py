@@ -62,6 +62,11 @@ def test_one_epoch_run_writes_a_loadable_evaluated_model(trained):
     card = (trained / "README.md").read_text()
     assert "not a diagnostic device" in card and "children aged 1-5" in card
     assert "mobilenetv3_small_100" in card
+    # The input gate's OOD statistics are fitted on this model's own train/val features.
+    from xray.gate import load_ood
+
+    stats = load_ood(trained)
+    assert stats is not None and stats.threshold > 0
 
 
 def test_evaluate_command_scores_the_trained_folder(trained, shared_data, capsys):

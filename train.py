@@ -474,8 +474,14 @@ def _after_training(loaded, splits, out_dir: Path, val_pixels: Sequence[Any]) ->
     plays no part (xray.gate).
     """
     from xray.data import load_pixels
-    from xray.gate import fit_model_ood
+    from xray.gate import MIN_OOD_ROWS, fit_model_ood
 
+    if min(len(splits.train), len(val_pixels)) < MIN_OOD_ROWS:
+        logger.warning(
+            "only %d training / %d validation images: too few to fit OOD statistics; the input gate of this model "
+            "will use image statistics only", len(splits.train), len(val_pixels),
+        )  # fmt: skip
+        return
     size = tuple(loaded.data_config["input_size"][1:])
     interpolation = str(loaded.data_config.get("interpolation", "bilinear"))
     train_pixels = load_pixels(splits.train, size, interpolation, progress=True)

@@ -266,10 +266,11 @@ def lungs_report(loaded: Any, data: Path, limit: int | None) -> None:
         "Kermany official test": sorted((data / "kermany-224" / "test").rglob("*.jpeg"))[:limit],
         "covid-chestxray frontal": sorted((data / "covid-chestxray" / "images").glob("*"))[:limit],
     }
-    print("\n| set | n | lung area (mean) | implausible masks | mirrored | heat in lungs (median) | warned |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| set | n | lung area (mean) | implausible masks | mirrored | heat in lungs (median) | lungs < 0.5 |"
+          " heat in chest (median) | warned (chest < 0.5) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, paths in sets.items():
-        areas, implausible, mirrored, shares, warned = [], 0, 0, [], 0
+        areas, implausible, mirrored, shares, chest, warned = [], 0, 0, [], [], 0
         for path in paths:
             image = read_image(path)
             fields = lungs.lung_fields(image)
@@ -283,10 +284,13 @@ def lungs_report(loaded: Any, data: Path, limit: int | None) -> None:
                 check = lungs.assess_heatmap(explanation.heatmap, image, fields=fields)
                 if check.heat_in_lungs is not None:
                     shares.append(check.heat_in_lungs)
+                    chest.append(check.heat_in_chest)
                 warned += check.warning is not None
-        heat = f"{np.median(shares):.2f}" if shares else "n/a"
+        heat = f"{np.median(shares):.2f} | {np.mean(np.asarray(shares) < 0.5):.1%}" if shares else "n/a | n/a"
+        heat_chest = f"{np.median(chest):.2f}" if chest else "n/a"
         warn = f"{warned / len(paths):.1%}" if loaded is not None and paths else "n/a"
-        print(f"| {name} | {len(paths)} | {np.mean(areas):.3f} | {implausible} | {mirrored} | {heat} | {warn} |")
+        print(f"| {name} | {len(paths)} | {np.mean(areas):.3f} | {implausible} | {mirrored} | {heat} | {heat_chest} "
+              f"| {warn} |")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -52,9 +52,21 @@ def test_heat_in_a_corner_scores_near_zero_and_warns(fullres, fields) -> None:
     h, w = field.mask.shape
     heat = _blob((h, w), (0.04 * w, 0.04 * h), 0.05 * w)
     check = lungs.assess_heatmap(heat, image, fields=field)
-    assert check.heat_in_lungs < 0.05
-    assert check.warning is not None and "outside the lungs" in check.warning
-    assert f"{check.heat_in_lungs:.0%}" in check.warning
+    assert check.heat_in_lungs < 0.05 and check.heat_in_chest < 0.05
+    assert check.warning is not None and "mostly on areas outside it" in check.warning
+    assert f"Only {check.heat_in_chest:.0%} of the heatmap lies over the chest" in check.warning
+
+
+def test_heat_on_the_mediastinum_counts_for_the_chest_not_the_lungs(fullres, fields) -> None:
+    image, field = fullres[0], fields[0]
+    h, w = field.mask.shape
+    rows = np.flatnonzero(field.mask.any(axis=1))
+    between = np.flatnonzero(field.chest[(rows[0] + rows[-1]) // 2] & ~field.mask[(rows[0] + rows[-1]) // 2])
+    centre = (float(between.mean()), float((rows[0] + rows[-1]) / 2))
+    check = lungs.assess_heatmap(_blob((h, w), centre, 0.03 * w), image, fields=field)
+    assert check.heat_in_lungs < 0.5 < check.heat_in_chest
+    assert check.warning is None
+    assert "over the lung fields" in check.summary and "over the chest" in check.summary
 
 
 def test_heat_on_the_lungs_scores_high_without_warning(fullres, fields) -> None:
@@ -65,7 +77,7 @@ def test_heat_on_the_lungs_scores_high_without_warning(fullres, fields) -> None:
         for i in range(1, count):
             heat += _blob((h, w), tuple(centroids[i]), 0.05 * w)
         check = lungs.assess_heatmap(heat, image, fields=field)
-        assert check.heat_in_lungs > 0.9
+        assert check.heat_in_lungs > 0.9 and check.heat_in_chest >= check.heat_in_lungs
         assert check.warning is None
 
 
@@ -95,8 +107,8 @@ def test_no_lungs_on_a_blank_image_means_no_check() -> None:
     field = lungs.lung_fields(blank)
     assert not field.plausible and field.area_fraction == 0.0
     check = lungs.assess_heatmap(np.ones((300, 300), np.float32), blank)
-    assert check.heat_in_lungs is None
-    assert "could not be outlined" in check.warning
+    assert check.heat_in_lungs is None and check.heat_in_chest is None
+    assert "could not be outlined" in check.warning and "not checked" in check.summary
 
 
 def test_accepts_grey_arrays_and_keeps_size(fullres) -> None:

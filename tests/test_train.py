@@ -29,7 +29,7 @@ def trained(shared_data, tmp_path_factory):
             "--epochs",
             "1",
             "--max-per-class",
-            "4",
+            "6",
             "--batch-size",
             "4",
             "--bootstrap",
@@ -51,12 +51,12 @@ def test_one_epoch_run_writes_a_loadable_evaluated_model(trained):
     assert loaded.label_names == ["NORMAL", "PNEUMONIA"]
     assert loaded.positive_label == "PNEUMONIA"
     metrics = json.loads((trained / "metrics.json").read_text())
-    assert metrics["test"]["counts"] == {"NORMAL": 4, "PNEUMONIA": 4}
+    assert metrics["test"]["counts"] == {"NORMAL": 6, "PNEUMONIA": 6}
     # temperature and threshold were fitted on validation, stored, and are what the loader applies
     assert loaded.temperature == pytest.approx(metrics["validation"]["temperature"])
     assert loaded.threshold == pytest.approx(metrics["validation"]["threshold"]["threshold"])
     assert metrics["training"]["epochs_run"] == 1 and len(metrics["history"]) == 1
-    assert metrics["data"]["split_counts"]["val"]["NORMAL"] == 4
+    assert metrics["data"]["split_counts"]["val"]["NORMAL"] == 6
     for name in ("roc.png", "reliability.png", "confusion.png", "curves.png", "model.safetensors", "checkpoint.pt"):
         assert (trained / name).is_file(), name
     card = (trained / "README.md").read_text()

@@ -116,6 +116,10 @@ OTHER_BODY_PARTS = frozenset({
 })
 
 
+#: Fewest training and validation images an OOD fit accepts (a covariance needs rows).
+MIN_OOD_ROWS = 10
+
+
 @dataclass(frozen=True)
 class GateFinding:
     """One reason why an image looks out of scope.
@@ -346,8 +350,11 @@ def fit_ood(
     v = np.asarray(features_val, dtype=np.float64)
     if x.ndim != 2 or v.ndim != 2 or x.shape[1] != v.shape[1]:
         raise ValueError(f"features must be (N, D) arrays with the same D, got {x.shape} and {v.shape}")
-    if len(x) < 10 or len(v) < 10:
-        raise ValueError(f"need at least 10 training and 10 validation feature rows, got {len(x)} and {len(v)}")
+    if len(x) < MIN_OOD_ROWS or len(v) < MIN_OOD_ROWS:
+        raise ValueError(
+            f"need at least {MIN_OOD_ROWS} training and {MIN_OOD_ROWS} validation feature rows, "
+            f"got {len(x)} and {len(v)}"
+        )
     if not 0.5 <= quantile < 1.0:
         raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
     if labels_train is None:

@@ -117,14 +117,8 @@ def _assess_all(loaded: Any, images: Sequence[XrayImage], batch: int = 32) -> li
     stats = gate.ood_stats_for(loaded) if loaded is not None else None
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]
-        features = gate.penultimate_features(loaded, chunk) if stats is not None else [None] * len(chunk)
-        for image, feats in zip(chunk, features, strict=True):
-            if loaded is None:
-                findings = gate.check_image(image)
-                results.append(gate.GateResult(in_scope=not findings, reasons=[f.reason for f in findings],
-                                               findings=findings))
-            else:
-                results.append(gate.assess(loaded, image, features=feats))
+        features = gate.ood_features(loaded, chunk, stats) if stats is not None else [None] * len(chunk)
+        results += [gate.verdict(image, stats, feats) for image, feats in zip(chunk, features, strict=True)]
     return results
 
 

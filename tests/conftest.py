@@ -95,3 +95,20 @@ def engine(db_url: str) -> Iterator:
     init_db(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def session(engine) -> Iterator:
+    """A SQLModel session on `engine` (SQLite, and PostgreSQL where marked)."""
+    from sqlmodel import Session
+
+    with Session(engine) as session:
+        yield session
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    """An empty content-addressed image store in a temporary folder."""
+    from xray.storage import ImageStore
+
+    return ImageStore(tmp_path / "images")

@@ -25,12 +25,6 @@ def _values(patient: str = "Jane Roe", exam: date = date(2024, 5, 1), label: str
 
 
 @pytest.fixture
-def session(engine):
-    with Session(engine) as session:
-        yield session
-
-
-@pytest.fixture
 def doctors(session):
     alice = crud.create_doctor(session, username="alice", display_name="Alice", password_hash="h1")
     bob = crud.create_doctor(session, username="bob", display_name="Bob", password_hash="h2")

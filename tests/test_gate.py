@@ -185,7 +185,7 @@ def test_fit_ood_threshold_is_the_validation_quantile() -> None:
     rng = np.random.default_rng(0)
     train = rng.normal(size=(500, 8))
     val = rng.normal(size=(200, 8))
-    stats = gate.fit_ood(train, val, quantile=0.95)
+    stats = gate.fit_ood(train, val, quantile=0.95, l2_normalize=False)
     distances = gate.ood_score(stats, val)
     assert stats.threshold == pytest.approx(np.quantile(distances, 0.95))
     assert (distances > stats.threshold).mean() == pytest.approx(0.05, abs=0.006)
@@ -199,11 +199,28 @@ def test_fit_ood_class_conditional_means() -> None:
     a = rng.normal(size=(300, 4)) + np.array([5.0, 0, 0, 0])
     b = rng.normal(size=(300, 4)) - np.array([5.0, 0, 0, 0])
     labels = np.array([0] * 300 + [1] * 300)
-    stats = gate.fit_ood(np.vstack([a, b]), np.vstack([a[:50], b[:50]]), labels_train=labels)
+    stats = gate.fit_ood(np.vstack([a, b]), np.vstack([a[:50], b[:50]]), labels_train=labels, l2_normalize=False)
     assert stats.means.shape == (2, 4)
     assert stats.means[0, 0] == pytest.approx(5.0, abs=0.2) and stats.means[1, 0] == pytest.approx(-5.0, abs=0.2)
     # the midpoint between the classes is far from both, though it is the pooled mean
     assert gate.ood_score(stats, np.zeros(4))[0] > stats.threshold
+
+
+def test_l2_normalised_score_ignores_feature_scale() -> None:
+    rng = np.random.default_rng(4)
+    stats = gate.fit_ood(rng.normal(1.0, 1.0, size=(300, 6)), rng.normal(1.0, 1.0, size=(100, 6)))
+    assert stats.l2_normalized
+    probe = rng.normal(1.0, 1.0, size=(5, 6))
+    assert gate.ood_score(stats, 7.0 * probe) == pytest.approx(gate.ood_score(stats, probe))
+
+
+def test_ood_view_is_a_model_sized_jpeg_copy(cxr: XrayImage) -> None:
+    view = gate.ood_view(cxr, (224, 224))
+    assert view.shape == (224, 224, 3) and view.dtype == np.uint8
+    again = gate.ood_view(cxr, (224, 224))
+    assert np.array_equal(view, again)
+    resized = np.asarray(Image.fromarray(cxr.pixels).resize((224, 224), Image.Resampling.BILINEAR), dtype=float)
+    assert 0 < np.abs(view - resized).mean() < 3  # JPEG q75 changes pixels a little, not the picture
 
 
 def test_fit_ood_rejects_bad_shapes() -> None:
@@ -223,6 +240,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     config = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
     assert config["architecture"] == "x" and config["ood"]["threshold"] == pytest.approx(stats.threshold)
     loaded = gate.load_ood(tmp_path)
+    assert loaded.l2_normalized and config["ood"]["l2_normalized"] is True
     probe = rng.normal(size=(30, 16))
     assert gate.ood_score(loaded, probe) == pytest.approx(gate.ood_score(stats, probe), rel=1e-3)
     with pytest.raises(OodStatsError, match="expect 16 features"):
@@ -273,11 +291,43 @@ def test_assess_keeps_real_xrays_in_scope(model_with_ood, test_images: list[Xray
     assert all(r.warning is None for r in results if r.in_scope)
 
 
-def test_assess_uses_given_features(model_with_ood, test_images: list[XrayImage]) -> None:
-    features = gate.penultimate_features(model_with_ood, test_images[:1])
-    given = gate.assess(model_with_ood, test_images[0], features=features[0])
-    computed = gate.assess(model_with_ood, test_images[0])
-    assert given.ood_distance == pytest.approx(computed.ood_distance, rel=1e-4)
+def test_view_statistics_compute_their_own_features(model_with_ood, test_images: list[XrayImage]) -> None:
+    """Statistics fitted on `ood_view` copies ignore the prediction's features and score the copy."""
+    stats = gate.ood_stats_for(model_with_ood)
+    assert stats.view and stats.l2_normalized
+    raw = gate.penultimate_features(model_with_ood, test_images[:1])[0]
+    given = gate.assess(model_with_ood, test_images[0], features=raw)
+    expected = gate.ood_score(stats, gate.ood_features(model_with_ood, test_images[:1], stats))[0]
+    assert given.ood_distance == pytest.approx(expected, rel=1e-5)
+    assert gate.assess(model_with_ood, test_images[0]).ood_distance == pytest.approx(expected, rel=1e-5)
+
+
+def test_raw_input_statistics_use_the_given_features(tiny_model_dir: Path, test_images: list[XrayImage],
+                                                     tmp_path: Path) -> None:
+    """Statistics fitted before the canonical view (no `view` in config) score the prediction's features."""
+    from xray.models import load_model
+
+    folder = tmp_path / "raw"
+    shutil.copytree(tiny_model_dir, folder)
+    loaded = load_model(f"local-dir:{folder}")
+    features = gate.penultimate_features(loaded, test_images)
+    gate.save_ood(gate.fit_ood(features[:15], features[10:], l2_normalize=False), folder)
+    assert json.loads((folder / "config.json").read_text())["ood"]["view"] is None
+    loaded = load_model(f"local-dir:{folder}")
+    stats = gate.ood_stats_for(loaded)
+    assert not stats.view
+    result = gate.assess(loaded, test_images[0], features=features[0])
+    assert result.ood_distance == pytest.approx(gate.ood_score(stats, features[:1])[0])
+    assert gate.assess(loaded, test_images[0]).ood_distance == pytest.approx(result.ood_distance, rel=1e-4)
+
+
+def test_verdict_combines_image_checks_and_score(model_with_ood) -> None:
+    stats = gate.ood_stats_for(model_with_ood)
+    photo = read_image(_photo_path())
+    feats = gate.ood_features(model_with_ood, [photo], stats)[0]
+    result = gate.verdict(photo, stats, feats)
+    assert result.codes == gate.assess(model_with_ood, photo).codes
+    assert gate.verdict(photo, None, None).codes == ["color"]
 
 
 def test_assess_without_ood_statistics_runs_image_checks_only(tiny_model_dir: Path) -> None:

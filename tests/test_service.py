@@ -21,7 +21,7 @@ from xray.errors import (
     RecordNotFoundError,
     UploadTooLargeError,
 )
-from xray.storage import ImageStore, sha256_hex
+from xray.storage import sha256_hex
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PNEUMONIA_JPEG = EXAMPLES / "person1951_bacteria_4882.jpeg"
@@ -33,17 +33,6 @@ MB = 2**20
 @pytest.fixture
 def model_name(tiny_model_dir) -> str:
     return f"local-dir:{tiny_model_dir}"
-
-
-@pytest.fixture
-def store(tmp_path) -> ImageStore:
-    return ImageStore(tmp_path / "images")
-
-
-@pytest.fixture
-def session(engine):
-    with Session(engine) as session:
-        yield session
 
 
 @pytest.fixture
@@ -536,6 +525,8 @@ def test_trust_small_and_blank_images_are_flagged(session, store, doctors, model
 
 
 def test_trust_heat_markdown_warns_when_low():
-    assert "looked mostly outside the lungs" in service.heat_markdown(0.2)
-    assert "outside" not in service.heat_markdown(0.8) and "80% of the heat" in service.heat_markdown(0.8)
+    low = service.heat_markdown(0.2, 0.3)
+    assert "Only 30% of the heatmap lies over the chest (20% over the lung fields)" in low and "⚠️" in low
+    high = service.heat_markdown(0.45, 0.8)
+    assert "45% of the heat lies inside the estimated lung fields, 80% over the chest." == high
     assert "not checked" in service.heat_markdown(None)

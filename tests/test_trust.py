@@ -11,12 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from sqlmodel import Session
 
 from xray import crud, service, trust
 from xray.errors import InvalidInputError, RecordNotFoundError
 from xray.operating import operating_point
-from xray.storage import ImageStore
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PNEUMONIA_JPEG = EXAMPLES / "person1951_bacteria_4882.jpeg"
@@ -35,17 +33,6 @@ def model_with_roc(tiny_model_dir, tmp_path_factory) -> str:
     metrics = {"validation": {"roc": ROC}, "data": {"split_counts": {"val": {"NORMAL": 300, "PNEUMONIA": 100}}}}
     (folder / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
     return f"local-dir:{folder}"
-
-
-@pytest.fixture
-def store(tmp_path) -> ImageStore:
-    return ImageStore(tmp_path / "images")
-
-
-@pytest.fixture
-def session(engine):
-    with Session(engine) as session:
-        yield session
 
 
 @pytest.fixture
@@ -246,7 +233,9 @@ def test_an_existing_database_gets_the_new_nullable_columns(tmp_path):
     with engine.begin() as connection:  # the record table as it was before the trust columns
         connection.execute(text('ALTER TABLE "record" DROP COLUMN gate_reasons'))
         connection.execute(text('ALTER TABLE "record" DROP COLUMN heat_in_lungs'))
+        connection.execute(text('ALTER TABLE "record" DROP COLUMN heat_in_chest'))
     assert "gate_reasons" not in {c["name"] for c in inspect(engine).get_columns("record")}
     init_db(engine)
-    assert {"gate_reasons", "heat_in_lungs"} <= {c["name"] for c in inspect(engine).get_columns("record")}
+    columns = {c["name"] for c in inspect(engine).get_columns("record")}
+    assert {"gate_reasons", "heat_in_lungs", "heat_in_chest"} <= columns
     engine.dispose()

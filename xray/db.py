@@ -83,6 +83,7 @@ class Record(SQLModel, table=True):
     # checked) and the share of Grad-CAM heat over the estimated lung fields (None = not measured).
     gate_reasons: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     heat_in_lungs: float | None = None
+    heat_in_chest: float | None = None
 
 
 class SignInEvent(SQLModel, table=True):

@@ -266,12 +266,19 @@ def assess_heatmap(heatmap: np.ndarray, image: Any, *, fields: LungFields | None
         )
     in_lungs = heat_in_lungs(heatmap, _with_margin(fields.mask, HEAT_MARGIN))
     in_chest = heat_in_lungs(heatmap, _with_margin(fields.chest, HEAT_MARGIN))
-    warning = None
-    if in_chest < MIN_HEAT_IN_CHEST:
-        warning = (
-            f"Only {in_chest:.0%} of the heatmap lies over the chest ({in_lungs:.0%} over the lung fields): the model "
-            "based this result mostly on areas outside it (e.g. corners, labels, markers, shoulders, neck or "
-            "abdomen). Treat it with caution."
-        )
     return HeatmapCheck(heat_in_lungs=in_lungs, heat_in_chest=in_chest, lung_area_fraction=fields.area_fraction,
-                        warning=warning)
+                        warning=heat_warning(in_lungs, in_chest))
+
+
+def heat_warning(in_lungs: float, in_chest: float) -> str | None:
+    """The doctor-readable warning when less than `MIN_HEAT_IN_CHEST` of the heat lies over the chest, else None.
+
+    Shared by `assess_heatmap` and by the app's stored records, so the rule and its wording live in one place.
+    """
+    if in_chest >= MIN_HEAT_IN_CHEST:
+        return None
+    return (
+        f"Only {in_chest:.0%} of the heatmap lies over the chest ({in_lungs:.0%} over the lung fields): the model "
+        "based this result mostly on areas outside it (e.g. corners, labels, markers, shoulders, neck or "
+        "abdomen). Treat it with caution."
+    )

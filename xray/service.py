@@ -591,6 +591,7 @@ def diagnose(
         latency_ms=latency_ms,
         gate_reasons=list(gate_result.reasons),
         heat_in_lungs=heat.heat_in_lungs,
+        heat_in_chest=heat.heat_in_chest,
     )
     logger.info(
         "record %s saved for %s (%s: %s; %s)",
@@ -679,19 +680,18 @@ def gate_markdown(reasons: Sequence[str] | None, note: str | None = None) -> str
     return "\n".join(lines)
 
 
-def heat_markdown(share: float | None) -> str:
-    """`62% of the heat lies inside the estimated lung fields`, with a warning when that is under half."""
-    from xray.lungs import MIN_HEAT_IN_LUNGS
+def heat_markdown(heat_in_lungs: float | None, heat_in_chest: float | None = None) -> str:
+    """`62% of the heat lies inside the estimated lung fields`, with `xray.lungs`' warning when it applies."""
+    from xray.lungs import heat_warning
 
-    if share is None:
+    if heat_in_lungs is None:
         return "Where the heatmap lies relative to the lungs was not checked (the lung fields could not be outlined)."
-    text = f"{share:.0%} of the heat lies inside the estimated lung fields."
-    if share < MIN_HEAT_IN_LUNGS:
-        text += (
-            "\n\n⚠️ **The model looked mostly outside the lungs** (corners, labels, markers, shoulders or "
-            "abdomen): treat this result with caution."
-        )
-    return text
+    text = f"{heat_in_lungs:.0%} of the heat lies inside the estimated lung fields"
+    if heat_in_chest is None:
+        return text + "."
+    text += f", {heat_in_chest:.0%} over the chest."
+    warning = heat_warning(heat_in_lungs, heat_in_chest)
+    return text + (f"\n\n⚠️ **{warning}**" if warning else "")
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
@@ -874,7 +874,7 @@ def record_markdown(record: Record) -> str:
         model_line(record) + f" · heatmap: {record.cam_method} for {record.cam_target_label or record.predicted_label}",
     ]
     if record.heat_in_lungs is not None:
-        lines += ["", heat_markdown(record.heat_in_lungs)]
+        lines += ["", heat_markdown(record.heat_in_lungs, record.heat_in_chest)]
     warning = gate_warning(record.gate_reasons)
     if warning:
         lines += ["", f"⚠️ **Input check:** {md_escape(warning)}"]

@@ -210,7 +210,7 @@ def record_report(
     Raises:
         RecordNotFoundError, ImageReadError.
     """
-    from xray.lungs import MIN_HEAT_IN_LUNGS
+    from xray.lungs import heat_warning
     from xray.report import build_report
 
     detail = service.open_record(session, store, doctor=doctor, record_id=record_id, max_pixels=max_pixels)
@@ -219,11 +219,10 @@ def record_report(
     gate_text = service.gate_warning(record.gate_reasons)
     if gate_text:
         warnings.append(gate_text)
-    if record.heat_in_lungs is not None and record.heat_in_lungs < MIN_HEAT_IN_LUNGS:
-        warnings.append(
-            f"Only {record.heat_in_lungs:.0%} of the heatmap lies over the lung fields: the model looked mostly "
-            "outside the lungs."
-        )
+    if record.heat_in_lungs is not None and record.heat_in_chest is not None:
+        heat_text = heat_warning(record.heat_in_lungs, record.heat_in_chest)
+        if heat_text:
+            warnings.append(heat_text)
     final = record.final_read
     if final:
         final = f"{final} ({'agrees' if final == record.predicted_label else 'disagrees'} with the model)"

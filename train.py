@@ -97,6 +97,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     train.add_argument("--translate", type=float, default=0.05, help="max augmentation shift (fraction)")
     train.add_argument("--zoom", type=float, default=0.1, help="augmentation zoom range +-")
     train.add_argument("--hflip", action="store_true", help="random horizontal flips")
+    train.add_argument(
+        "--intensity", type=float, default=0.1, help="max relative brightness/contrast change (0 turns it off)"
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
@@ -300,6 +303,7 @@ def train(args: argparse.Namespace, splits, out: Path) -> tuple[torch.nn.Module,
         translate=args.translate,
         scale=(1 - args.zoom, 1 + args.zoom),
         hflip=args.hflip,
+        intensity=args.intensity,
     )
     eval_tf = build_transform(data_config, train=False)
     generator = torch.Generator().manual_seed(args.seed)

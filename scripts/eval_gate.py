@@ -8,10 +8,11 @@ Examples (from the repository root):
 
 In-scope set: the official Kermany test images (share wrongly flagged; goal under 2%). Out-of-scope sets,
 all real files that ship with installed packages (nothing generated is counted as a photo or a slice):
-natural photographs (scikit-learn, matplotlib and gradio sample images), grey-scale copies of the same
-photographs, CT and MR slices (pydicom's bundled test files, one per distinct image, and matplotlib's MR
-sample), and every Kermany test image with inverted grey levels. No lateral chest views are available offline
-(the covid-chestxray copy was filtered to frontal views), so that row is reported as not measured.
+natural photographs (scikit-learn, matplotlib, gradio and scikit-image sample images), grey-scale copies of the
+same photographs, other medical images (scikit-image's fundus, histology and microscopy samples), CT and MR
+slices (pydicom's bundled test files, one per distinct image, and matplotlib's MR sample), and every Kermany
+test image with inverted grey levels. No lateral chest views are available offline (the covid-chestxray copy
+was filtered to frontal views), so that row is reported as not measured.
 Thresholds are never tuned here: the OOD threshold comes from validation features, image-statistic
 thresholds from the training images (`--image-stats`).
 """
@@ -49,7 +50,15 @@ PHOTOS = [
     ("gradio", "media_assets/images/lion.jpg"),
     ("gradio", "media_assets/images/tower.jpg"),
     ("gradio", "test_data/cheetah2.jpg"),
+    # scikit-image's bundled photographs (requirements-dev.txt); camera, coins, moon and the textures are grey
+    *[("skimage", f"data/{name}") for name in (
+        "astronaut.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "moon.png", "rocket.jpg",
+        "hubble_deep_field.jpg", "motorcycle_left.png", "brick.png", "grass.png", "gravel.png", "clock_motion.png",
+    )],
 ]
+#: Other medical images that are not chest radiographs (scikit-image's bundled samples): fundus photographs,
+#: histology and fluorescence microscopy.
+OTHER_MEDICAL = [("skimage", f"data/{name}") for name in ("retina.jpg", "microaneurysms.png", "ihc.png", "cell.png")]
 #: pydicom's bundled CT / MR test files, one per distinct image (MR_small_* re-encode MR_small.dcm).
 CT_MR_DICOM = ["CT_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm", "MR_small.dcm", "examples_overlay.dcm"]
 
@@ -61,10 +70,10 @@ def _package_dir(name: str) -> Path | None:
     return Path(spec.origin).parent if spec and spec.origin else None
 
 
-def photo_files() -> list[Path]:
-    """The bundled photographs that exist in this environment."""
+def photo_files(entries: Sequence[tuple[str, str]] = PHOTOS) -> list[Path]:
+    """The bundled files (default: the photographs) that exist in this environment."""
     out = []
-    for package, rel in PHOTOS:
+    for package, rel in entries:
         folder = _package_dir(package)
         if folder and (folder / rel).is_file():
             out.append(folder / rel)
@@ -127,7 +136,8 @@ def _row(name: str, expect_flag: bool, results: list[gate.GateResult], note: str
     reasons = Counter(code for r in results for code in set(r.codes))
     n = len(results)
     return {"set": name, "n": n, "flagged": flagged, "share_flagged": flagged / n if n else None,
-            "goal": "flag > 95%" if expect_flag else "flag < 2%", "by_reason": dict(reasons), "note": note}
+            "goal": "flag > 95%" if expect_flag else "flag < 2%", "expect_flag": expect_flag,
+            "by_reason": dict(reasons), "note": note}
 
 
 def _load_set(paths: Sequence[Path], transform: Callable[[XrayImage], XrayImage] | None = None) -> list[XrayImage]:
@@ -150,6 +160,8 @@ def evaluate(loaded: Any, data: Path, limit: int | None) -> list[dict[str, Any]]
     photos = photo_files()
     rows.append(_row("natural photographs", True, _assess_all(loaded, _load_set(photos))))
     rows.append(_row("same photographs, grey-scale", True, _assess_all(loaded, _load_set(photos, _grey_copy))))
+    rows.append(_row("other medical images (fundus, histology, microscopy)", True,
+                     _assess_all(loaded, _load_set(photo_files(OTHER_MEDICAL)))))
     with_header = ct_mr_images(True)
     rows.append(_row("CT/MR slices, as DICOM files", True, _assess_all(loaded, [i for _, i in with_header]),
                      ", ".join(n for n, _ in with_header)))
@@ -158,7 +170,7 @@ def evaluate(loaded: Any, data: Path, limit: int | None) -> list[dict[str, Any]]
     inverted = [_inverted(i) for i in test_images]
     rows.append(_row("Kermany test, grey levels inverted", True, _assess_all(loaded, inverted)))
     rows.append({"set": "lateral chest views", "n": 0, "flagged": None, "share_flagged": None, "goal": "flag > 95%",
-                 "by_reason": {}, "note": "not measured: no lateral views available offline"})
+                 "expect_flag": True, "by_reason": {}, "note": "not measured: no lateral views available offline"})
     return rows
 
 
@@ -287,6 +299,27 @@ def lungs_report(loaded: Any, data: Path, limit: int | None) -> None:
               f"| {warn} |")
 
 
+def save(loaded: Any, args: argparse.Namespace, rows: list[dict[str, Any]], ood: Any, seconds: float) -> None:
+    """Write gate.json into the model folder (read by xray.card) and regenerate the folder's model card."""
+    from xray.card import GATE_FILE, write_model_card
+
+    flags = " --fit" if args.fit else ""
+    record = {
+        "command": f"python scripts/eval_gate.py --model {args.model}{flags}",
+        "model": args.model,
+        "version": loaded.version,
+        "ood": None if ood is None else {"threshold": ood.threshold, "quantile": ood.quantile, "n_val": ood.n_val,
+                                         "n_train": ood.n_train, "view": ood.view, "l2_normalized": ood.l2_normalized},
+        "seconds": round(seconds, 1),
+        "rows": rows,
+    }
+    path = Path(loaded.path) / GATE_FILE
+    path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {path}", file=sys.stderr)
+    if (Path(loaded.path) / "metrics.json").is_file():
+        print(f"wrote {write_model_card(loaded.path)}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -299,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lungs", action="store_true", help="also report lung-field and heatmap-in-lungs statistics")
     p.add_argument("--image-stats", nargs="+", metavar="DIR", help="only print training-image statistics and exit")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    p.add_argument("--save", action="store_true",
+                   help="write gate.json into the model folder and regenerate its README.md model card")
     args = p.parse_args(argv)
     if args.image_stats:
         image_stats(args.image_stats)
@@ -323,6 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table(rows, f"Input gate, model {model}, {ood_text}; {time.perf_counter() - started:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    if args.save and loaded is not None:
+        if args.limit:
+            raise SystemExit("--save needs the whole evaluation sets: drop --limit")
+        save(loaded, args, rows, ood, time.perf_counter() - started)
     if args.lungs:
         lungs_report(loaded, args.data, args.limit)
     return 0

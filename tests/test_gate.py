@@ -3,7 +3,6 @@ X-rays pass; OOD statistics fitted, saved, reloaded and applied through a real (
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.dicom_files import make_dicom
 from xray import gate
 from xray.errors import OodStatsError
 from xray.io import XrayImage, read_image
@@ -23,33 +23,6 @@ def _photo_path() -> Path:
     import sklearn
 
     return Path(sklearn.__file__).parent / SKLEARN_PHOTO
-
-
-def _dicom_bytes(grey: np.ndarray, **tags: str) -> bytes:
-    """A conformant 8-bit MONOCHROME2 DICOM file holding a real image, with the given header tags."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = grey.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    ds.PixelData = np.ascontiguousarray(grey, dtype=np.uint8).tobytes()
-    for keyword, value in tags.items():
-        setattr(ds, keyword, value)
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True, implicit_vr=False, little_endian=True)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +51,7 @@ def test_real_frontal_xrays_raise_no_finding(kermany_fullres: list[Path], test_i
 
 
 def test_real_dicom_radiograph_with_frontal_header_passes(cxr: XrayImage) -> None:
-    data = _dicom_bytes(cxr.pixels[..., 0], Modality="DX", ViewPosition="PA", BodyPartExamined="CHEST")
+    data = make_dicom(cxr.pixels[..., 0], Modality="DX", ViewPosition="PA", BodyPartExamined="CHEST")
     image = read_image(data, filename="chest.dcm")
     assert image.metadata["ViewPosition"] == "PA"
     assert gate.check_image(image) == []
@@ -155,19 +128,19 @@ def test_ct_slice_with_visible_scan_circle() -> None:
 
 @pytest.mark.parametrize(("view", "word"), [("LL", "lateral"), ("RL", "lateral"), ("LLD", "decubitus")])
 def test_non_frontal_view_from_dicom_header(cxr: XrayImage, view: str, word: str) -> None:
-    image = read_image(_dicom_bytes(cxr.pixels[..., 0], Modality="DX", ViewPosition=view), filename="x.dcm")
+    image = read_image(make_dicom(cxr.pixels[..., 0], Modality="DX", ViewPosition=view), filename="x.dcm")
     findings = gate.check_image(image)
     assert [f.code for f in findings] == ["view"]
     assert word in findings[0].reason and view in findings[0].reason
 
 
 def test_other_body_part_from_dicom_header(cxr: XrayImage) -> None:
-    image = read_image(_dicom_bytes(cxr.pixels[..., 0], Modality="CR", BodyPartExamined="HAND"), filename="x.dcm")
+    image = read_image(make_dicom(cxr.pixels[..., 0], Modality="CR", BodyPartExamined="HAND"), filename="x.dcm")
     assert codes(image) == ["body_part"]
 
 
 def test_unknown_or_localised_body_part_is_not_flagged(cxr: XrayImage) -> None:
-    image = read_image(_dicom_bytes(cxr.pixels[..., 0], Modality="DX", BodyPartExamined="THORAX"), filename="x.dcm")
+    image = read_image(make_dicom(cxr.pixels[..., 0], Modality="DX", BodyPartExamined="THORAX"), filename="x.dcm")
     assert codes(image) == []
 
 

@@ -11,10 +11,11 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless, generate_uid
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
+from tests.dicom_files import DX_STORAGE, make_dicom
 from xray.config import get_settings
 from xray.errors import (
     EmptyFileError,
@@ -30,7 +31,6 @@ from xray.errors import (
 from xray.io import IMAGE_EXTENSIONS, XrayImage, read_image
 
 ACCEPTED = "Accepted files: PNG, JPEG"
-DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -71,48 +71,6 @@ def png_header_only(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
-
-
-def make_dicom(
-    arr: np.ndarray | None,
-    *,
-    photometric: str = "MONOCHROME2",
-    bits_stored: int | None = None,
-    transfer_syntax: str = ExplicitVRLittleEndian,
-    pixel_bytes: bytes | None = None,
-    rows_columns: tuple[int, int] | None = None,
-    **tags,
-) -> bytes:
-    """A conformant DICOM file (preamble + DICM + meta header) holding `arr`, or no Pixel Data when arr is None."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = tags.pop("SOPClassUID", DX_STORAGE)
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = transfer_syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    if arr is not None:
-        rows, columns = rows_columns or arr.shape[:2]
-        ds.Rows, ds.Columns = rows, columns
-        ds.SamplesPerPixel = 1 if arr.ndim == 2 else 3
-        ds.PhotometricInterpretation = photometric
-        ds.BitsAllocated = arr.dtype.itemsize * 8
-        ds.BitsStored = bits_stored or ds.BitsAllocated
-        ds.HighBit = ds.BitsStored - 1
-        ds.PixelRepresentation = 1 if arr.dtype.kind == "i" else 0
-        if arr.ndim == 3:
-            ds.PlanarConfiguration = 0
-        if pixel_bytes is None:
-            ds.PixelData = arr.tobytes()
-        else:
-            ds.PixelData = pixel_bytes
-            ds["PixelData"].VR = "OB"
-    for keyword, value in tags.items():
-        setattr(ds, keyword, value)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True, implicit_vr=False, little_endian=True)
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------------

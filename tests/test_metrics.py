@@ -118,3 +118,14 @@ def test_roc_points_are_json_and_in_range():
     assert roc["fpr"][0] == 0.0 and roc["tpr"][-1] == 1.0
     assert all(0.0 <= t <= 1.0 for t in roc["thresholds"])
     assert len(roc["fpr"]) == len(roc["tpr"]) == len(roc["thresholds"])
+
+
+def test_wilson_interval_by_hand():
+    # 8/8: centre (1 + z^2/16) / (1 + z^2/8), half-width z*sqrt(z^2/256)/(1 + z^2/8) -> lower bound 0.6756
+    low, high = M.wilson_interval(8, 8)
+    assert low == pytest.approx(0.6756, abs=1e-4) and high == 1.0
+    low, high = M.wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
+    low, high = M.wilson_interval(50, 100)
+    assert low == pytest.approx(0.4038, abs=1e-4) and high == pytest.approx(0.5962, abs=1e-4)
+    assert all(np.isnan(M.wilson_interval(0, 0)))

@@ -1,15 +1,16 @@
 from __future__ import annotations
 
 import csv
-import io
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from pydicom.uid import SecondaryCaptureImageStorage
 from sqlmodel import Session
 
+from tests.dicom_files import make_dicom
 from xray import auth, crud, service
 from xray.errors import (
     EmptyFileError,
@@ -241,40 +242,19 @@ def test_truncated_jpeg_is_refused(session, store, doctors, model_name):
         _diagnose(session, store, alice, model_name, source=data[: len(data) // 3], filename="cut.jpeg")
 
 
-def _dicom_bytes(pixels: np.ndarray) -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientName = "Roe^Jane"
-    ds.PatientID = "P-0042"
-    ds.StudyDate = "20240315"
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.astype(np.uint8).tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def test_dicom_upload_prefills_and_diagnoses(session, store, doctors, model_name):
     from xray.io import read_image
 
     alice, _ = doctors
     pixels = np.asarray(Image.open(NORMAL_JPEG).convert("L").resize((400, 320)))
-    data = _dicom_bytes(pixels)
+    data = make_dicom(
+        pixels.astype(np.uint8),
+        SOPClassUID=SecondaryCaptureImageStorage,
+        PatientName="Roe^Jane",
+        PatientID="P-0042",
+        StudyDate="20240315",
+        Modality="CR",
+    )
     prefill = service.prefill_from_metadata(read_image(data).metadata)
     assert prefill.exam_date == date(2024, 3, 15)
     assert "P-0042" in prefill.patient and "Jane" in prefill.patient

@@ -199,3 +199,23 @@ def test_fine_tune_our_checkpoint_into_three_classes(trained, shared_data):
     before = load_model_dir(trained).model.state_dict()["conv_stem.weight"]
     after = loaded.model.state_dict()["conv_stem.weight"]
     assert (after - before).abs().max() < 0.05
+
+
+def test_model_card_includes_the_gate_figures_once_measured(trained, tmp_path):
+    import shutil
+
+    from tests.test_card import GATE
+    from xray import card
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained, folder, ignore=shutil.ignore_patterns("checkpoint.pt"))
+    assert card.read_gate(folder) is None
+    first = card.write_model_card(folder).read_text()
+    assert "## Input gate" not in first
+    # the default intensity augmentation is recorded and described
+    assert json.loads((folder / "metrics.json").read_text())["training"]["intensity"] == 0.1
+    assert "brightness/contrast +-0.1" in first
+    (folder / card.GATE_FILE).write_text(json.dumps(GATE))
+    readme = card.write_model_card(folder).read_text()
+    assert readme.index("## Input gate") < readme.index("## Limitations")
+    assert "| Kermany official test (in scope) | 624 | 9 | 1.4% | flag < 2% | yes" in readme

@@ -51,6 +51,70 @@ LIMITATIONS = [
 ]
 
 
+#: What the gate's evaluation sets are; the figures themselves come from gate.json (scripts/eval_gate.py --save).
+GATE_SETS_TEXT = (
+    "Out-of-scope sets are real files that ship with installed packages (scikit-learn, matplotlib, gradio and "
+    "scikit-image sample photographs; scikit-image's fundus, histology and microscopy samples; pydicom's CT/MR "
+    "test files and matplotlib's MR slice), plus every official test image "
+    "with its grey levels inverted; nothing generated is counted as a photograph or a slice. No lateral chest "
+    "views are available offline, so that goal is not measured. The OOD variant (a 224-px JPEG copy of the "
+    "image like the training images, unit-length features) was chosen while looking at the validation and "
+    "these out-of-scope sets, so their figures are not an independent check. A flagged image still gets its "
+    "prediction on request, behind the warning."
+)
+
+GATE_FILE = "gate.json"
+
+
+def _gate_met(row: dict[str, Any]) -> str:
+    from xray.metrics import wilson_interval
+
+    if not row.get("n") or row.get("flagged") is None:
+        return "not measured"
+    low, high = wilson_interval(int(row["flagged"]), int(row["n"]))
+    if row.get("expect_flag", str(row.get("goal", "")).startswith("flag >")):
+        return ("yes" if row["share_flagged"] > 0.95 else "no") + f" (95% CI {low:.0%}-{high:.0%})"
+    if row.get("goal") == "flag < 2%":
+        return ("yes" if row["share_flagged"] < 0.02 else "no") + f" (95% CI {low:.1%}-{high:.1%})"
+    return f"- (95% CI {low:.1%}-{high:.1%})"
+
+
+def render_gate_section(gate: dict[str, Any], *, level: int = 2) -> list[str]:
+    """The "Input gate" section of a card from a gate.json written by `scripts/eval_gate.py --save`."""
+    ood = gate.get("ood")
+    ood_text = (
+        f"OOD threshold {ood['threshold']:.2f}, the {ood['quantile']:.0%} quantile of the Mahalanobis distances "
+        f"of {ood.get('n_val', '?')} validation images (the test set sets nothing)"
+        if ood
+        else "no OOD statistics (image statistics and DICOM header only)"
+    )
+    lines = [
+        "#" * level + ' Input gate ("is this a frontal chest X-ray?")',
+        "",
+        f"Measured with `{gate.get('command', 'scripts/eval_gate.py')}` on model {gate.get('model')} "
+        f"(version {gate.get('version')}), {ood_text}. {GATE_SETS_TEXT}",
+        "",
+        "| set | n | flagged | share | goal | goal met | reasons (images) |",
+        "|---|---:|---:|---:|---|---|---|",
+    ]
+    for row in gate.get("rows", []):
+        share = "n/a" if row.get("share_flagged") is None else f"{row['share_flagged']:.1%}"
+        flagged = "n/a" if row.get("flagged") is None else str(row["flagged"])
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(row.get("by_reason", {}).items(), key=lambda kv: -kv[1]))
+        note = f" ({row['note']})" if row.get("note") else ""
+        lines.append(
+            f"| {row['set']}{note} | {row['n']} | {flagged} | {share} | {row['goal']} | {_gate_met(row)} | "
+            f"{reasons or '-'} |"
+        )
+    return lines + [""]
+
+
+def read_gate(folder: str | Path) -> dict[str, Any] | None:
+    """The gate.json of a model folder, or None."""
+    path = Path(folder) / GATE_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def _epochs(training: dict[str, Any]) -> str:
     steps, per_epoch = training.get("steps_run"), training.get("steps_per_epoch")
     if steps and per_epoch:
@@ -121,8 +185,8 @@ def _metrics_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_model_card(config: dict[str, Any], result: dict[str, Any]) -> str:
-    """The README.md text for a model folder, from its config.json and metrics.json."""
+def render_model_card(config: dict[str, Any], result: dict[str, Any], gate: dict[str, Any] | None = None) -> str:
+    """The README.md text for a model folder, from its config.json, metrics.json and (when measured) gate.json."""
     labels = result["label_names"]
     training = result.get("training", {})
     data = result.get("data", {})
@@ -155,7 +219,8 @@ def render_model_card(config: dict[str, Any], result: dict[str, Any]) -> str:
         f"{training.get('schedule')} schedule, batch {training.get('batch_size')}, class imbalance by "
         f"{training.get('balance')}, augmentation rotation +-{training.get('rotation')} deg, shift "
         f"{training.get('translate')}, zoom +-{training.get('zoom')}, "
-        f"flips {'on' if training.get('hflip') else 'off'}; "
+        f"flips {'on' if training.get('hflip') else 'off'}, "
+        f"brightness/contrast +-{training.get('intensity', 0)}; "
         f"{_epochs(training)} run"
         + (f" with the stem and first {training['freeze']} stages frozen" if training.get("freeze") else "")
         + f", best validation AUC {_fmt(training.get('best_val_auc'), 4)} at "
@@ -229,9 +294,10 @@ def render_model_card(config: dict[str, Any], result: dict[str, Any]) -> str:
         "Plots: `roc.png`, `reliability.png`, `confusion.png`, `curves.png`. All numbers: `metrics.json` "
         "(including validation ROC points for choosing another operating point).",
         "",
-        "## Limitations",
-        "",
     ]
+    if gate:
+        lines += render_gate_section(gate)
+    lines += ["## Limitations", ""]
     lines += [f"- {text}" for text in LIMITATIONS]
     lines += [
         "",
@@ -251,7 +317,7 @@ def write_model_card(folder: str | Path) -> Path:
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     result = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     path = folder / "README.md"
-    path.write_text(render_model_card(config, result), encoding="utf-8")
+    path.write_text(render_model_card(config, result, read_gate(folder)), encoding="utf-8")
     return path
 
 
@@ -260,7 +326,7 @@ def render_comparison(entries: Sequence[dict[str, Any]], *, defaults: dict[str, 
 
     Args:
         entries: one dict per trained model: `name`, `task`, `metrics` (metrics.json), `latency` (p50/p90 ms),
-            `weights_bytes`, `shipped` (bundled folder name or None).
+            `weights_bytes`, `shipped` (bundled folder name or None), optionally `gate` (gate.json).
         defaults: task -> one paragraph saying which model is the default and why.
         notes: extra paragraphs (e.g. what could not be done here).
     """
@@ -314,9 +380,21 @@ def render_comparison(entries: Sequence[dict[str, Any]], *, defaults: dict[str, 
                     + tail
                 )
         lines += ["", defaults.get(task, ""), ""]
+        for e in rows:
+            if e.get("gate"):
+                lines += render_gate_section(e["gate"], level=3)
     lines += ["## Notes", ""] + [f"- {note}" for note in notes] + ["", "## Limitations", ""]
     lines += [f"- {text}" for text in LIMITATIONS] + [""]
     return "\n".join(lines)
+
+
+def _shipped_gate(folder: Path, bundled: str | None) -> dict[str, Any] | None:
+    """gate.json of a shipped model: measured on the bundled copy in models/ (or found in the run folder)."""
+    if bundled is None:
+        return None
+    from xray.models import resolve_model_dir
+
+    return read_gate(folder) or read_gate(resolve_model_dir(bundled)[0])
 
 
 def build_comparison(
@@ -355,6 +433,7 @@ def build_comparison(
                 "latency": measure_latency(loaded, image),
                 "weights_bytes": (folder / "model.safetensors").stat().st_size,
                 "shipped": (shipped or {}).get(name),
+                "gate": _shipped_gate(folder, (shipped or {}).get(name)),
             }
         )
     path = Path(out_path)

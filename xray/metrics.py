@@ -143,6 +143,21 @@ def bootstrap_ci(
     return out
 
 
+def wilson_interval(successes: int, n: int, *, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95% by default); sensible for small n and for 0 or n successes.
+
+    Returns:
+        `(low, high)`, or `(nan, nan)` when `n` is 0.
+    """
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Row-wise softmax of `logits / temperature`."""
     z = np.asarray(logits, dtype=np.float64) / temperature

@@ -88,6 +88,7 @@ def build_transform(
     translate: float = 0.05,
     scale: tuple[float, float] = (0.9, 1.1),
     hflip: bool = False,
+    intensity: float = 0.0,
 ) -> Callable[[Any], torch.Tensor]:
     """Build the transform from an image (XrayImage, PIL or array) to a normalised CHW float tensor.
 
@@ -98,6 +99,8 @@ def build_transform(
         translate: maximum shift as a fraction of the size (train only).
         scale: zoom range (train only).
         hflip: random horizontal flips (train only; off by default since the heart sits on one side).
+        intensity: maximum relative change of brightness and contrast (train only): exposure and processing
+            differ between machines and sites.
 
     Returns:
         A callable mapping one image to a tensor of shape `data_config["input_size"]`.
@@ -109,6 +112,8 @@ def build_transform(
         steps.append(T.RandomAffine(degrees=rotation, translate=(translate, translate), scale=scale))
         if hflip:
             steps.append(T.RandomHorizontalFlip())
+        if intensity > 0:
+            steps.append(T.ColorJitter(brightness=intensity, contrast=intensity))
     mean = torch.tensor(data_config["mean"], dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(data_config["std"], dtype=torch.float32).view(3, 1, 1)
     steps.append(T.Lambda(partial(_normalise, mean=mean, std=std)))

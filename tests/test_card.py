@@ -1,0 +1,50 @@
+"""Model cards: the input-gate section rendered from a gate.json (as scripts/eval_gate.py --save writes it)."""
+
+from __future__ import annotations
+
+from xray import card
+
+GATE = {
+    "command": "python scripts/eval_gate.py --model pneumonia --fit",
+    "model": "pneumonia",
+    "version": "abc123",
+    "ood": {"threshold": 67.19, "quantile": 0.99, "n_val": 780, "n_train": 4436, "view": True, "l2_normalized": True},
+    "rows": [
+        {"set": "Kermany official test (in scope)", "n": 624, "flagged": 9, "share_flagged": 9 / 624,
+         "goal": "flag < 2%", "expect_flag": False, "by_reason": {"out_of_distribution": 9}, "note": ""},
+        {"set": "covid frontal (in scope)", "n": 100, "flagged": 30, "share_flagged": 0.3,
+         "goal": "flag < 2%", "expect_flag": False, "by_reason": {"out_of_distribution": 30}, "note": ""},
+        {"set": "natural photographs", "n": 8, "flagged": 8, "share_flagged": 1.0, "goal": "flag > 95%",
+         "expect_flag": True, "by_reason": {"color": 8, "out_of_distribution": 7}, "note": ""},
+        {"set": "CT/MR slices", "n": 6, "flagged": 5, "share_flagged": 5 / 6, "goal": "flag > 95%",
+         "expect_flag": True, "by_reason": {"modality": 5}, "note": ""},
+        {"set": "lateral chest views", "n": 0, "flagged": None, "share_flagged": None, "goal": "flag > 95%",
+         "expect_flag": True, "by_reason": {}, "note": "not measured: no lateral views available offline"},
+    ],
+}
+
+
+def _row(lines: list[str], name: str) -> str:
+    return next(line for line in lines if line.startswith(f"| {name}"))
+
+
+def test_gate_section_states_each_goal_with_its_interval() -> None:
+    lines = card.render_gate_section(GATE)
+    assert lines[0] == '## Input gate ("is this a frontal chest X-ray?")'
+    text = "\n".join(lines)
+    assert "`python scripts/eval_gate.py --model pneumonia --fit`" in text and "version abc123" in text
+    assert "OOD threshold 67.19, the 99% quantile" in text and "780 validation images" in text
+    # 9/624 = 1.4% is under 2%; Wilson 95% CI 0.8%-2.7%
+    assert "| 624 | 9 | 1.4% | flag < 2% | yes (95% CI 0.8%-2.7%) | out_of_distribution 9 |" in _row(lines, "Kermany")
+    assert "| 30.0% | flag < 2% | no " in _row(lines, "covid frontal")
+    # 8/8 meets "over 95%" but the interval says how little 8 images show: Wilson lower bound 68%
+    assert "| 100.0% | flag > 95% | yes (95% CI 68%-100%) | color 8, out_of_distribution 7 |" in _row(
+        lines, "natural photographs"
+    )
+    assert "| flag > 95% | no (95% CI" in _row(lines, "CT/MR slices")
+    assert "| 0 | n/a | n/a | flag > 95% | not measured | - |" in _row(lines, "lateral chest views")
+
+
+def test_gate_section_without_ood_statistics_says_so() -> None:
+    text = "\n".join(card.render_gate_section({**GATE, "ood": None}, level=3))
+    assert text.startswith("### Input gate") and "no OOD statistics (image statistics and DICOM header only)" in text

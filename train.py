@@ -375,12 +375,15 @@ def train(args: argparse.Namespace, splits, out: Path) -> tuple[torch.nn.Module,
             running += loss.item() * len(y)
             seen += len(y)
             bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{lr:.2e}")
-            if budget_s and state["step"] == 10 and not args.resume:
-                # fit the learning-rate schedule to the steps the time budget allows (10% kept for validation)
-                step_s = (time.perf_counter() - epoch_start) / 10
+            if state["step"] == 2:
+                timing_start = time.perf_counter()
+            if budget_s and state["step"] == 12 and not args.resume:
+                # fit the learning-rate schedule to the steps the time budget allows (10% kept for validation);
+                # timed from step 3: the first steps (worker start-up, first allocations) run several times slower
+                step_s = (time.perf_counter() - timing_start) / 10
                 fit = int(0.9 * budget_s / step_s)
                 if fit < state["total_steps"]:
-                    state["total_steps"] = max(fit, 11)
+                    state["total_steps"] = max(fit, 13)
                     logger.info(
                         "%.2f s/step: the %g min budget allows %d steps (%.2f epochs)",
                         step_s,

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+
 from xray import card
+from xray.card import render_model_card
 
 GATE = {
     "command": "python scripts/eval_gate.py --model pneumonia --fit",
@@ -48,3 +54,18 @@ def test_gate_section_states_each_goal_with_its_interval() -> None:
 def test_gate_section_without_ood_statistics_says_so() -> None:
     text = "\n".join(card.render_gate_section({**GATE, "ood": None}, level=3))
     assert text.startswith("### Input gate") and "no OOD statistics (image statistics and DICOM header only)" in text
+
+
+@pytest.mark.parametrize("name", ["pneumonia", "covid"])
+def test_model_card_states_the_models_caveat(name: str) -> None:
+    folder = Path(__file__).resolve().parent.parent / "models" / name
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    text = render_model_card(config, metrics)
+    if name == "covid":  # the measured age/source confound travels in its config.json
+        assert f"**Caveat (shown with every prediction of this model):** {config['caveat']}" in text
+        assert "called all 20 adults without COVID-19" in text
+    else:
+        assert "caveat" not in config and "Caveat" not in text
+    config["caveat"] = "  "
+    assert "Caveat" not in render_model_card(config, metrics)

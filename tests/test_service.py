@@ -204,6 +204,19 @@ def test_diagnose_saves_image_heatmap_and_calibrated_probabilities(session, stor
     assert "operating threshold 0.500" in service.result_summary(record)
 
 
+def test_model_caveat_travels_with_every_prediction(session, store, doctors, tiny_model_dir, tmp_path):
+    import shutil
+
+    from xray.models import update_config
+
+    alice, _ = doctors
+    assert _diagnose(session, store, alice, f"local-dir:{tiny_model_dir}").warnings == []
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "with-caveat")
+    update_config(folder, caveat="Its COVID-19 output separates adults from children.")
+    result = _diagnose(session, store, alice, f"local-dir:{folder}")
+    assert result.warnings == ["About this model: Its COVID-19 output separates adults from children."]
+
+
 def test_diagnose_with_another_class_and_method(session, store, doctors, model_name):
     alice, _ = doctors
     result = _diagnose(session, store, alice, model_name, target_label="PNEUMONIA", method="gradcam++")

@@ -208,6 +208,10 @@ def render_model_card(config: dict[str, Any], result: dict[str, Any], gate: dict
         "",
         DISCLAIMER,
         "",
+    ]
+    if str(config.get("caveat") or "").strip():
+        lines += [f"**Caveat (shown with every prediction of this model):** {config['caveat'].strip()}", ""]
+    lines += [
         "## Model",
         "",
         f"- Architecture: timm `{result['architecture']}`, {result.get('num_parameters', 0) / 1e6:.2f} M parameters, "

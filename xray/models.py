@@ -77,6 +77,12 @@ class LoadedModel:
         card_path = self.path / CARD_NAME
         return card_path.read_text(encoding="utf-8") if card_path.is_file() else ""
 
+    @property
+    def caveat(self) -> str | None:
+        """A warning shown with every prediction of this model (`caveat` in config.json), e.g. a measured confound."""
+        text = str(self.config.get("caveat") or "").strip()
+        return text or None
+
     @cached_property
     def transform(self) -> Any:
         """The evaluation transform (whole-image resize + normalisation) from this model's data config."""

@@ -598,7 +598,8 @@ def diagnose(
         record.id, doctor.username, loaded.name, prediction.label,
         "in scope" if gate_result.in_scope else "out of scope: " + ",".join(gate_result.codes),
     )  # fmt: skip
-    warnings: list[str] = []
+    # A model-level caveat (config.json) travels with every prediction: e.g. a confound measured on its test data.
+    warnings: list[str] = [f"About this model: {loaded.caveat}"] if loaded.caveat else []
     view = make_view(
         image.pixels, explanation.heatmap, target_label=explanation.target_label, method=method, record_id=record.id
     )

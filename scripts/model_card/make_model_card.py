@@ -11,11 +11,13 @@ paragraph, notes.json the list of notes.
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from xray.card import build_comparison
-
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the xray package is the repository's own
+
+from xray.card import build_comparison  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -197,6 +197,8 @@ def build_demo(
             summary = service.result_summary(record)
             if record.gate_reasons:
                 summary = "⚠️ **Shown on request despite the input warning above: unreliable.**\n\n" + summary
+            info = infos.get(record.model_name)
+            summary += "".join(f"\n\n⚠️ {w}" for w in service.caveat_warnings(info.caveat if info else None))
             return (
                 record.probabilities,
                 summary,

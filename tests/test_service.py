@@ -215,6 +215,10 @@ def test_model_caveat_travels_with_every_prediction(session, store, doctors, tin
     update_config(folder, caveat="Its COVID-19 output separates adults from children.")
     result = _diagnose(session, store, alice, f"local-dir:{folder}")
     assert result.warnings == ["About this model: Its COVID-19 output separates adults from children."]
+    # the app reads it without loading the weights too (a prediction revealed later, behind the input warning)
+    assert service.describe_model(f"local-dir:{folder}").caveat == "Its COVID-19 output separates adults from children."
+    assert service.describe_model(f"local-dir:{tiny_model_dir}").caveat is None
+    assert service.caveat_warnings(None) == []
 
 
 def test_diagnose_with_another_class_and_method(session, store, doctors, model_name):

@@ -121,6 +121,7 @@ class ModelInfo:
     error: str | None = None
     threshold: float | None = None
     positive_label: str | None = None
+    caveat: str | None = None
 
     @property
     def headline(self) -> dict[str, float]:
@@ -190,7 +191,13 @@ def describe_model(name: str) -> ModelInfo:
         metrics=metrics,
         threshold=float(config.get("threshold", 0.5)) if binary else None,
         positive_label=(config.get("positive_label") or labels[1]) if binary else None,
+        caveat=str(config.get("caveat") or "").strip() or None,
     )
+
+
+def caveat_warnings(caveat: str | None) -> list[str]:
+    """The warning a model's `caveat` (config.json) adds to each of its predictions, e.g. a measured confound."""
+    return [f"About this model: {caveat}"] if caveat else []
 
 
 def load_registered_model(name: str | None, allowed: Sequence[str]) -> Any:
@@ -598,8 +605,7 @@ def diagnose(
         record.id, doctor.username, loaded.name, prediction.label,
         "in scope" if gate_result.in_scope else "out of scope: " + ",".join(gate_result.codes),
     )  # fmt: skip
-    # A model-level caveat (config.json) travels with every prediction: e.g. a confound measured on its test data.
-    warnings: list[str] = [f"About this model: {loaded.caveat}"] if loaded.caveat else []
+    warnings = caveat_warnings(loaded.caveat)
     view = make_view(
         image.pixels, explanation.heatmap, target_label=explanation.target_label, method=method, record_id=record.id
     )

@@ -27,7 +27,8 @@ Two choices, both measured with scripts/eval_gate.py on a trained EfficientNet-L
   features.
 - Features are L2-normalised before the distance: natural photographs, their grey-scale copies and CT/MR
   slices were then all flagged (8/8, 8/8, 6/6, against 6/8, 5/8, 3/6 without), at 1.4% of official test
-  images flagged (0.8% without). This choice was made looking at those sets (never at the test set).
+  images flagged (0.8% without), with the earlier late-stages-only model. This choice was made looking at
+  those sets (never at the test set). The current models' figures are in model_card.md (gate.json).
 
 An image with any finding is out of scope: the app shows the prediction only on request, under a warning
 that lists the reasons.

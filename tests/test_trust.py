@@ -141,8 +141,26 @@ def test_pdf_report_has_the_record_fields(session, store, doctors, tiny_model_di
         assert expected in text, expected
     for label, p in record.probabilities.items():
         assert f"{label} {p:.1%}" in text
+    assert "About this model" not in text
     with pytest.raises(RecordNotFoundError):
         trust.record_report(session, store, doctor=bob, record_id=record.id, max_pixels=50_000_000, out_dir=tmp_path)
+
+
+def test_pdf_report_carries_the_models_caveat(session, store, doctors, tiny_model_dir, tmp_path):
+    import shutil
+
+    from pypdf import PdfReader
+
+    from xray.models import update_config
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "with-caveat")
+    update_config(folder, caveat="Its COVID-19 output follows age and image source.")
+    alice, _ = doctors
+    record = _diagnose(session, store, alice, f"local-dir:{folder}").record
+    path = trust.record_report(session, store, doctor=alice, record_id=record.id, max_pixels=50_000_000,
+                               out_dir=tmp_path)  # fmt: skip
+    text = " ".join(PdfReader(path).pages[0].extract_text().split())
+    assert "Warnings" in text and "About this model: Its COVID-19 output follows age and image source." in text
 
 
 # ------------------------------------------------------------------------------------------------ batch

@@ -223,6 +223,8 @@ def record_report(
         heat_text = heat_warning(record.heat_in_lungs, record.heat_in_chest)
         if heat_text:
             warnings.append(heat_text)
+    # the model's caveat as its folder states it now (describe_model reads config.json, never raises)
+    warnings += service.caveat_warnings(service.describe_model(record.model_name).caveat)
     final = record.final_read
     if final:
         final = f"{final} ({'agrees' if final == record.predicted_label else 'disagrees'} with the model)"

@@ -129,7 +129,7 @@ def test_bundled_models_load_within_the_size_limit_and_read_the_examples(name: s
     from xray.io import read_image
 
     folder = REPO_ROOT / "models" / name
-    assert sum(p.stat().st_size for p in folder.iterdir()) <= 25 * 2**20
+    assert sum(p.stat().st_size for p in folder.iterdir()) <= 25_000_000
     loaded = load_model(name)
     assert loaded.path == folder and loaded.label_names[:2] == ["NORMAL", "PNEUMONIA"]
     assert loaded.temperature != 1.0 and ood_stats_for(loaded) is not None

@@ -1,4 +1,4 @@
-"""scripts/eval_gate.py: which covid-chestxray images count as in scope for a model, and the saved gate.json."""
+"""scripts/eval_gate.py: which covid-chestxray images count as in scope for a model, and the --cost timing."""
 
 from __future__ import annotations
 
@@ -53,7 +53,6 @@ def test_covid_images_of_a_covid_model_are_its_held_out_patients_only(eval_gate,
     # every held-out image and nothing else: well under the 559 frontal images of the folder
     assert row["n"] == len(splits.test) and 0 < row["n"] < len(samples) / 3
     assert row["expect_flag"] is False and row["goal"] == "flag < 2%" and "held-out" in row["set"]
-
 
 
 def test_cost_times_each_gate_step(eval_gate, tiny_model_dir: Path, kermany_fullres: list[Path],

@@ -209,8 +209,11 @@ def render_model_card(config: dict[str, Any], result: dict[str, Any], gate: dict
         DISCLAIMER,
         "",
     ]
-    if str(config.get("caveat") or "").strip():
-        lines += [f"**Caveat (shown with every prediction of this model):** {config['caveat'].strip()}", ""]
+    from xray.models import config_caveat
+
+    caveat = config_caveat(config)
+    if caveat:
+        lines += [f"**Caveat (shown with every prediction of this model):** {caveat}", ""]
     lines += [
         "## Model",
         "",

@@ -79,9 +79,8 @@ class LoadedModel:
 
     @property
     def caveat(self) -> str | None:
-        """A warning shown with every prediction of this model (`caveat` in config.json), e.g. a measured confound."""
-        text = str(self.config.get("caveat") or "").strip()
-        return text or None
+        """A warning shown with every prediction of this model (see `config_caveat`)."""
+        return config_caveat(self.config)
 
     @cached_property
     def transform(self) -> Any:
@@ -169,6 +168,11 @@ def list_bundled_models() -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if (p / CONFIG_NAME).is_file())
+
+
+def config_caveat(config: dict[str, Any]) -> str | None:
+    """The `caveat` of a config.json (e.g. a confound measured on the model's data), or None when absent or blank."""
+    return str(config.get("caveat") or "").strip() or None
 
 
 def read_config(path: Path) -> dict[str, Any]:

@@ -172,7 +172,7 @@ def describe_model(name: str) -> ModelInfo:
     """Read a model's config.json and metrics.json (not its weights); errors end up in `.error`."""
     import json
 
-    from xray.models import METRICS_NAME, read_config, resolve_model_dir
+    from xray.models import METRICS_NAME, config_caveat, read_config, resolve_model_dir
 
     try:
         path, _revision = resolve_model_dir(name)
@@ -191,7 +191,7 @@ def describe_model(name: str) -> ModelInfo:
         metrics=metrics,
         threshold=float(config.get("threshold", 0.5)) if binary else None,
         positive_label=(config.get("positive_label") or labels[1]) if binary else None,
-        caveat=str(config.get("caveat") or "").strip() or None,
+        caveat=config_caveat(config),
     )
 
 

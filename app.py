@@ -318,7 +318,7 @@ def build_demo(
         model_name: str | None,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's way to ask for a progress tracker
-    ) -> tuple[Any, Any]:
+    ) -> tuple[Any, str, Any]:
         def tick(done: int, total: int, name: str) -> None:
             progress((done, total), desc=f"{name}" if done < total else "done", unit="files")
 
@@ -337,7 +337,8 @@ def build_demo(
                 progress=tick,
             )
         table_value = {"headers": trust.BATCH_COLUMNS, "data": trust.batch_table(rows)}
-        return table_value, str(trust.batch_csv(rows))
+        caveats = "\n\n".join(f"⚠️ {w}" for w in trust.batch_caveats(rows))
+        return table_value, caveats, str(trust.batch_csv(rows))
 
     def select_row(evt: gr.SelectData) -> Any:
         row = evt.row_value or []
@@ -555,6 +556,7 @@ def build_demo(
                         b_date = gr.DateTime(value=_today, include_time=False, type="string", label="Exam date")
                         b_model = gr.Dropdown(choices=model_choices, value=default_model, label="Model")
                         b_run = gr.Button("Run batch and save", variant="primary")
+                b_caveat = gr.Markdown(elem_id="xray-batch-caveat")
                 b_table = gr.Dataframe(headers=trust.BATCH_COLUMNS, interactive=False, wrap=True, elem_id="xray-batch")
                 b_csv = gr.File(label="Results (CSV)", interactive=False, visible=False)
 
@@ -645,7 +647,7 @@ def build_demo(
         demo.load(agreement, None, agreement_text, api_name="agreement")
         history_tab.select(agreement, None, agreement_text, api_name="agreement_on_tab", api_visibility="private")
         b_run.click(
-            batch, [b_files, b_date, b_model], [b_table, b_csv], api_name="batch", concurrency_id="inference"
+            batch, [b_files, b_date, b_model], [b_table, b_caveat, b_csv], api_name="batch", concurrency_id="inference"
         ).success(lambda: gr.update(visible=True), None, b_csv, api_name="show_batch_csv", api_visibility="private")
         h_opacity.change(
             change_opacity, [h_view, h_opacity], h_overlay, api_name="history_opacity", api_visibility="private"

@@ -251,6 +251,7 @@ def test_compare_and_model_card(server, alice):
     table, gallery = alice.predict(handle_file(str(SAMPLE)), "gradcam", api_name="/compare")
     assert [row[0] for row in table["data"]] == [server["model"]]
     assert table["data"][0][5] > 0 and len(gallery) == 1
+    assert table["headers"][-2:] == ["Input check", "Caveat"] and table["data"][0][7] == "in scope"
     card = alice.predict(server["model"], api_name="/model_card")
     assert server["model"] in card and "mobilenetv3_small_100" in card
 
@@ -431,7 +432,8 @@ def test_batch_of_files_and_a_zip(server, bob, tmp_path):
         zf.write(EXAMPLES / "NORMAL2-IM-1437-0001.jpeg", "a/NORMAL2-IM-1437-0001.jpeg")
         zf.writestr("../notes.txt", "hello")
     files = [handle_file(str(SAMPLE)), handle_file(str(fake)), handle_file(str(archive))]
-    table, csv_path = bob.predict(files, "2024-06-01", server["model"], api_name="/batch")
+    table, caveat, csv_path = bob.predict(files, "2024-06-01", server["model"], api_name="/batch")
+    assert caveat == ""  # the test model has no caveat (test_trust covers one that has)
     rows = table["data"]
     assert [r[0] for r in rows] == [SAMPLE.name, "fake.png", "two.zip/NORMAL2-IM-1437-0001.jpeg", "two.zip/notes.txt"]
     assert rows[0][2] == SAMPLE.stem and rows[0][5] == "in scope" and rows[0][6] == ""

@@ -219,6 +219,42 @@ def test_batch_of_mixed_files_and_a_zip_gives_one_row_per_file(session, store, d
     assert len(table) == 8 and len(table[0]) == len(trust.BATCH_COLUMNS)
     exported = list(csv.DictReader(io.StringIO(trust.batch_csv(rows, out_dir=tmp_path).read_text(encoding="utf-8"))))
     assert [r["file"] for r in exported] == list(by_file) and exported[0]["p_PNEUMONIA"]
+    assert trust.batch_caveats(rows) == [] and {r["model_caveat"] for r in exported} == {""}
+
+
+def test_batch_decodes_each_file_once(session, store, doctors, tiny_model_dir, monkeypatch):
+    model = f"local-dir:{tiny_model_dir}"
+    alice, _ = doctors
+    decoded = []
+    real = service.load_image
+    monkeypatch.setattr(service, "load_image", lambda data, **kw: decoded.append(kw["filename"]) or real(data, **kw))
+    rows = trust.diagnose_batch(
+        session, store, doctor=alice, files=[PNEUMONIA_JPEG, NORMAL_JPEG], exam_date="2025-06-02", model_name=model,
+        allowed_models=[model], max_upload_bytes=MB, max_pixels=50_000_000, today=TODAY,
+    )  # fmt: skip
+    assert decoded == [PNEUMONIA_JPEG.name, NORMAL_JPEG.name] and all(r.record_id for r in rows)
+    saved = sorted(crud.list_records(session, doctor=alice), key=lambda r: r.id)
+    assert [(r.image_width, r.image_height) for r in saved] == [Image.open(PNEUMONIA_JPEG).size,
+                                                                Image.open(NORMAL_JPEG).size]  # fmt: skip
+
+
+def test_batch_carries_the_models_caveat(session, store, doctors, tiny_model_dir, tmp_path):
+    from xray.models import update_config
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "with-caveat")
+    update_config(folder, caveat="Its COVID-19 output follows age and image source.")
+    model = f"local-dir:{folder}"
+    alice, _ = doctors
+    fake = tmp_path / "notes.png"
+    fake.write_text("not an image")
+    rows = trust.diagnose_batch(
+        session, store, doctor=alice, files=[PNEUMONIA_JPEG, NORMAL_JPEG, fake], exam_date="2025-06-02",
+        model_name=model, allowed_models=[model], max_upload_bytes=MB, max_pixels=50_000_000, today=TODAY,
+    )  # fmt: skip
+    # shown once above the table, however many rows the model answered
+    assert trust.batch_caveats(rows) == ["About this model: Its COVID-19 output follows age and image source."]
+    exported = list(csv.DictReader(io.StringIO(trust.batch_csv(rows, out_dir=tmp_path).read_text(encoding="utf-8"))))
+    assert [r["model_caveat"] for r in exported] == ["Its COVID-19 output follows age and image source."] * 2 + [""]
 
 
 def test_batch_refuses_zip_bombs_and_empty_uploads(session, store, doctors, tiny_model_dir, tmp_path, monkeypatch):

@@ -533,6 +533,7 @@ def diagnose(
     max_upload_bytes: int,
     max_pixels: int,
     today: date | None = None,
+    image: XrayImage | None = None,
 ) -> Diagnosis:
     """Validate the form, predict with a Grad-CAM heatmap, and save the image and the record for `doctor`.
 
@@ -551,6 +552,8 @@ def diagnose(
         max_upload_bytes: size limit for the file.
         max_pixels: pixel limit for the decoded image.
         today: the date "today" is checked against (tests).
+        image: `source` already decoded by `load_image` with the same limits (the Batch tab decodes each file
+            once, for its DICOM fields); decoded here when None.
 
     Raises:
         XrayError subclasses with a message for the doctor; nothing is saved then.
@@ -563,7 +566,8 @@ def diagnose(
     data = read_upload(source, max_bytes=max_upload_bytes)
     if filename is None and isinstance(source, (str, Path)):
         filename = Path(source).name
-    image = load_image(data, filename=filename, max_pixels=max_pixels)
+    if image is None:
+        image = load_image(data, filename=filename, max_pixels=max_pixels)
     loaded = load_registered_model(model_name, allowed_models)
     target = check_target(loaded, target_label)
     start = time.perf_counter()
@@ -651,6 +655,13 @@ def check_input(loaded: Any, image: XrayImage, *, features: np.ndarray | None = 
         findings = gate.check_image(image)
         result = gate.GateResult(in_scope=not findings, reasons=[f.reason for f in findings], findings=findings)
         return result, f"The out-of-distribution check failed ({exc}); only image statistics were checked."
+
+
+def input_check_text(gate_result: Any) -> str:
+    """One table cell for a gate verdict: "in scope", or "OUT OF SCOPE: " and the reasons ("" without a verdict)."""
+    if gate_result is None:
+        return ""
+    return "in scope" if gate_result.in_scope else "OUT OF SCOPE: " + " ".join(gate_result.reasons)
 
 
 def check_heatmap(heatmap: np.ndarray, image: XrayImage) -> Any:
@@ -1034,6 +1045,7 @@ class Comparison:
     latency_ms: float | None = None
     view: HeatmapView | None = None
     error: str | None = None
+    gate: Any = None  # xray.gate.GateResult
 
 
 def compare_models(
@@ -1047,7 +1059,8 @@ def compare_models(
 ) -> list[Comparison]:
     """Run every model on one image (prediction + heatmap each); a failing model reports its error in its row.
 
-    Nothing is saved: this is the researchers' view of the backbones, not a patient's record.
+    Each model's input gate runs too (its own OOD statistics), outside the timed prediction. Nothing is saved:
+    this is the researchers' view of the backbones, not a patient's record.
     """
     from xray.explain import explain
     from xray.models import load_model
@@ -1067,12 +1080,14 @@ def compare_models(
             start = time.perf_counter()
             prediction, explanation = explain(loaded, image, method=method)
             latency = (time.perf_counter() - start) * 1000
+            gate_result, _ = check_input(loaded, image)
         except XrayError as exc:
             results.append(Comparison(info=info, error=str(exc)))
             continue
         results.append(
             Comparison(
                 info=info,
+                gate=gate_result,
                 version=str(loaded.version),
                 label=prediction.label,
                 probabilities=dict(prediction.probabilities),
@@ -1089,7 +1104,8 @@ def compare_models(
     return results
 
 
-COMPARE_COLUMNS = ["Model", "Architecture", "Version", "Output", "Probabilities", "Latency (ms)", "Test metrics"]
+COMPARE_COLUMNS = ["Model", "Architecture", "Version", "Output", "Probabilities", "Latency (ms)", "Test metrics",
+                   "Input check", "Caveat"]
 
 
 def comparison_rows(results: Sequence[Comparison]) -> list[list[Any]]:
@@ -1106,6 +1122,8 @@ def comparison_rows(results: Sequence[Comparison]) -> list[list[Any]]:
                 probs,
                 None if c.latency_ms is None else round(c.latency_ms, 1),
                 format_headline(c.info.headline) or "none",
+                input_check_text(c.gate),
+                c.info.caveat or "",
             ]
         )
     return rows

@@ -284,6 +284,7 @@ class BatchRow:
     probabilities: dict[str, float] = field(default_factory=dict)
     gate: str = ""
     error: str | None = None
+    caveat: str | None = None
 
 
 def _zip_items(path: Path, *, max_bytes: int, budget: int) -> list[BatchItem]:
@@ -407,6 +408,7 @@ def diagnose_batch(
                 max_upload_bytes=max_upload_bytes,
                 max_pixels=max_pixels,
                 today=today,
+                image=image,
             )
         except XrayError as exc:
             row.error = str(exc)
@@ -414,7 +416,8 @@ def diagnose_batch(
         row.record_id = result.record.id
         row.label = result.label
         row.probabilities = dict(result.probabilities)
-        row.gate = "in scope" if result.in_scope else "OUT OF SCOPE: " + " ".join(result.gate.reasons)
+        row.gate = service.input_check_text(result.gate)
+        row.caveat = result.model.caveat
     if progress is not None:
         progress(len(items), len(items), "done")
     logger.info("%s ran a batch of %d files (%d failed)", doctor.username, len(rows), sum(bool(r.error) for r in rows))
@@ -437,20 +440,29 @@ def batch_table(rows: Sequence[BatchRow]) -> list[list[Any]]:
     ]
 
 
+def batch_caveats(rows: Sequence[BatchRow]) -> list[str]:
+    """The model caveats behind a batch's results (one per distinct caveat), as warnings for the doctor."""
+    return [w for caveat in dict.fromkeys(r.caveat for r in rows if r.caveat) for w in service.caveat_warnings(caveat)]
+
+
 def batch_csv(rows: Sequence[BatchRow], *, out_dir: str | Path | None = None) -> Path:
-    """Write the batch results (one probability column per class) to a new CSV file and return its path."""
+    """Write the batch results (one probability column per class) to a new CSV file and return its path.
+
+    The last column, `model_caveat`, repeats the model's caveat (config.json) on each of its rows, so that the file
+    read on its own says what the app says with every prediction of that model.
+    """
     labels: list[str] = []
     for r in rows:
         labels += [name for name in r.probabilities if name not in labels]
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["file", "record_id", "patient", "predicted_label", *[f"p_{n}" for n in labels], "input_check",
-                     "error"])  # fmt: skip
+                     "error", "model_caveat"])  # fmt: skip
     for r in rows:
         values = [
             r.file, r.record_id or "", r.patient, r.label or "",
             *[f"{r.probabilities[n]:.4f}" if n in r.probabilities else "" for n in labels],
-            r.gate, r.error or "",
+            r.gate, r.error or "", r.caveat or "",
         ]  # fmt: skip
         writer.writerow([service._csv_text(v) for v in values])
     folder = Path(tempfile.mkdtemp(prefix="xray-batch-", dir=out_dir))

@@ -251,7 +251,8 @@ def test_compare_and_model_card(server, alice):
     table, gallery = alice.predict(handle_file(str(SAMPLE)), "gradcam", api_name="/compare")
     assert [row[0] for row in table["data"]] == [server["model"]]
     assert table["data"][0][5] > 0 and len(gallery) == 1
-    assert table["headers"][-2:] == ["Input check", "Caveat"] and table["data"][0][7] == "in scope"
+    assert table["headers"][-2:] == ["Input check", "Caveat"] and table["data"][0][7].startswith("in scope")
+    assert "no out-of-distribution statistics" in table["data"][0][7]  # the test model has no ood.npz: said so
     card = alice.predict(server["model"], api_name="/model_card")
     assert server["model"] in card and "mobilenetv3_small_100" in card
 
@@ -436,7 +437,7 @@ def test_batch_of_files_and_a_zip(server, bob, tmp_path):
     assert caveat == ""  # the test model has no caveat (test_trust covers one that has)
     rows = table["data"]
     assert [r[0] for r in rows] == [SAMPLE.name, "fake.png", "two.zip/NORMAL2-IM-1437-0001.jpeg", "two.zip/notes.txt"]
-    assert rows[0][2] == SAMPLE.stem and rows[0][5] == "in scope" and rows[0][6] == ""
+    assert rows[0][2] == SAMPLE.stem and rows[0][5].startswith("in scope (") and rows[0][6] == ""
     assert rows[1][1] is None and rows[1][6] and "not an image" in rows[3][6]
     exported = list(csv.DictReader(Path(csv_path).open(encoding="utf-8")))
     assert len(exported) == 4 and exported[2]["patient"] == "NORMAL2-IM-1437-0001"

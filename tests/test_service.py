@@ -439,7 +439,8 @@ def test_compare_runs_every_model_and_reports_broken_ones(tiny_model_dir, tiny_m
     assert rows[1][0] == names[1] and rows[2][3].startswith("error:")
     columns = dict(zip(service.COMPARE_COLUMNS, rows[1], strict=True))
     assert columns["Caveat"] == "Its COVID-19 output follows age and image source."
-    assert columns["Input check"] == service.input_check_text(three.gate) and three.gate is not None
+    assert columns["Input check"] == service.input_check_text(three.gate, three.gate_note) and three.gate is not None
+    assert service.NO_OOD_NOTE in columns["Input check"]  # no ood.npz in the test model: "in scope" is qualified
     assert dict(zip(service.COMPARE_COLUMNS, rows[0], strict=True))["Caveat"] == "" and broken.gate is None
     # each model's own gate: a colour photograph is out of scope for every model that answers
     y, x = np.mgrid[0:300, 0:300]
@@ -488,6 +489,16 @@ def test_registered_models_put_the_default_first(tmp_path, tiny_model_dir):
 def test_example_files_are_the_four_samples():
     names = [p.name for p in service.example_files()]
     assert len(names) == 4 and sum(n.startswith("NORMAL") for n in names) == 2
+
+
+def test_input_check_text_qualifies_a_partial_check():
+    from xray.gate import GateFinding, GateResult
+
+    assert service.input_check_text(None) == ""
+    assert service.input_check_text(GateResult(in_scope=True, reasons=[])) == "in scope"
+    assert service.input_check_text(GateResult(in_scope=True, reasons=[]), "Only images.") == "in scope (Only images.)"
+    out = GateResult(in_scope=False, reasons=["A colour image.", "Too small."], findings=[GateFinding("color", "x")])
+    assert service.input_check_text(out) == "OUT OF SCOPE: A colour image. Too small."
 
 
 def test_markdown_escape_keeps_patient_names_literal():

@@ -202,7 +202,8 @@ def test_batch_of_mixed_files_and_a_zip_gives_one_row_per_file(session, store, d
         "study.zip/NORMAL-1.jpeg", "study.zip/evil.jpeg", "study.zip/readme.txt", "broken.zip",
     ]  # fmt: skip
     good = by_file[PNEUMONIA_JPEG.name]
-    assert good.error is None and good.patient == PNEUMONIA_JPEG.stem and good.gate == "in scope"
+    assert good.error is None and good.patient == PNEUMONIA_JPEG.stem
+    assert good.gate == f"in scope ({service.NO_OOD_NOTE})"  # the test model has no ood.npz: the row says so
     assert good.label in ("NORMAL", "PNEUMONIA") and sum(good.probabilities.values()) == pytest.approx(1.0)
     assert "notes.png" in by_file["notes.png"].error and by_file["notes.png"].record_id is None
     assert "limit is 1 MiB" in by_file["big.png"].error

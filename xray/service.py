@@ -657,11 +657,15 @@ def check_input(loaded: Any, image: XrayImage, *, features: np.ndarray | None = 
         return result, f"The out-of-distribution check failed ({exc}); only image statistics were checked."
 
 
-def input_check_text(gate_result: Any) -> str:
-    """One table cell for a gate verdict: "in scope", or "OUT OF SCOPE: " and the reasons ("" without a verdict)."""
+def input_check_text(gate_result: Any, note: str | None = None) -> str:
+    """One table cell for a gate verdict: "in scope", or "OUT OF SCOPE: " and the reasons ("" without a verdict).
+
+    `note` (from `check_input`: the OOD score was not used) follows, so that "in scope" never hides a partial check.
+    """
     if gate_result is None:
         return ""
-    return "in scope" if gate_result.in_scope else "OUT OF SCOPE: " + " ".join(gate_result.reasons)
+    text = "in scope" if gate_result.in_scope else "OUT OF SCOPE: " + " ".join(gate_result.reasons)
+    return f"{text} ({note})" if note else text
 
 
 def check_heatmap(heatmap: np.ndarray, image: XrayImage) -> Any:
@@ -1046,6 +1050,7 @@ class Comparison:
     view: HeatmapView | None = None
     error: str | None = None
     gate: Any = None  # xray.gate.GateResult
+    gate_note: str | None = None
 
 
 def compare_models(
@@ -1080,7 +1085,7 @@ def compare_models(
             start = time.perf_counter()
             prediction, explanation = explain(loaded, image, method=method)
             latency = (time.perf_counter() - start) * 1000
-            gate_result, _ = check_input(loaded, image)
+            gate_result, gate_note = check_input(loaded, image)
         except XrayError as exc:
             results.append(Comparison(info=info, error=str(exc)))
             continue
@@ -1088,6 +1093,7 @@ def compare_models(
             Comparison(
                 info=info,
                 gate=gate_result,
+                gate_note=gate_note,
                 version=str(loaded.version),
                 label=prediction.label,
                 probabilities=dict(prediction.probabilities),
@@ -1122,7 +1128,7 @@ def comparison_rows(results: Sequence[Comparison]) -> list[list[Any]]:
                 probs,
                 None if c.latency_ms is None else round(c.latency_ms, 1),
                 format_headline(c.info.headline) or "none",
-                input_check_text(c.gate),
+                input_check_text(c.gate, c.gate_note),
                 c.info.caveat or "",
             ]
         )

@@ -416,7 +416,7 @@ def diagnose_batch(
         row.record_id = result.record.id
         row.label = result.label
         row.probabilities = dict(result.probabilities)
-        row.gate = service.input_check_text(result.gate)
+        row.gate = service.input_check_text(result.gate, result.gate_note)
         row.caveat = result.model.caveat
     if progress is not None:
         progress(len(items), len(items), "done")

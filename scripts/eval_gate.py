@@ -360,7 +360,10 @@ def gate_cost(loaded: Any, path: Path, repeats: int = 20) -> dict[str, float]:
 
 
 def save(loaded: Any, args: argparse.Namespace, rows: list[dict[str, Any]], ood: Any, seconds: float) -> None:
-    """Write gate.json into the model folder (read by xray.card) and regenerate the folder's model card."""
+    """Write gate.json and the model card into the model folder; record the test images flagged in config.json.
+
+    The app quotes that count with each out-of-distribution flag (`xray.gate.verdict`).
+    """
     from xray.card import GATE_FILE, write_model_card
 
     flags = " --fit" if args.fit else ""
@@ -376,6 +379,13 @@ def save(loaded: Any, args: argparse.Namespace, rows: list[dict[str, Any]], ood:
     path = Path(loaded.path) / GATE_FILE
     path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {path}", file=sys.stderr)
+    test_row = rows[0]  # `evaluate` puts the official test set first
+    if ood is not None and test_row["set"].startswith("Kermany official test") and test_row["n"]:
+        # the app quotes this with each out-of-distribution flag (xray.gate.verdict)
+        gate.record_in_scope_flagged(loaded.path, set_name="official Kermany test X-rays",
+                                     flagged=test_row["flagged"], n=test_row["n"])
+        print(f"recorded in {Path(loaded.path) / 'config.json'}: {test_row['flagged']}/{test_row['n']} test images "
+              "flagged", file=sys.stderr)
     if (Path(loaded.path) / "metrics.json").is_file():
         print(f"wrote {write_model_card(loaded.path)}", file=sys.stderr)
 

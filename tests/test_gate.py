@@ -294,6 +294,29 @@ def test_raw_input_statistics_use_the_given_features(tiny_model_dir: Path, test_
     assert gate.assess(loaded, test_images[0]).ood_distance == pytest.approx(result.ood_distance, rel=1e-4)
 
 
+def test_ood_flag_quotes_how_often_it_fires_on_in_scope_images(model_with_ood, tiny_model_dir: Path,
+                                                               tmp_path: Path) -> None:
+    from xray.models import load_model
+
+    photo = read_image(_photo_path())
+    unmeasured = gate.assess(model_with_ood, photo)
+    assert "For scale" not in " ".join(unmeasured.reasons)
+    folder = shutil.copytree(model_with_ood.path, tmp_path / "measured")
+    gate.record_in_scope_flagged(folder, set_name="official Kermany test X-rays", flagged=40, n=624)
+    result = gate.assess(load_model(f"local-dir:{folder}"), photo)
+    reason = next(f.reason for f in result.findings if f.code == "out_of_distribution")
+    assert reason.endswith("For scale, it also flags 40 of the 624 official Kermany test X-rays (6.4%), all of them "
+                           "in scope.")
+    assert result.ood_distance == pytest.approx(unmeasured.ood_distance)  # quoted, nothing else changes
+    # refitting the statistics drops the figure: a measurement of other statistics is never quoted
+    stats = gate.load_ood(folder)
+    assert stats.in_scope_flagged == {"set": "official Kermany test X-rays", "flagged": 40, "n": 624}
+    gate.save_ood(stats, folder)
+    assert gate.load_ood(folder).in_scope_flagged is None
+    with pytest.raises(OodStatsError, match="no OOD statistics"):
+        gate.record_in_scope_flagged(tiny_model_dir, set_name="x", flagged=1, n=2)
+
+
 def test_verdict_combines_image_checks_and_score(model_with_ood) -> None:
     stats = gate.ood_stats_for(model_with_ood)
     photo = read_image(_photo_path())

@@ -322,6 +322,9 @@ class OodStats:
         n_val: validation images the threshold came from.
         l2_normalized: features are scaled to unit length before the distance (set at fit time).
         view: the features come from `ood_view` copies of the images (else from the images as given).
+        in_scope_flagged: how many in-scope test images this score flagged when measured
+            (`{"set": ..., "flagged": ..., "n": ...}`, written by `record_in_scope_flagged`), quoted with each flag
+            so that the doctor can weigh it; None when not measured since the last fit.
     """
 
     means: np.ndarray
@@ -333,6 +336,7 @@ class OodStats:
     n_val: int
     l2_normalized: bool = False
     view: bool = False
+    in_scope_flagged: dict[str, Any] | None = None
 
     @property
     def feature_dim(self) -> int:
@@ -492,19 +496,48 @@ def load_ood(model_dir: str | Path) -> OodStats | None:
     return OodStats(means=means, precision=precision, threshold=threshold,
                     quantile=float(entry.get("quantile", math.nan)), shrinkage=float(entry.get("shrinkage", math.nan)),
                     n_train=int(entry.get("n_train", 0)), n_val=int(entry.get("n_val", 0)),
-                    l2_normalized=bool(entry.get("l2_normalized", False)), view=bool(entry.get("view")))
+                    l2_normalized=bool(entry.get("l2_normalized", False)), view=bool(entry.get("view")),
+                    in_scope_flagged=_flag_count(entry.get("in_scope_flagged")))
 
 
-_CACHE: dict[tuple[str, float], OodStats | None] = {}
+def _flag_count(value: Any) -> dict[str, Any] | None:
+    """A well-formed `in_scope_flagged` entry, or None (absent or malformed: then it is simply not quoted)."""
+    try:
+        flagged, n, name = int(value["flagged"]), int(value["n"]), str(value["set"])
+    except (TypeError, KeyError, ValueError):
+        return None
+    return {"set": name, "flagged": flagged, "n": n} if 0 <= flagged <= n and n > 0 else None
+
+
+def record_in_scope_flagged(model_dir: str | Path, *, set_name: str, flagged: int, n: int) -> None:
+    """Store, next to the OOD statistics, how many in-scope test images their score flagged.
+
+    Written by `scripts/eval_gate.py --save`. Refitting the statistics (`save_ood`) drops it, so a stale figure is
+    never quoted.
+
+    Raises:
+        OodStatsError: the model folder has no OOD statistics.
+    """
+    from xray.models import read_config, update_config
+
+    entry = read_config(Path(model_dir)).get(OOD_CONFIG_KEY)
+    if not entry:
+        raise OodStatsError(f"{model_dir} has no OOD statistics to attach a measurement to; fit them first.")
+    update_config(Path(model_dir), **{OOD_CONFIG_KEY: {**entry, "in_scope_flagged": {"set": set_name,
+                                                                                      "flagged": int(flagged),
+                                                                                      "n": int(n)}}})
+
+
+_CACHE: dict[tuple[str, float, str], OodStats | None] = {}
 _CACHE_LOCK = threading.Lock()
 
 
 def ood_stats_for(loaded: Any) -> OodStats | None:
-    """The OOD statistics of a loaded model, read once per folder (and again when ood.npz changes)."""
+    """The OOD statistics of a loaded model, read once per folder (again when ood.npz or its config entry changes)."""
     path = Path(loaded.path)
     entry = (loaded.config or {}).get(OOD_CONFIG_KEY) or {}
     file = path / str(entry.get("file", OOD_FILE))
-    key = (str(path), file.stat().st_mtime if file.is_file() else -1.0)
+    key = (str(path), file.stat().st_mtime if file.is_file() else -1.0, json.dumps(entry, sort_keys=True))
     with _CACHE_LOCK:
         if key not in _CACHE:
             _CACHE[key] = load_ood(path)
@@ -611,9 +644,13 @@ def verdict(image: Any, stats: OodStats | None, features: np.ndarray | None) -> 
         distance = float(ood_score(stats, np.asarray(features).reshape(1, -1))[0])
         threshold = stats.threshold
         if distance > threshold:
-            findings.append(GateFinding(
-                "out_of_distribution",
-                f"The model finds this image unlike its training X-rays (feature distance {distance:.0f}; "
-                f"{stats.quantile:.0%} of validation X-rays are under {threshold:.0f}).", distance))
+            reason = (f"The model finds this image unlike its training X-rays (feature distance {distance:.0f}; "
+                      f"{stats.quantile:.0%} of validation X-rays are under {threshold:.0f}).")
+            measured = stats.in_scope_flagged
+            if measured:
+                # how often this check fires on X-rays that are in scope, so that a doctor can weigh it
+                reason += (f" For scale, it also flags {measured['flagged']} of the {measured['n']} {measured['set']} "
+                           f"({measured['flagged'] / measured['n']:.1%}), all of them in scope.")
+            findings.append(GateFinding("out_of_distribution", reason, distance))
     return GateResult(in_scope=not findings, reasons=[f.reason for f in findings], findings=findings,
                       ood_distance=distance, ood_threshold=threshold)

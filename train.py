@@ -100,6 +100,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--intensity", type=float, default=0.1, help="max relative brightness/contrast change (0 turns it off)"
     )
+    train.add_argument(
+        "--input-jpeg-quality", type=int, default=None, metavar="Q",
+        help="pass every resized image through JPEG at quality Q (1-95), in training and at inference (config.json "
+        "input_jpeg_quality); with --reevaluate, 0 removes the step",
+    )  # fmt: skip
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     train.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
@@ -117,6 +122,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
     out.add_argument("--half", action="store_true", help="store fp16 weights (checked against fp32 probabilities)")
     out.add_argument(
         "--push-to-hub", default=None, metavar="ORG/NAME", help="upload the folder to the Hugging Face hub"
+    )
+    out.add_argument(
+        "--reevaluate",
+        default=None,
+        metavar="RUN_DIR",
+        help="no training: copy a finished run to --out with --input-jpeg-quality set, refit its temperature, "
+        "threshold and OOD statistics on validation and re-measure the test split (same data and splits as the run)",
     )
     out.add_argument(
         "--export",
@@ -304,8 +316,9 @@ def train(args: argparse.Namespace, splits, out: Path) -> tuple[torch.nn.Module,
         scale=(1 - args.zoom, 1 + args.zoom),
         hflip=args.hflip,
         intensity=args.intensity,
+        jpeg_quality=args.input_jpeg_quality,
     )
-    eval_tf = build_transform(data_config, train=False)
+    eval_tf = build_transform(data_config, train=False, jpeg_quality=args.input_jpeg_quality)
     generator = torch.Generator().manual_seed(args.seed)
     train_ds = ImageDataset(train_px, y_train, train_tf)
     sampler = None
@@ -501,10 +514,12 @@ def finish(args: argparse.Namespace, model: torch.nn.Module, splits, history, fa
     from xray.card import write_model_card
     from xray.data import load_pixels
     from xray.evaluate import evaluate_model
-    from xray.models import load_model_dir, save_model
+    from xray.models import INPUT_JPEG_KEY, load_model_dir, save_model
 
     labels = splits.label_names
     extra_config: dict[str, Any] = {"temperature": 1.0}
+    if args.input_jpeg_quality:
+        extra_config[INPUT_JPEG_KEY] = args.input_jpeg_quality
     if len(labels) == 2:
         extra_config.update(threshold=0.5, positive_label=labels[1])
     save_model(model, out, label_names=labels, extra_config=extra_config)
@@ -598,6 +613,53 @@ def export_model(run_dir: Path, dest: Path, *, half: bool, images: Sequence[Any]
     return metrics
 
 
+def reevaluate(args: argparse.Namespace, run_dir: Path, out: Path) -> dict:
+    """Re-measure a finished run with another input JPEG step, without training it again.
+
+    The run is copied to `out` (the run itself is left as it was), `input_jpeg_quality` is set in the copy's
+    config.json (`--input-jpeg-quality`; 0 removes it), and everything that depends on the input processing is
+    redone on the run's own splits: temperature and threshold on validation, the test metrics, the plots, the OOD
+    statistics and the card. The run's training facts and history are kept, with `reevaluated_from` added.
+    """
+    from xray.card import write_model_card
+    from xray.data import load_pixels
+    from xray.evaluate import evaluate_model
+    from xray.models import INPUT_JPEG_KEY, load_model_dir, update_config
+
+    if args.input_jpeg_quality is None:
+        raise SystemExit("--reevaluate needs --input-jpeg-quality Q (0 removes the step)")
+    old = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    training = dict(old.get("training") or {})
+    # the run's own data and split settings, so validation and test are the same patients
+    for key in ("val_fraction", "test_fraction", "seed", "labels", "max_per_class"):
+        if key in training:
+            setattr(args, key, training[key])
+    if not args.data and not args.dataset:
+        args.data, args.dataset = list(training.get("data") or []), list(training.get("dataset") or [])
+    splits = load_splits(args)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in run_dir.iterdir():
+        if path.is_file() and path.name != CHECKPOINT_NAME:
+            shutil.copy2(path, out / path.name)
+    update_config(out, **{INPUT_JPEG_KEY: args.input_jpeg_quality or None})
+    loaded = load_model_dir(out)
+    size = tuple(loaded.data_config["input_size"][1:])
+    interpolation = str(loaded.data_config.get("interpolation", "bilinear"))
+    val_px = load_pixels(splits.val, size, interpolation)
+    test_px = load_pixels(splits.test, size, interpolation, progress=True)
+    training.update(reevaluated_from=str(run_dir), input_jpeg_quality=args.input_jpeg_quality or None)
+    metrics = evaluate_model(
+        loaded, test_px, splits.targets("test"), val_images=val_px, y_val=splits.targets("val"), out_dir=out,
+        history=old.get("history"), min_sensitivity=float(training.get("min_sensitivity", args.min_sensitivity)),
+        n_boot=args.bootstrap,
+        extra={"data": describe_data(args, splits), "training": training, "weights_bytes": old.get("weights_bytes")},
+    )  # fmt: skip
+    # the OOD features pass through the model's transform too, so the statistics are refitted for the new step
+    _after_training(load_model_dir(out), splits, out, val_px)
+    write_model_card(out)
+    return metrics
+
+
 def push_to_hub(folder: Path, repo_id: str, *, private: bool = False) -> str:
     """Upload a model folder to the Hugging Face hub (needs a token: `huggingface-cli login` or HF_TOKEN)."""
     from huggingface_hub import HfApi
@@ -624,6 +686,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     out = Path(args.out)
+    if args.reevaluate:
+        reevaluate(args, Path(args.reevaluate), out)
+        return out
     if args.export:
         from xray.data import load_pixels
         from xray.models import load_model_dir

@@ -64,7 +64,7 @@ def test_model_card_states_the_models_caveat(name: str) -> None:
     text = render_model_card(config, metrics)
     if name == "covid":  # the measured age/source confound travels in its config.json
         assert f"**Caveat (shown with every prediction of this model):** {config['caveat']}" in text
-        assert "called all 20 adults without COVID-19" in text
+        assert "of the 20 adults without COVID-19" in text
     else:
         assert "caveat" not in config and "Caveat" not in text
     config["caveat"] = "  "

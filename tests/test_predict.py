@@ -42,6 +42,27 @@ def test_transform_resizes_whole_image_without_crop(tiny_model_dir: Path):
         assert torch.allclose(edge.mean(dim=1), white, atol=0.05)
 
 
+def test_input_jpeg_step_processes_uploads_like_jpeg_training_copies(model_copy: Path, kermany_fullres: list[Path]):
+    from PIL import Image
+
+    from xray.errors import ModelConfigError
+    from xray.transforms import jpeg_round_trip, resize_pixels
+
+    plain = load_model_dir(model_copy)
+    upload = read_image(kermany_fullres[0])
+    # by hand: resize to the input size, JPEG at quality 75 - the form of a 224-px JPEG training copy
+    copy = np.asarray(jpeg_round_trip(Image.fromarray(resize_pixels(upload, plain.data_config)), quality=75))
+    update_config(model_copy, input_jpeg_quality=75)
+    with_step = load_model_dir(model_copy)
+    assert torch.allclose(preprocess(with_step, [upload]), preprocess(plain, [copy]), atol=1e-6)
+    assert not torch.allclose(preprocess(with_step, [upload]), preprocess(plain, [upload]), atol=1e-3)
+    assert predict(with_step, [upload])[0].probabilities == pytest.approx(predict(plain, [copy])[0].probabilities)
+    for bad in (0, 100, "75", 7.5, True):
+        update_config(model_copy, input_jpeg_quality=bad)
+        with pytest.raises(ModelConfigError, match="input_jpeg_quality must be an integer from 1 to 95"):
+            load_model_dir(model_copy)
+
+
 def test_temperature_softens_probabilities_and_keeps_argmax(model_copy: Path):
     logits = torch.tensor([0.0, 2.0])
     cold = to_prediction(load_model_dir(model_copy), logits)

@@ -149,6 +149,29 @@ def test_export_in_fp16_keeps_probabilities(trained, tmp_path, kermany_fullres):
     assert "fp16" in (shipped / "README.md").read_text()
 
 
+def test_reevaluate_a_run_with_an_input_jpeg_step(trained, tmp_path):
+    from xray.gate import load_ood
+    from xray.models import load_model_dir
+
+    before = (trained / "metrics.json").read_text()
+    out = tmp_path / "jpeg75"
+    train.main(["--reevaluate", str(trained), "--input-jpeg-quality", "75", "--bootstrap", "20", "--threads", "2",
+                "--out", str(out)])  # fmt: skip
+    old, new = json.loads(before), json.loads((out / "metrics.json").read_text())
+    # same patients (the run's own split settings), same training facts and history, the step recorded
+    assert new["test"]["counts"] == old["test"]["counts"] and new["data"]["split_counts"] == old["data"]["split_counts"]
+    assert new["history"] == old["history"] and new["training"]["epochs_run"] == old["training"]["epochs_run"]
+    assert new["training"]["reevaluated_from"] == str(trained) and new["training"]["input_jpeg_quality"] == 75
+    loaded = load_model_dir(out)
+    assert loaded.config["input_jpeg_quality"] == 75
+    assert loaded.temperature == pytest.approx(new["validation"]["temperature"])  # refitted with the step
+    assert load_ood(out).n_val == old["data"]["split_counts"]["val"]["NORMAL"] * 2
+    assert "input_jpeg_quality" not in load_model_dir(trained).config  # the run itself is untouched
+    assert (trained / "metrics.json").read_text() == before
+    with pytest.raises(SystemExit, match="needs --input-jpeg-quality"):
+        train.main(["--reevaluate", str(trained), "--out", str(tmp_path / "none")])
+
+
 def test_learning_rate_schedule():
     assert train.lr_at(0, 100, 1e-3, 10, "cosine") == pytest.approx(1e-4)
     assert train.lr_at(9, 100, 1e-3, 10, "cosine") == pytest.approx(1e-3)

@@ -84,10 +84,10 @@ class LoadedModel:
 
     @cached_property
     def transform(self) -> Any:
-        """The evaluation transform (whole-image resize + normalisation) from this model's data config."""
+        """The evaluation transform (whole-image resize, the config's input JPEG step, normalisation)."""
         from xray.transforms import build_transform
 
-        return build_transform(self.data_config)
+        return build_transform(self.data_config, jpeg_quality=self.config.get(INPUT_JPEG_KEY))
 
     @property
     def num_parameters(self) -> int:
@@ -170,6 +170,10 @@ def list_bundled_models() -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / CONFIG_NAME).is_file())
 
 
+#: config.json key: JPEG quality every input passes through after the resize (`xray.transforms.build_transform`).
+INPUT_JPEG_KEY = "input_jpeg_quality"
+
+
 def config_caveat(config: dict[str, Any]) -> str | None:
     """The `caveat` of a config.json (e.g. a confound measured on the model's data), or None when absent or blank."""
     return str(config.get("caveat") or "").strip() or None
@@ -190,6 +194,12 @@ def read_config(path: Path) -> dict[str, Any]:
         raise ModelConfigError(
             f"{path / CONFIG_NAME} has {len(config['label_names'])} label_names for {config['num_classes']} classes."
         )
+    from xray.transforms import check_jpeg_quality
+
+    try:
+        check_jpeg_quality(config.get(INPUT_JPEG_KEY))
+    except ValueError as exc:
+        raise ModelConfigError(f"{path / CONFIG_NAME}: {exc}") from exc
     return config
 
 

@@ -7,6 +7,7 @@ is cut away and the heatmap maps back onto the original image by a plain resize.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -59,6 +60,29 @@ def _resize(image: Image.Image, *, size: tuple[int, int], resample: Image.Resamp
     return image.resize(size, resample, reducing_gap=_REDUCING_GAP)
 
 
+def jpeg_round_trip(image: Image.Image, *, quality: int) -> Image.Image:
+    """The image after saving it as JPEG at `quality` and decoding it again (mode "L" or "RGB" kept)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        decoded.load()
+        return decoded.copy()
+
+
+def check_jpeg_quality(quality: Any) -> int | None:
+    """A config's `input_jpeg_quality` as an int in 1..95, or None when absent.
+
+    Raises:
+        ValueError: anything else (the message names the accepted values).
+    """
+    if quality is None:
+        return None
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 95:
+        raise ValueError(f"input_jpeg_quality must be an integer from 1 to 95 (or absent), got {quality!r}")
+    return quality
+
+
 def resize_pixels(image: Any, data_config: dict[str, Any]) -> np.ndarray:
     """Resize an image to the model's input size exactly as the transform does (used to cache decoded data).
 
@@ -89,6 +113,7 @@ def build_transform(
     scale: tuple[float, float] = (0.9, 1.1),
     hflip: bool = False,
     intensity: float = 0.0,
+    jpeg_quality: int | None = None,
 ) -> Callable[[Any], torch.Tensor]:
     """Build the transform from an image (XrayImage, PIL or array) to a normalised CHW float tensor.
 
@@ -101,6 +126,9 @@ def build_transform(
         hflip: random horizontal flips (train only; off by default since the heart sits on one side).
         intensity: maximum relative change of brightness and contrast (train only): exposure and processing
             differ between machines and sites.
+        jpeg_quality: after the resize, pass every image through JPEG at this quality (config.json
+            `input_jpeg_quality`), so that an upload reaches the network processed like 224-px JPEG training
+            copies; None leaves the resized image as it is.
 
     Returns:
         A callable mapping one image to a tensor of shape `data_config["input_size"]`.
@@ -108,6 +136,8 @@ def build_transform(
     _, height, width = data_config["input_size"]
     resample = _RESAMPLE.get(str(data_config.get("interpolation", "bilinear")), Image.Resampling.BILINEAR)
     steps: list[Any] = [T.Lambda(_to_pil), T.Lambda(partial(_resize, size=(width, height), resample=resample))]
+    if check_jpeg_quality(jpeg_quality) is not None:
+        steps.append(T.Lambda(partial(jpeg_round_trip, quality=jpeg_quality)))
     if train:
         steps.append(T.RandomAffine(degrees=rotation, translate=(translate, translate), scale=scale))
         if hflip:

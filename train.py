@@ -625,9 +625,14 @@ def reevaluate(args: argparse.Namespace, run_dir: Path, out: Path) -> dict:
     from xray.data import load_pixels
     from xray.evaluate import evaluate_model
     from xray.models import INPUT_JPEG_KEY, load_model_dir, update_config
+    from xray.transforms import check_jpeg_quality
 
     if args.input_jpeg_quality is None:
         raise SystemExit("--reevaluate needs --input-jpeg-quality Q (0 removes the step)")
+    try:
+        check_jpeg_quality(args.input_jpeg_quality or None)
+    except ValueError as exc:
+        raise SystemExit(f"--input-jpeg-quality: {exc} (0 removes the step)") from exc
     old = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     training = dict(old.get("training") or {})
     # the run's own data and split settings, so validation and test are the same patients

@@ -170,6 +170,9 @@ def test_reevaluate_a_run_with_an_input_jpeg_step(trained, tmp_path):
     assert (trained / "metrics.json").read_text() == before
     with pytest.raises(SystemExit, match="needs --input-jpeg-quality"):
         train.main(["--reevaluate", str(trained), "--out", str(tmp_path / "none")])
+    with pytest.raises(SystemExit, match="integer from 1 to 95"):
+        train.main(["--reevaluate", str(trained), "--input-jpeg-quality", "120", "--out", str(tmp_path / "none")])
+    assert not (tmp_path / "none").exists()
 
 
 def test_learning_rate_schedule():

@@ -557,18 +557,14 @@ def ood_view(image: Any, size: tuple[int, int]) -> np.ndarray:
     The whole image resized to `size` (height, width) and passed through JPEG at quality `OOD_JPEG_QUALITY`,
     so that resolution and compression do not count as novelty (see the module docstring).
     """
-    import io
-
     from PIL import Image
+
+    from xray.transforms import jpeg_round_trip
 
     pixels = np.asarray(getattr(image, "pixels", image))
     picture = Image.fromarray(np.ascontiguousarray(pixels)).convert("RGB")
     picture = picture.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="JPEG", quality=OOD_JPEG_QUALITY)
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        return np.asarray(decoded.convert("RGB"))
+    return np.asarray(jpeg_round_trip(picture, quality=OOD_JPEG_QUALITY).convert("RGB"))
 
 
 def ood_features(loaded: Any, images: Sequence[Any], stats: OodStats | None = None) -> np.ndarray:

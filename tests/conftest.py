@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -28,6 +30,14 @@ def shared_data() -> Path:
 def kermany_fullres(shared_data: Path) -> list[Path]:
     """The 16 full-resolution Kermany validation images (8 NORMAL, 8 PNEUMONIA)."""
     return sorted((shared_data / "kermany-val-fullres").rglob("*.jpeg"))
+
+
+def load_script(name: str) -> ModuleType:
+    """Import `scripts/<name>.py` (the scripts are not a package) for its tests."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _save_tiny(tmp_root: Path, arch: str, labels: list[str], **extra) -> Path:

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_script
 from xray.card import render_gate_section
 from xray.data import load_samples, make_splits
 from xray.models import load_model
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="module")
 def eval_gate():
-    spec = importlib.util.spec_from_file_location("eval_gate", REPO_ROOT / "scripts" / "eval_gate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("eval_gate")
 
 
 def _with_sources(src: Path, dst: Path, sources: list[str]) -> Path:

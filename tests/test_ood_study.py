@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import cv2
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import load_script
 from xray import gate
 from xray.io import read_image
 from xray.models import load_model
@@ -20,10 +20,7 @@ NORMAL_JPEG = REPO_ROOT / "examples" / "NORMAL2-IM-1437-0001.jpeg"
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("ood_study", REPO_ROOT / "scripts" / "ood_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("ood_study")
 
 
 def _xray_224() -> np.ndarray:

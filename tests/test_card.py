@@ -65,7 +65,8 @@ def test_model_card_states_the_models_caveat(name: str) -> None:
     if name == "covid":  # the measured age/source confound travels in its config.json
         assert f"**Caveat (shown with every prediction of this model):** {config['caveat']}" in text
         assert "of the 20 adults without COVID-19" in text
+        assert "every input then passes through JPEG at quality 75 (config.json `input_jpeg_quality`)" in text
     else:
-        assert "caveat" not in config and "Caveat" not in text
+        assert "caveat" not in config and "Caveat" not in text and "input_jpeg_quality" not in text
     config["caveat"] = "  "
     assert "Caveat" not in render_model_card(config, metrics)

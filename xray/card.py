@@ -185,6 +185,17 @@ def _metrics_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _input_step(config: dict[str, Any], training: dict[str, Any]) -> str:
+    """The card's words for config.json `input_jpeg_quality` ("" without one)."""
+    quality = config.get("input_jpeg_quality")
+    if not quality:
+        return ""
+    origin = training.get("reevaluated_from")
+    added = f" (added after training: `train.py --reevaluate {origin}`)" if origin else ""
+    return (f"; every input then passes through JPEG at quality {quality} (config.json `input_jpeg_quality`), as "
+            f"the 224-px Kermany training copies were{added}")
+
+
 def render_model_card(config: dict[str, Any], result: dict[str, Any], gate: dict[str, Any] | None = None) -> str:
     """The README.md text for a model folder, from its config.json, metrics.json and (when measured) gate.json."""
     labels = result["label_names"]
@@ -221,7 +232,7 @@ def render_model_card(config: dict[str, Any], result: dict[str, Any], gate: dict
         f"weights {result.get('weights_bytes', 0) / 1e6:.1f} MB" + (" (stored in fp16)" if fp16 else "") + ".",
         f"- Classes (output order): {', '.join(labels)}.",
         f"- Initialisation: {_init(training.get('init'))}; input {training.get('data_config', {}).get('input_size')} "
-        "(whole image resized, no crop; mean/std in config.json).",
+        f"(whole image resized, no crop; mean/std in config.json){_input_step(config, training)}.",
         f"- Training: AdamW (lr {training.get('lr')}, weight decay {training.get('weight_decay')}), "
         f"{training.get('schedule')} schedule, batch {training.get('batch_size')}, class imbalance by "
         f"{training.get('balance')}, augmentation rotation +-{training.get('rotation')} deg, shift "

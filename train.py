@@ -597,10 +597,8 @@ def convert_half(folder: Path, images: Sequence[Any]) -> dict:
     return metrics
 
 
-def export_model(run_dir: Path, dest: Path, *, half: bool, images: Sequence[Any]) -> dict:
-    """Copy a finished model folder (no checkpoint) to `dest`, optionally in fp16, and rewrite its card."""
-    from xray.card import write_model_card
-
+def _copy_model_files(run_dir: Path, dest: Path) -> None:
+    """Copy a run's model folder files (weights, config, metrics, plots, card, ood.npz; no checkpoint) to `dest`."""
     dest.mkdir(parents=True, exist_ok=True)
     for path in run_dir.iterdir():
         # .npz: the input gate's OOD statistics (ood.npz)
@@ -608,6 +606,13 @@ def export_model(run_dir: Path, dest: Path, *, half: bool, images: Sequence[Any]
         if path.is_file() and path.name != CHECKPOINT_NAME and path.suffix in kept:
             shutil.copy2(path, dest / path.name)
             (dest / path.name).chmod(0o644)  # timm writes weights owner-only; bundled files must be readable
+
+
+def export_model(run_dir: Path, dest: Path, *, half: bool, images: Sequence[Any]) -> dict:
+    """Copy a finished model folder (no checkpoint) to `dest`, optionally in fp16, and rewrite its card."""
+    from xray.card import write_model_card
+
+    _copy_model_files(run_dir, dest)
     metrics = convert_half(dest, images) if half else json.loads((dest / "metrics.json").read_text(encoding="utf-8"))
     write_model_card(dest)
     return metrics
@@ -642,10 +647,7 @@ def reevaluate(args: argparse.Namespace, run_dir: Path, out: Path) -> dict:
     if not args.data and not args.dataset:
         args.data, args.dataset = list(training.get("data") or []), list(training.get("dataset") or [])
     splits = load_splits(args)
-    out.mkdir(parents=True, exist_ok=True)
-    for path in run_dir.iterdir():
-        if path.is_file() and path.name != CHECKPOINT_NAME:
-            shutil.copy2(path, out / path.name)
+    _copy_model_files(run_dir, out)
     update_config(out, **{INPUT_JPEG_KEY: args.input_jpeg_quality or None})
     loaded = load_model_dir(out)
     size = tuple(loaded.data_config["input_size"][1:])

@@ -332,20 +332,24 @@ def lungs_report(loaded: Any, data: Path, limit: int | None) -> None:
 
 
 def gate_cost(loaded: Any, path: Path, repeats: int = 20) -> dict[str, float]:
-    """What the gate adds to one upload, in ms (p50 after 3 warm-up calls): image checks and the OOD forward pass.
+    """What the gate adds to one upload, in ms (p50 after 3 warm-up calls): image checks and the OOD score.
 
-    The OOD features come from their own forward pass on a 224-px JPEG copy of the image (`gate.ood_view`), on
-    top of the prediction's; the prediction (`xray.predict.predict`) is timed alongside for scale.
+    Statistics fitted on `gate.ood_view` copies need their own forward pass on a 224-px JPEG copy of the image,
+    on top of the prediction's; statistics of a model with an input JPEG step score the prediction's own features
+    (`view` False), which the app passes in. The whole gate is timed as the app calls it (`gate.assess` with the
+    prediction's features); the prediction (`xray.predict.predict`) is timed alongside for scale.
     """
     from xray.predict import predict
 
     image = read_image(path)
     stats = gate.ood_stats_for(loaded)
+    own = gate.penultimate_features(loaded, [image])[0]  # what the prediction's forward pass hands the gate
+    extra = "JPEG copy + forward" if stats is None or stats.view else "none in the app: the prediction's own"
     steps = {
         "predict": lambda: predict(loaded, [image], batch_size=1),
         "image checks (check_image)": lambda: gate.check_image(image),
-        "OOD features (JPEG copy + forward)": lambda: gate.ood_features(loaded, [image], stats),
-        "whole gate (gate.assess)": lambda: gate.assess(loaded, image),
+        f"OOD features ({extra})": lambda: gate.ood_features(loaded, [image], stats),
+        "whole gate (gate.assess, as the app calls it)": lambda: gate.assess(loaded, image, features=own),
     }
     out = {}
     for name, step in steps.items():

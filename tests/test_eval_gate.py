@@ -56,6 +56,6 @@ def test_cost_times_each_gate_step(eval_gate, tiny_model_dir: Path, kermany_full
     out = capsys.readouterr().out
     assert f"gate cost on {kermany_fullres[0].name}" in out and "mobilenetv3_small_100" in out
     for step in ("predict", "image checks (check_image)", "OOD features (JPEG copy + forward)",
-                 "whole gate (gate.assess)"):
+                 "whole gate (gate.assess, as the app calls it)"):
         value = out.split(f"  {step}: ")[1].split(" ms")[0]
         assert float(value) > 0

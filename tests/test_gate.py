@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.dicom_files import make_dicom
@@ -315,6 +316,30 @@ def test_ood_flag_quotes_how_often_it_fires_on_in_scope_images(model_with_ood, t
     assert gate.load_ood(folder).in_scope_flagged is None
     with pytest.raises(OodStatsError, match="no OOD statistics"):
         gate.record_in_scope_flagged(tiny_model_dir, set_name="x", flagged=1, n=2)
+
+
+def test_model_with_input_jpeg_step_scores_the_predictions_own_features(tiny_model_dir: Path,
+                                                                        test_images: list[XrayImage],
+                                                                        tmp_path: Path) -> None:
+    """Its transform already makes the canonical copy: the gate is fitted on, and reuses, the prediction's features."""
+    from xray.models import load_model, update_config
+    from xray.predict import preprocess
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "jpeg")
+    update_config(folder, input_jpeg_quality=75)
+    loaded = load_model(f"local-dir:{folder}")
+    stats = gate.fit_model_ood(loaded, test_images[:15], test_images[10:], folder)
+    assert not stats.view and json.loads((folder / "config.json").read_text())["ood"]["view"] is None
+    own = gate.penultimate_features(loaded, test_images[:1])
+    # the prediction's own input: resize + JPEG 75 by the model's transform, no ood_view copy on top
+    batch = preprocess(loaded, test_images[:1])
+    with torch.inference_mode():
+        direct = loaded.model.forward_head(loaded.model.forward_features(batch), pre_logits=True).numpy()
+    np.testing.assert_allclose(own, direct, rtol=1e-4, atol=1e-4)
+    reloaded = load_model(f"local-dir:{folder}")
+    given = gate.assess(reloaded, test_images[0], features=own[0])
+    assert given.ood_distance == pytest.approx(float(gate.ood_score(stats, own)[0]), rel=1e-4)
+    assert gate.assess(reloaded, test_images[0]).ood_distance == pytest.approx(given.ood_distance, rel=1e-4)
 
 
 def test_verdict_combines_image_checks_and_score(model_with_ood) -> None:

@@ -165,7 +165,9 @@ def test_reevaluate_a_run_with_an_input_jpeg_step(trained, tmp_path):
     loaded = load_model_dir(out)
     assert loaded.config["input_jpeg_quality"] == 75
     assert loaded.temperature == pytest.approx(new["validation"]["temperature"])  # refitted with the step
-    assert load_ood(out).n_val == old["data"]["split_counts"]["val"]["NORMAL"] * 2
+    refitted = load_ood(out)
+    assert refitted.n_val == old["data"]["split_counts"]["val"]["NORMAL"] * 2
+    assert not refitted.view and load_ood(trained).view  # the transform's JPEG copy replaces the gate's own copy
     assert "input_jpeg_quality" not in load_model_dir(trained).config  # the run itself is untouched
     assert (trained / "metrics.json").read_text() == before
     with pytest.raises(SystemExit, match="needs --input-jpeg-quality"):

@@ -22,9 +22,10 @@ Two choices, both measured with scripts/eval_gate.py on a trained EfficientNet-L
   compression alone made 5 of the 16 full-resolution Kermany validation images "unlike the training data".
   This costs one forward pass per image besides the prediction's, accepted on purpose: measured with
   `scripts/eval_gate.py --model pneumonia --cost IMAGE` on a 1776 x 1416 upload (efficientnet_lite0, 2 CPU
-  threads), the whole gate takes 89 ms (48 ms of it this copy's forward pass) next to the prediction's 30 ms.
-  Statistics fitted before this choice (config `ood` without `view`) keep working on the prediction's own
-  features.
+  threads), the whole gate takes 75 ms (36 ms of it this copy's forward pass) next to the prediction's 36 ms.
+  A model whose own transform already makes that copy (config.json `input_jpeg_quality`, the covid model) is
+  fitted on the prediction's own features instead, and its gate reuses the prediction's forward pass.
+  Statistics fitted before this choice (config `ood` without `view`) also work on the prediction's own features.
 - Features are L2-normalised before the distance: natural photographs, their grey-scale copies and CT/MR
   slices were then all flagged (8/8, 8/8, 6/6, against 6/8, 5/8, 3/6 without), at 1.4% of official test
   images flagged (0.8% without), with the earlier late-stages-only model. This choice was made looking at
@@ -592,13 +593,19 @@ def fit_model_ood(
 
     This is the after-training step (`train.py`): `train_images` are the images the model was trained on,
     `val_images` the validation split carved from the training data (never the test set). Features come from
-    each image's `ood_view`, as at inference. `half` stores the precision in float16 (see `save_ood`; on the
-    EfficientNet-Lite0 statistics it changed distances by at most 0.02% and halved ood.npz to 3.3 MB).
+    each image's `ood_view`, as at inference, unless the model's own transform already makes such a copy
+    (config.json `input_jpeg_quality`): then the prediction's own features are used, and the app scores the
+    features of the prediction's forward pass instead of running a second one. `half` stores the precision in
+    float16 (see `save_ood`; on the EfficientNet-Lite0 statistics it changed distances by at most 0.02% and
+    halved ood.npz to 3.3 MB).
     """
-    features_train = ood_features(loaded, train_images)
-    features_val = ood_features(loaded, val_images)
+    from xray.models import INPUT_JPEG_KEY
+
+    view = not (loaded.config or {}).get(INPUT_JPEG_KEY)
+    features_train = ood_features(loaded, train_images) if view else penultimate_features(loaded, train_images)
+    features_val = ood_features(loaded, val_images) if view else penultimate_features(loaded, val_images)
     stats = fit_ood(features_train, features_val, labels_train=train_targets, quantile=quantile)
-    stats.view = True
+    stats.view = view
     if out_dir is not None:
         save_ood(stats, out_dir, half=half)
     return stats
@@ -614,8 +621,8 @@ def assess(loaded: Any, image: Any, features: np.ndarray | None = None) -> GateR
         loaded: the `LoadedModel` that will classify the image.
         image: an `XrayImage` (or HxWx3 uint8 array).
         features: the image's penultimate features from the prediction's forward pass. They are used only by
-            statistics fitted on images as given; statistics fitted on `ood_view` copies (all fitted by
-            `fit_model_ood` now) need the copy's own features, and one forward pass computes them here.
+            statistics fitted on images as given (models with an input JPEG step); statistics fitted on
+            `ood_view` copies need the copy's own features, and one forward pass computes them here.
 
     Returns:
         `GateResult` with `in_scope` and the doctor-readable `reasons`.

@@ -1085,7 +1085,7 @@ def compare_models(
             start = time.perf_counter()
             prediction, explanation = explain(loaded, image, method=method)
             latency = (time.perf_counter() - start) * 1000
-            gate_result, gate_note = check_input(loaded, image)
+            gate_result, gate_note = check_input(loaded, image, features=explanation.features)
         except XrayError as exc:
             results.append(Comparison(info=info, error=str(exc)))
             continue

@@ -2,7 +2,7 @@
 
 Run `python app.py` (or `make run`). Doctors sign in with accounts from `python -m xray users add NAME`;
 every handler takes the doctor from the server-side session (`gr.Request.username`), never from a form field.
-The logic lives in `xray.service`; this file only lays out components and turns exceptions into messages.
+The logic lives in `xray.web.service`; this file only lays out components and turns exceptions into messages.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 import xray
-from xray import auth, service, trust
 from xray.config import Settings, get_settings
 from xray.errors import XrayError
+from xray.records import auth
+from xray.web import review, service
 
 logger = logging.getLogger("xray.app")
 
@@ -105,7 +106,7 @@ def build_demo(
     label_choices = ["Any"] + sorted({label for info in infos.values() for label in info.label_names})
     upload_types = sorted(service.IMAGE_EXTENSIONS)
     all_labels = sorted({label for info in infos.values() for label in info.label_names})
-    op_start = trust.operating_defaults(infos.get(default_model) if default_model else None)
+    op_start = review.operating_defaults(infos.get(default_model) if default_model else None)
 
     def doctor_of(session: Session, request: gr.Request | None) -> Any:
         return service.require_doctor(session, getattr(request, "username", None))
@@ -214,13 +215,13 @@ def build_demo(
     def operating(model_name: str | None, threshold: Any, prevalence: Any, shown: Any, request: gr.Request) -> str:
         with Session(engine) as session:
             doctor = doctor_of(session, request)
-            return trust.operating_for_record(
+            return review.operating_for_record(
                 session, doctor=doctor, info=infos.get(model_name or ""), threshold=threshold, prevalence=prevalence,
                 record_id=shown,
             )  # fmt: skip
 
     def operating_start(model_name: str | None) -> tuple[Any, Any, Any]:
-        start = trust.operating_defaults(infos.get(model_name or ""))
+        start = review.operating_defaults(infos.get(model_name or ""))
         return gr.update(visible=start.available), gr.update(value=start.threshold), gr.update(value=start.prevalence)
 
     @_friendly
@@ -274,14 +275,14 @@ def build_demo(
             if record.final_read is None:
                 current = None
             else:
-                current = trust.CONFIRM if record.final_read == record.predicted_label else record.final_read
+                current = review.CONFIRM if record.final_read == record.predicted_label else record.final_read
             return (
                 service.record_markdown(record),
                 detail.view.pixels,
                 detail.view.overlay(alpha),
                 record.patient_name,
                 record.exam_date.isoformat(),
-                gr.update(choices=trust.final_read_choices(record), value=current),
+                gr.update(choices=review.final_read_choices(record), value=current),
                 record.final_note or "",
                 detail.view,
                 gr.update(visible=False),
@@ -291,7 +292,7 @@ def build_demo(
     def save_final_read(record_id: Any, choice: str | None, note: str | None, request: gr.Request) -> tuple[str, str]:
         with Session(engine) as session:
             doctor = doctor_of(session, request)
-            record = trust.save_final_read(session, doctor=doctor, record_id=record_id, choice=choice, note=note)
+            record = review.save_final_read(session, doctor=doctor, record_id=record_id, choice=choice, note=note)
             message = (
                 f"Saved your final read of record {record.id}: **{record.final_read}**."
                 if record.final_read
@@ -303,13 +304,13 @@ def build_demo(
     def agreement(request: gr.Request) -> str:
         with Session(engine) as session:
             doctor = doctor_of(session, request)
-            return trust.agreement_markdown(trust.agreement(session, doctor=doctor))
+            return review.agreement_markdown(review.agreement(session, doctor=doctor))
 
     @_friendly
     def report(record_id: Any, request: gr.Request) -> str:
         with Session(engine) as session:
             doctor = doctor_of(session, request)
-            return str(trust.record_report(session, store, doctor=doctor, record_id=record_id, max_pixels=max_pixels))
+            return str(review.record_report(session, store, doctor=doctor, record_id=record_id, max_pixels=max_pixels))
 
     @_friendly
     def batch(
@@ -324,7 +325,7 @@ def build_demo(
 
         with Session(engine) as session:
             doctor = doctor_of(session, request)
-            rows = trust.diagnose_batch(
+            rows = review.diagnose_batch(
                 session,
                 store,
                 doctor=doctor,
@@ -336,9 +337,9 @@ def build_demo(
                 max_pixels=max_pixels,
                 progress=tick,
             )
-        table_value = {"headers": trust.BATCH_COLUMNS, "data": trust.batch_table(rows)}
-        caveats = "\n\n".join(f"⚠️ {w}" for w in trust.batch_caveats(rows))
-        return table_value, caveats, str(trust.batch_csv(rows))
+        table_value = {"headers": review.BATCH_COLUMNS, "data": review.batch_table(rows)}
+        caveats = "\n\n".join(f"⚠️ {w}" for w in review.batch_caveats(rows))
+        return table_value, caveats, str(review.batch_csv(rows))
 
     def select_row(evt: gr.SelectData) -> Any:
         row = evt.row_value or []
@@ -406,7 +407,7 @@ def build_demo(
         info = infos[name]
         if info.error:
             return f"**{name}** cannot be loaded: {info.error}"
-        from xray.models import load_model
+        from xray.inference.models import load_model
 
         loaded = load_model(name)
         card = service.strip_front_matter(loaded.card) or "_This model has no model card (README.md)._"
@@ -527,7 +528,7 @@ def build_demo(
                                 cancel_btn = gr.Button("Cancel")
                         with gr.Group():
                             final_choice = gr.Radio(
-                                choices=trust.final_read_choices(None, all_labels), label="Your final read"
+                                choices=review.final_read_choices(None, all_labels), label="Your final read"
                             )
                             final_note = gr.Textbox(label="Note (optional)", max_lines=4, max_length=2000)
                             final_btn = gr.Button("Save final read")
@@ -557,7 +558,7 @@ def build_demo(
                         b_model = gr.Dropdown(choices=model_choices, value=default_model, label="Model")
                         b_run = gr.Button("Run batch and save", variant="primary")
                 b_caveat = gr.Markdown(elem_id="xray-batch-caveat")
-                b_table = gr.Dataframe(headers=trust.BATCH_COLUMNS, interactive=False, wrap=True, elem_id="xray-batch")
+                b_table = gr.Dataframe(headers=review.BATCH_COLUMNS, interactive=False, wrap=True, elem_id="xray-batch")
                 b_csv = gr.File(label="Results (CSV)", interactive=False, visible=False)
 
             with gr.Tab("Compare", id="compare"):

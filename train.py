@@ -8,7 +8,7 @@ Examples:
 
 The output folder holds config.json (label_names, temperature, threshold), model.safetensors, metrics.json,
 plots (roc, reliability, confusion, curves) and a README.md model card; `--push-to-hub org/name` uploads it.
-Training and inference share `xray.transforms.build_transform`; the test split never chooses anything.
+Training and inference share `xray.imaging.transforms.build_transform`; the test split never chooses anything.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import random
 import shutil
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,18 @@ def build_arg_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="PATH",
         help="class-per-folder image folder (train/ test/ inside for an official test split), CSV of "
-        "path,label[,group], or a covid-chestxray folder; repeat to combine sources",
+        "path,label[,group[,source]], a covid-chestxray folder, or a folder with a metadata.csv of "
+        "path,label,source,patient_id (adult-cxr); repeat to combine sources",
     )
     data.add_argument("--dataset", action="append", default=[], metavar="NAME", help="Hugging Face dataset id")
     data.add_argument(
         "--labels", default=None, help="comma-separated class order (default NORMAL,PNEUMONIA[,COVID-19])"
+    )
+    data.add_argument(
+        "--label-map",
+        default=None,
+        metavar="OLD=NEW[,...]",
+        help="rename labels before splitting, e.g. COVID-19=PNEUMONIA for a two-class pneumonia model",
     )
     data.add_argument("--val-fraction", type=float, default=0.15, help="share of training patients for validation")
     data.add_argument(
@@ -93,6 +101,14 @@ def build_arg_parser() -> argparse.ArgumentParser:
         default="loss",
         help="class imbalance: class-weighted loss or weighted sampler",
     )
+    train.add_argument(
+        "--source-balance",
+        type=float,
+        default=None,
+        metavar="POWER",
+        help="draw each data source in proportion to size**POWER (0.5: square-root sampling, 0: equally often) "
+        "so that a small source is not drowned by a large one; default: as the data come",
+    )
     train.add_argument("--rotation", type=float, default=10.0, help="max augmentation rotation (degrees)")
     train.add_argument("--translate", type=float, default=0.05, help="max augmentation shift (fraction)")
     train.add_argument("--zoom", type=float, default=0.1, help="augmentation zoom range +-")
@@ -127,8 +143,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "--reevaluate",
         default=None,
         metavar="RUN_DIR",
-        help="no training: copy a finished run to --out with --input-jpeg-quality set, refit its temperature, "
-        "threshold and OOD statistics on validation and re-measure the test split (same data and splits as the run)",
+        help="no training: copy a finished run to --out (with --input-jpeg-quality: that input step set), refit its "
+        "temperature, threshold and OOD statistics on validation and re-measure the test split, pooled and per data "
+        "source (same data, label map and splits as the run)",
     )
     out.add_argument(
         "--export",
@@ -151,11 +168,14 @@ def seed_everything(seed: int) -> None:
 
 def load_splits(args: argparse.Namespace):
     """Load every --data / --dataset source and split it by patient into train / val / test."""
-    from xray.data import load_hf_dataset, load_samples, make_splits
+    from xray.training.data import load_hf_dataset, load_samples, make_splits, merge_labels, parse_label_map
 
     sources = [load_samples(d) for d in args.data] + [load_hf_dataset(n) for n in args.dataset]
     if not sources:
         raise SystemExit("Give --data PATH or --dataset NAME (no data path is built in).")
+    mapping = parse_label_map(getattr(args, "label_map", None))
+    if mapping:
+        sources = [merge_labels(source, mapping) for source in sources]
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
     splits = make_splits(
         sources, label_names=labels, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed
@@ -182,6 +202,12 @@ def describe_data(args: argparse.Namespace, splits) -> dict[str, Any]:
             "val_test": len(groups["val"] & groups["test"]),
         },
         "sources": [str(d) for d in args.data] + [f"hf:{n}" for n in args.dataset],
+        "data_sources": {
+            split: dict(sorted(Counter(s.data_source for s in getattr(splits, split)).items()))
+            for split in ("train", "val", "test")
+        },
+        "label_map": getattr(args, "label_map", None) or None,
+        "sampling": sampling_rule(args),
         "label_names": splits.label_names,
         "split_counts": splits.summary(),
         "split_rule": (
@@ -191,21 +217,34 @@ def describe_data(args: argparse.Namespace, splits) -> dict[str, Any]:
     }
 
 
+def sampling_rule(args: argparse.Namespace) -> str:
+    """How training drew its images, in words (for metrics.json and the model card)."""
+    power = getattr(args, "source_balance", None)
+    if power is None:
+        text = "every training image once per epoch (data sources as they come)"
+    elif power == 0:
+        text = "each data source drawn equally often (weighted sampler with replacement)"
+    else:
+        text = f"each data source drawn in proportion to its size**{power:g} (weighted sampler with replacement)"
+    classes = {"loss": "class-weighted loss", "sampler": "classes evened out by the sampler",
+               "none": "no class weighting"}  # fmt: skip
+    return f"{text}; {classes[args.balance]}"
+
+
 # ---------------------------------------------------------------- model
 
 
 def create_model(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
     """A fresh model: ImageNet / scratch init of --arch, or a copy of one of our checkpoints (--init NAME)."""
-    from xray import pretrained
-
+    from xray.training import pretrained
     if args.init in ("imagenet", "scratch"):
         return pretrained.create_model(args.arch, num_classes, init=args.init)
-    from xray.models import load_model
+    from xray.inference.models import load_model
 
     base = load_model(args.init)
     # loaded models are set up for inference (eval mode, possibly frozen): make every weight trainable again
     model = copy.deepcopy(base.model).to(memory_format=torch.contiguous_format).requires_grad_(True)
-    # Loaded models are frozen for inference (xray.models); fine-tuning trains them again.
+    # Loaded models are frozen for inference (xray.inference.models); fine-tuning trains them again.
     model.requires_grad_(True)
     if len(base.label_names) != num_classes:
         model.reset_classifier(num_classes)
@@ -265,10 +304,29 @@ def lr_at(step: int, total: int, base_lr: float, warmup: int, schedule: str) -> 
     return base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _class_weights(targets: np.ndarray, num_classes: int) -> torch.Tensor:
-    counts = np.bincount(targets, minlength=num_classes).astype(np.float64)
-    weights = counts.sum() / (num_classes * np.maximum(counts, 1))
+def _class_weights(targets: np.ndarray, num_classes: int, drawn: np.ndarray | None = None) -> torch.Tensor:
+    """Inverse class frequencies (mean 1 over classes), under per-sample draw probabilities `drawn` when given."""
+    counts = np.bincount(targets, weights=drawn, minlength=num_classes).astype(np.float64)
+    weights = counts.sum() / (num_classes * np.maximum(counts, 1e-12))
     return torch.tensor(weights, dtype=torch.float32)
+
+
+def training_weights(
+    samples: Sequence[Any], targets: np.ndarray, num_classes: int, *, balance: str, power: float | None
+) -> np.ndarray | None:
+    """Per-sample draw probabilities for the training sampler, or None to shuffle the data as they come.
+
+    `power` (--source-balance) draws each data source in proportion to size**power; `balance == "sampler"`
+    then also evens out the classes (within the drawn mix).
+    """
+    from xray.training.data import source_weights
+
+    if power is None and balance != "sampler":
+        return None
+    weights = source_weights(samples, power) if power is not None else np.full(len(targets), 1 / len(targets))
+    if balance == "sampler":
+        weights = weights * _class_weights(targets, num_classes, weights).numpy()[targets]
+    return weights / weights.sum()
 
 
 @torch.inference_mode()
@@ -292,9 +350,9 @@ def train(args: argparse.Namespace, splits, out: Path) -> tuple[torch.nn.Module,
     """Train with early stopping on validation AUC; returns the best model, the history and run facts."""
     from tqdm.auto import tqdm
 
-    from xray import metrics as M
-    from xray.data import ImageDataset, load_pixels
-    from xray.transforms import build_transform, data_config_for
+    from xray.imaging.transforms import build_transform, data_config_for
+    from xray.training import metrics as M
+    from xray.training.data import ImageDataset, load_pixels
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     num_classes = len(splits.label_names)
@@ -322,8 +380,8 @@ def train(args: argparse.Namespace, splits, out: Path) -> tuple[torch.nn.Module,
     generator = torch.Generator().manual_seed(args.seed)
     train_ds = ImageDataset(train_px, y_train, train_tf)
     sampler = None
-    if args.balance == "sampler":
-        weights = _class_weights(y_train, num_classes).numpy()[y_train]
+    weights = training_weights(splits.train, y_train, num_classes, balance=args.balance, power=args.source_balance)
+    if weights is not None:
         sampler = torch.utils.data.WeightedRandomSampler(weights, len(y_train), replacement=True, generator=generator)
     loader_kw = {"num_workers": args.workers, "persistent_workers": False}
     train_loader = torch.utils.data.DataLoader(
@@ -336,7 +394,11 @@ def train(args: argparse.Namespace, splits, out: Path) -> tuple[torch.nn.Module,
         **loader_kw,
     )
     val_loader = torch.utils.data.DataLoader(ImageDataset(val_px, y_val, eval_tf), batch_size=64, **loader_kw)
-    loss_weight = _class_weights(y_train, num_classes).to(device) if args.balance == "loss" else None
+    loss_weight = None
+    if args.balance == "loss":
+        # class weights for the class mix the sampler actually draws (source balancing changes it)
+        drawn = np.full(len(y_train), 1 / len(y_train)) if weights is None else weights / weights.sum()
+        loss_weight = _class_weights(y_train, num_classes, drawn).to(device)
     criterion = torch.nn.CrossEntropyLoss(weight=loss_weight)
     frozen = freeze_early(model, args.freeze)
     if frozen:
@@ -491,10 +553,10 @@ def _after_training(loaded, splits, out_dir: Path, val_pixels: Sequence[Any]) ->
     """Fit the input gate's out-of-distribution statistics (ood.npz) on this model's own features.
 
     Mean and covariance come from the training split, the threshold from the validation split: the test split
-    plays no part (xray.gate).
+    plays no part (xray.trust.gate).
     """
-    from xray.data import load_pixels
-    from xray.gate import MIN_OOD_ROWS, fit_model_ood
+    from xray.training.data import load_pixels
+    from xray.trust.gate import MIN_OOD_ROWS, fit_model_ood
 
     if min(len(splits.train), len(val_pixels)) < MIN_OOD_ROWS:
         logger.warning(
@@ -511,10 +573,10 @@ def _after_training(loaded, splits, out_dir: Path, val_pixels: Sequence[Any]) ->
 
 def finish(args: argparse.Namespace, model: torch.nn.Module, splits, history, facts: dict, out: Path) -> dict:
     """Save, evaluate (temperature/threshold on validation, metrics on test), write plots, card; push if asked."""
-    from xray.card import write_model_card
-    from xray.data import load_pixels
-    from xray.evaluate import evaluate_model
-    from xray.models import INPUT_JPEG_KEY, load_model_dir, save_model
+    from xray.inference.models import INPUT_JPEG_KEY, load_model_dir, save_model
+    from xray.training.card import write_model_card
+    from xray.training.data import load_pixels
+    from xray.training.evaluate import evaluate_model
 
     labels = splits.label_names
     extra_config: dict[str, Any] = {"temperature": 1.0}
@@ -539,6 +601,7 @@ def finish(args: argparse.Namespace, model: torch.nn.Module, splits, history, fa
         history=history,
         min_sensitivity=args.min_sensitivity,
         n_boot=args.bootstrap,
+        sources=[s.data_source for s in splits.test],
         extra={
             "data": describe_data(args, splits),
             "training": {**training, **facts},
@@ -556,9 +619,9 @@ def finish(args: argparse.Namespace, model: torch.nn.Module, splits, history, fa
 
 def convert_half(folder: Path, images: Sequence[Any]) -> dict:
     """Re-store a model folder's weights as fp16 and record the largest probability change on `images`."""
-    from xray.evaluate import predict_logits
-    from xray.metrics import softmax
-    from xray.models import load_model_dir, save_model
+    from xray.inference.models import load_model_dir, save_model
+    from xray.training.evaluate import predict_logits
+    from xray.training.metrics import softmax
 
     before = load_model_dir(folder)
     p32 = softmax(predict_logits(before, images), before.temperature)
@@ -610,7 +673,7 @@ def _copy_model_files(run_dir: Path, dest: Path) -> None:
 
 def export_model(run_dir: Path, dest: Path, *, half: bool, images: Sequence[Any]) -> dict:
     """Copy a finished model folder (no checkpoint) to `dest`, optionally in fp16, and rewrite its card."""
-    from xray.card import write_model_card
+    from xray.training.card import write_model_card
 
     _copy_model_files(run_dir, dest)
     metrics = convert_half(dest, images) if half else json.loads((dest / "metrics.json").read_text(encoding="utf-8"))
@@ -619,46 +682,51 @@ def export_model(run_dir: Path, dest: Path, *, half: bool, images: Sequence[Any]
 
 
 def reevaluate(args: argparse.Namespace, run_dir: Path, out: Path) -> dict:
-    """Re-measure a finished run with another input JPEG step, without training it again.
+    """Re-measure a finished run, optionally with another input JPEG step, without training it again.
 
     The run is copied to `out` (the run itself is left as it was), `input_jpeg_quality` is set in the copy's
-    config.json (`--input-jpeg-quality`; 0 removes it), and everything that depends on the input processing is
-    redone on the run's own splits: temperature and threshold on validation, the test metrics, the plots, the OOD
-    statistics and the card. The run's training facts and history are kept, with `reevaluated_from` added.
+    config.json (`--input-jpeg-quality`; 0 removes it; not given: the run's own setting is kept), and everything
+    that depends on the input processing is redone on the run's own splits (its data, label map, split settings
+    and seed): temperature and threshold on validation, the test metrics pooled and per data source with the
+    shortcut probe, the plots, the OOD statistics and the card. The run's training facts and history are kept,
+    with `reevaluated_from` added.
     """
-    from xray.card import write_model_card
-    from xray.data import load_pixels
-    from xray.evaluate import evaluate_model
-    from xray.models import INPUT_JPEG_KEY, load_model_dir, update_config
-    from xray.transforms import check_jpeg_quality
+    from xray.imaging.transforms import check_jpeg_quality
+    from xray.inference.models import INPUT_JPEG_KEY, load_model_dir, update_config
+    from xray.training.card import write_model_card
+    from xray.training.data import load_pixels
+    from xray.training.evaluate import evaluate_model
 
-    if args.input_jpeg_quality is None:
-        raise SystemExit("--reevaluate needs --input-jpeg-quality Q (0 removes the step)")
     try:
         check_jpeg_quality(args.input_jpeg_quality or None)
     except ValueError as exc:
         raise SystemExit(f"--input-jpeg-quality: {exc} (0 removes the step)") from exc
     old = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     training = dict(old.get("training") or {})
-    # the run's own data and split settings, so validation and test are the same patients
-    for key in ("val_fraction", "test_fraction", "seed", "labels", "max_per_class"):
+    # the run's own data, label map and split settings, so validation and test are the same patients with the
+    # same labels; its sampling settings, so that the data facts describe how it was trained
+    if "label_map" not in training:
+        training["label_map"] = (old.get("data") or {}).get("label_map")
+    for key in ("val_fraction", "test_fraction", "seed", "labels", "max_per_class", "label_map", "balance",
+                "source_balance"):  # fmt: skip
         if key in training:
             setattr(args, key, training[key])
     if not args.data and not args.dataset:
         args.data, args.dataset = list(training.get("data") or []), list(training.get("dataset") or [])
     splits = load_splits(args)
     _copy_model_files(run_dir, out)
-    update_config(out, **{INPUT_JPEG_KEY: args.input_jpeg_quality or None})
+    if args.input_jpeg_quality is not None:
+        update_config(out, **{INPUT_JPEG_KEY: args.input_jpeg_quality or None})
     loaded = load_model_dir(out)
     size = tuple(loaded.data_config["input_size"][1:])
     interpolation = str(loaded.data_config.get("interpolation", "bilinear"))
     val_px = load_pixels(splits.val, size, interpolation)
     test_px = load_pixels(splits.test, size, interpolation, progress=True)
-    training.update(reevaluated_from=str(run_dir), input_jpeg_quality=args.input_jpeg_quality or None)
+    training.update(reevaluated_from=str(run_dir), input_jpeg_quality=loaded.config.get(INPUT_JPEG_KEY) or None)
     metrics = evaluate_model(
         loaded, test_px, splits.targets("test"), val_images=val_px, y_val=splits.targets("val"), out_dir=out,
         history=old.get("history"), min_sensitivity=float(training.get("min_sensitivity", args.min_sensitivity)),
-        n_boot=args.bootstrap,
+        n_boot=args.bootstrap, sources=[s.data_source for s in splits.test],
         extra={"data": describe_data(args, splits), "training": training, "weights_bytes": old.get("weights_bytes")},
     )  # fmt: skip
     # the OOD features pass through the model's transform too, so the statistics are refitted for the new step
@@ -697,8 +765,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         reevaluate(args, Path(args.reevaluate), out)
         return out
     if args.export:
-        from xray.data import load_pixels
-        from xray.models import load_model_dir
+        from xray.inference.models import load_model_dir
+        from xray.training.data import load_pixels
 
         images: list = []
         if args.half and (args.data or args.dataset):

@@ -1,4 +1,4 @@
-"""Measure the input gate (xray.gate) and the lung-field estimate (xray.lungs); fit a model's OOD statistics.
+"""Measure the input gate (xray.trust.gate) and lung-field estimate (xray.trust.lungs); fit a model's OOD statistics.
 
 Examples (from the repository root):
     python scripts/eval_gate.py --model pneumonia --fit          # fit ood.npz from the model's own train/val split
@@ -37,8 +37,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from xray import gate  # noqa: E402
-from xray.io import XrayImage, read_image  # noqa: E402
+from xray.imaging.io import XrayImage, read_image  # noqa: E402
+from xray.trust import gate  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 
@@ -158,7 +158,7 @@ def covid_row(loaded: Any, data: Path, limit: int | None) -> dict[str, Any]:
     would be in distribution by construction); a Kermany-only model was never trained on adults, so how many of
     these adult images it flags is reported with no goal.
     """
-    from xray.data import load_samples, make_splits
+    from xray.training.data import load_samples, make_splits
 
     folder = data / "covid-chestxray"
     sources, training = _training_config(loaded)
@@ -229,7 +229,7 @@ def fit(loaded: Any, quantile: float, data_override: list[str], limit: int | Non
 
     `limit` keeps only the first images of each split (smoke runs only: a real fit uses the whole split).
     """
-    from xray.data import load_pixels, load_samples, make_splits
+    from xray.training.data import load_pixels, load_samples, make_splits
 
     model_sources, training = _training_config(loaded)
     sources = data_override or model_sources
@@ -297,8 +297,7 @@ def image_stats(folders: Sequence[str]) -> None:
 
 def lungs_report(loaded: Any, data: Path, limit: int | None) -> None:
     """Lung-field area statistics, and (with a model) where its Grad-CAM heat lies."""
-    from xray import lungs
-
+    from xray.trust import lungs
     sets = {
         "Kermany full-resolution val": sorted((data / "kermany-val-fullres").rglob("*.jpeg")),
         "Kermany official test": sorted((data / "kermany-224" / "test").rglob("*.jpeg"))[:limit],
@@ -316,7 +315,7 @@ def lungs_report(loaded: Any, data: Path, limit: int | None) -> None:
             implausible += not fields.plausible
             mirrored += fields.mirrored
             if loaded is not None:
-                from xray.explain import explain
+                from xray.inference.explain import explain
 
                 _, explanation = explain(loaded, image)
                 check = lungs.assess_heatmap(explanation.heatmap, image, fields=fields)
@@ -337,9 +336,9 @@ def gate_cost(loaded: Any, path: Path, repeats: int = 20) -> dict[str, float]:
     Statistics fitted on `gate.ood_view` copies need their own forward pass on a 224-px JPEG copy of the image,
     on top of the prediction's; statistics of a model with an input JPEG step score the prediction's own features
     (`view` False), which the app passes in. The whole gate is timed as the app calls it (`gate.assess` with the
-    prediction's features); the prediction (`xray.predict.predict`) is timed alongside for scale.
+    prediction's features); the prediction (`xray.inference.predict.predict`) is timed alongside for scale.
     """
-    from xray.predict import predict
+    from xray.inference.predict import predict
 
     image = read_image(path)
     stats = gate.ood_stats_for(loaded)
@@ -366,9 +365,9 @@ def gate_cost(loaded: Any, path: Path, repeats: int = 20) -> dict[str, float]:
 def save(loaded: Any, args: argparse.Namespace, rows: list[dict[str, Any]], ood: Any, seconds: float) -> None:
     """Write gate.json and the model card into the model folder; record the test images flagged in config.json.
 
-    The app quotes that count with each out-of-distribution flag (`xray.gate.verdict`).
+    The app quotes that count with each out-of-distribution flag (`xray.trust.gate.verdict`).
     """
-    from xray.card import GATE_FILE, write_model_card
+    from xray.training.card import GATE_FILE, write_model_card
 
     flags = " --fit" if args.fit else ""
     record = {
@@ -385,7 +384,7 @@ def save(loaded: Any, args: argparse.Namespace, rows: list[dict[str, Any]], ood:
     print(f"wrote {path}", file=sys.stderr)
     test_row = rows[0]  # `evaluate` puts the official test set first
     if ood is not None and test_row["set"].startswith("Kermany official test") and test_row["n"]:
-        # the app quotes this with each out-of-distribution flag (xray.gate.verdict)
+        # the app quotes this with each out-of-distribution flag (xray.trust.gate.verdict)
         gate.record_in_scope_flagged(loaded.path, set_name="official Kermany test X-rays",
                                      flagged=test_row["flagged"], n=test_row["n"])
         print(f"recorded in {Path(loaded.path) / 'config.json'}: {test_row['flagged']}/{test_row['n']} test images "
@@ -415,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     loaded = None
     if args.model:
-        from xray.models import load_model
+        from xray.inference.models import load_model
 
         loaded = load_model(args.model)
         if args.fit:

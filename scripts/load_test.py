@@ -45,7 +45,7 @@ def _tiny_model(folder: Path) -> str:
     import timm
     import torch
 
-    from xray.models import save_model
+    from xray.inference.models import save_model
 
     torch.manual_seed(0)
     model = timm.create_model("mobilenetv3_small_100", pretrained=False, num_classes=2)
@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     from gradio_client import Client, handle_file
     from sqlmodel import Session
 
-    from xray import auth, crud
     from xray.config import Settings
-    from xray.service import example_files, open_database
+    from xray.records import auth, crud
+    from xray.web.service import example_files, open_database
 
     workdir = Path(tempfile.mkdtemp(prefix="xray-load-"))
     settings = Settings(data_dir=workdir / "data", database_url=args.database_url)

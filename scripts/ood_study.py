@@ -8,7 +8,7 @@ and is printed by `--protocol`; `docs/ood-study.md` keeps it with the results. S
 
 Features are cached in `--cache` (default runs/ood-study/<model version>), so the second step reuses them.
 Candidates (all: the model's own features of `gate.ood_view` copies, L2-normalised, class-conditional means,
-shared Ledoit-Wolf covariance, as `xray.gate.fit_ood`):
+shared Ledoit-Wolf covariance, as `xray.trust.gate.fit_ood`):
     A  penultimate features, fit on training images, threshold: 99% of clean validation distances (shipped before)
     B  A's fit, threshold: 99% of validation distances over clean + 2 perturbed copies per image (seed 1)
     C  fit on training images clean + 1 perturbed copy each (seed 2), threshold as B
@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import eval_gate  # noqa: E402
 
-from xray import gate  # noqa: E402
+from xray.trust import gate  # noqa: E402
 
 QUANTILE = 0.99
 FOLDS = 5
@@ -71,7 +71,7 @@ def two_level_features(loaded: Any, images: Sequence[Any], batch_size: int = 32)
     """(penultimate, last block stage pooled) features of each image's `gate.ood_view` copy."""
     import torch
 
-    from xray.evaluate import _batches
+    from xray.inference.predict import batches
 
     model = loaded.model.eval()
     stage = getattr(model, "blocks", None)
@@ -84,7 +84,7 @@ def two_level_features(loaded: Any, images: Sequence[Any], batch_size: int = 32)
     pen = []
     try:
         with torch.inference_mode():
-            for batch in _batches(loaded, views, batch_size):
+            for batch in batches(loaded, views, batch_size):
                 features = model.forward_head(model.forward_features(batch), pre_logits=True)
                 pen.append(features.flatten(1).float().numpy())
     finally:
@@ -123,7 +123,7 @@ def _threshold(stats: gate.OodStats, *val_sets: np.ndarray) -> float:
 
 
 def _splits(loaded: Any, data: Path) -> Any:
-    from xray.data import load_samples, make_splits
+    from xray.training.data import load_samples, make_splits
 
     sources, training = eval_gate._training_config(loaded)
     return make_splits([load_samples(s) for s in sources], label_names=loaded.label_names,
@@ -133,7 +133,7 @@ def _splits(loaded: Any, data: Path) -> Any:
 
 def collect(loaded: Any, data: Path, cache: FeatureCache, with_test: bool) -> dict[str, dict[str, np.ndarray]]:
     """Every set's cached features; the test set only when asked."""
-    from xray.data import load_pixels
+    from xray.training.data import load_pixels
 
     splits = _splits(loaded, data)
     size = tuple(loaded.data_config["input_size"][1:])
@@ -257,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from xray.models import load_model
+    from xray.inference.models import load_model
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     loaded = load_model(args.model)

@@ -28,8 +28,9 @@ def running_app(root: Path, *, model_names: list[str], doctors: dict[str, str], 
     from sqlmodel import Session
 
     import app
-    from xray import auth, service
     from xray.config import Settings
+    from xray.records import auth
+    from xray.web import service
 
     config = Settings(data_dir=root / "data", port=free_port(), extra_models="", **settings)
     engine = service.open_database(config)

@@ -44,7 +44,7 @@ def _save_tiny(tmp_root: Path, arch: str, labels: list[str], **extra) -> Path:
     import timm
     import torch
 
-    from xray.models import save_model
+    from xray.inference.models import save_model
 
     torch.manual_seed(0)
     model = timm.create_model(arch, pretrained=False, num_classes=len(labels))
@@ -99,7 +99,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def engine(db_url: str) -> Iterator:
     """An engine on `db_url` with the tables created; disposed after the test."""
-    from xray.db import init_db, make_engine
+    from xray.records.db import init_db, make_engine
 
     engine = make_engine(db_url)
     init_db(engine)
@@ -119,6 +119,6 @@ def session(engine) -> Iterator:
 @pytest.fixture
 def store(tmp_path: Path):
     """An empty content-addressed image store in a temporary folder."""
-    from xray.storage import ImageStore
+    from xray.records.storage import ImageStore
 
     return ImageStore(tmp_path / "images")

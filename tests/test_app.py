@@ -283,8 +283,8 @@ def test_hugging_face_sign_in_maps_hub_users_to_doctor_accounts(tmp_path):
     from starlette.testclient import TestClient
 
     import app
-    from xray import auth
-    from xray.db import init_db, make_engine
+    from xray.records import auth
+    from xray.records.db import init_db, make_engine
 
     engine = make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
     init_db(engine)
@@ -316,8 +316,8 @@ def test_hugging_face_sign_in_maps_hub_users_to_doctor_accounts(tmp_path):
 
 def test_app_builds_and_explains_when_no_model_is_installed(tmp_path):
     import app
-    from xray import service
     from xray.config import Settings
+    from xray.web import service
 
     settings = Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "no-models", extra_models="")
     engine = service.open_database(settings)

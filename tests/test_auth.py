@@ -8,9 +8,9 @@ from datetime import timedelta
 import pytest
 from sqlmodel import Session, select
 
-from xray import auth
-from xray.db import SignInEvent, init_db, make_engine, utcnow
 from xray.errors import AccountError
+from xray.records import auth
+from xray.records.db import SignInEvent, init_db, make_engine, utcnow
 
 PASSWORD = "correct horse battery"
 
@@ -96,7 +96,7 @@ def test_sign_in_outcomes_are_recorded(session):
 def test_username_is_throttled_after_repeated_failures_even_with_the_right_password(session, caplog):
     auth.add_doctor(session, username="alice", password=PASSWORD)
     policy = auth.ThrottlePolicy(max_failures_per_username=3, max_failures_per_address=100)
-    with caplog.at_level(logging.WARNING, logger="xray.auth"):
+    with caplog.at_level(logging.WARNING, logger="xray.records.auth"):
         for i in range(3):
             assert auth.authenticate(
                 session, username="alice", password="bad", address=f"10.0.0.{i}", policy=policy

@@ -4,11 +4,12 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from xray.__main__ import main
-from xray.batch import iter_image_files
+from xray.analysis.batch import iter_image_files
 
 
 @pytest.fixture()
@@ -42,6 +43,7 @@ def test_predict_json_reports_each_file_and_bad_file_is_not_fatal(
         assert row["label"] in {"NORMAL", "PNEUMONIA"}
         assert set(row["probabilities"]) == {"NORMAL", "PNEUMONIA"}
     assert bad["label"] is None and bad["probabilities"] is None and bad["error"]
+    assert [r["in_scope"] for r in rows] == [True, True, None] and [r["reasons"] for r in rows] == [[], [], None]
     written = sorted(p.name for p in cams.iterdir())
     assert written == ["a_2_cam.png", "a_cam.png"]
     with Image.open(cams / "a_cam.png") as overlay, Image.open(mixed_folder / "NORMAL" / "a.jpeg") as original:
@@ -55,7 +57,8 @@ def test_predict_csv_has_a_probability_column_per_class(
     main(["predict", str(mixed_folder / "NORMAL"), "--model", f"local-dir:{tiny_model_dir}", "--csv", str(out)])
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert len(rows) == 1
-    assert list(rows[0]) == ["file", "model", "label", "p_NORMAL", "p_PNEUMONIA", "error"]
+    assert list(rows[0]) == ["file", "model", "label", "p_NORMAL", "p_PNEUMONIA", "in_scope", "reasons", "error"]
+    assert rows[0]["in_scope"] == "true" and rows[0]["reasons"] == ""  # a real frontal X-ray
     assert abs(float(rows[0]["p_NORMAL"]) + float(rows[0]["p_PNEUMONIA"]) - 1) < 1e-4
 
 
@@ -66,3 +69,15 @@ def test_predict_without_images_and_unknown_model_fail_cleanly(tmp_path: Path, t
     Image.new("L", (64, 64)).save(image)
     assert main(["predict", str(image), "--model", "no-such-model"]) == 2
     assert "Unknown model 'no-such-model'" in caplog.text
+
+
+def test_predict_reports_the_input_check_of_an_out_of_scope_file(tiny_model_dir: Path, tmp_path: Path, capsys):
+    photo = tmp_path / "photo.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(photo)  # a colour image
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(photo), "--model", f"local-dir:{tiny_model_dir}", "--json", "--csv", str(out)]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["in_scope"] is False and any("colour" in r for r in row["reasons"])
+    (line,) = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert line["in_scope"] == "false" and line["reasons"] == " | ".join(row["reasons"])

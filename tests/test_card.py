@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from xray import card
-from xray.card import render_model_card
+from xray.training import card
+from xray.training.card import render_model_card
 
 GATE = {
     "command": "python scripts/eval_gate.py --model pneumonia --fit",

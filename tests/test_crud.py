@@ -5,8 +5,8 @@ from datetime import date, timedelta
 import pytest
 from sqlmodel import Session, select
 
-from xray import crud
-from xray.db import Record, SignInEvent, utcnow
+from xray.records import crud
+from xray.records.db import Record, SignInEvent, utcnow
 
 
 def _values(patient: str = "Jane Roe", exam: date = date(2024, 5, 1), label: str = "PNEUMONIA", **extra) -> dict:

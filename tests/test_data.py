@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xray.data import (
+from xray.errors import DatasetError
+from xray.training.data import (
     Sample,
     Splits,
     check_disjoint,
@@ -20,7 +21,6 @@ from xray.data import (
     order_labels,
     read_pixels,
 )
-from xray.errors import DatasetError
 
 
 @pytest.mark.parametrize(
@@ -130,7 +130,7 @@ def test_labels_outside_the_given_names_are_rejected(shared_data):
 
 
 def test_pre_resized_pixels_give_exactly_the_transform_input(shared_data):
-    from xray.transforms import build_transform
+    from xray.imaging.transforms import build_transform
 
     config = {"input_size": (3, 224, 224), "interpolation": "bicubic", "mean": (0.5,) * 3, "std": (0.5,) * 3}
     transform = build_transform(config, train=False)
@@ -145,7 +145,7 @@ def test_pre_resized_pixels_give_exactly_the_transform_input(shared_data):
 def test_hugging_face_dataset_loader_on_a_local_image_folder(tmp_path, kermany_fullres):
     import shutil
 
-    from xray.data import load_hf_dataset
+    from xray.training.data import load_hf_dataset
 
     # `datasets` builds an imagefolder dataset (Image + ClassLabel columns) from a local folder, as from the hub
     for split in ("train", "test"):

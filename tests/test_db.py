@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import inspect, text
 from sqlmodel import Session, select
 
-from xray.db import Doctor, Record, SignInEvent, init_db, make_engine, normalize_database_url, utcnow
+from xray.records.db import Doctor, Record, SignInEvent, init_db, make_engine, normalize_database_url, utcnow
 
 
 def _record(doctor_id: int, **extra) -> Record:

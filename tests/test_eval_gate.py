@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import load_script
-from xray.card import render_gate_section
-from xray.data import load_samples, make_splits
-from xray.models import load_model
+from xray.inference.models import load_model
+from xray.training.card import render_gate_section
+from xray.training.data import load_samples, make_splits
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from xray.data import load_pixels, load_samples
-from xray.evaluate import evaluate_model, extract_features, predict_logits
-from xray.metrics import softmax
-from xray.models import load_model_dir
+from xray.inference.models import load_model_dir
+from xray.inference.predict import extract_features
+from xray.training.data import load_pixels, load_samples
+from xray.training.evaluate import evaluate_model, predict_logits
+from xray.training.metrics import softmax
 
 
 @pytest.fixture()
@@ -63,7 +64,7 @@ def test_evaluate_writes_metrics_plots_and_calibration(model_copy, kermany_image
 
 
 def test_logits_and_features_match_the_network(tiny_model_dir, kermany_images):
-    from xray.transforms import build_transform
+    from xray.imaging.transforms import build_transform
 
     pixels, _ = kermany_images
     loaded = load_model_dir(tiny_model_dir)
@@ -85,7 +86,7 @@ def test_three_class_evaluation_reports_each_class(tiny_model_dir_3class, shared
     samples = [s for s in load_samples(shared_data / "covid-chestxray")][:40]
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(40, 3))
-    from xray.evaluate import evaluate_arrays
+    from xray.training.evaluate import evaluate_arrays
 
     labels = loaded.label_names
     y = np.array([labels.index(s.label) for s in samples])

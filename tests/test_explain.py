@@ -7,10 +7,10 @@ import timm
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from xray.explain import METHODS, cam_target_layer, explain, overlay_heatmap
-from xray.io import read_image
-from xray.models import load_model_dir, save_model
-from xray.predict import predict
+from xray.imaging.io import read_image
+from xray.inference.explain import METHODS, cam_target_layer, explain, overlay_heatmap
+from xray.inference.models import load_model_dir, save_model
+from xray.inference.predict import predict
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam"])
@@ -86,7 +86,7 @@ def test_overlay_blends_heat_onto_image():
 
 @pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_model_dir_3class"])
 def test_features_from_the_same_pass_equal_penultimate_features(fixture: str, request, kermany_fullres: list[Path]):
-    from xray.evaluate import extract_features
+    from xray.inference.predict import extract_features
 
     loaded = load_model_dir(request.getfixturevalue(fixture))
     image = read_image(kermany_fullres[2])

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from tests.dicom_files import make_dicom
-from xray import gate
 from xray.errors import OodStatsError
-from xray.io import XrayImage, read_image
+from xray.imaging.io import XrayImage, read_image
+from xray.trust import gate
 
 SKLEARN_PHOTO = "datasets/images/china.jpg"
 
@@ -229,7 +229,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def model_with_ood(tiny_model_dir: Path, shared_data: Path, tmp_path_factory: pytest.TempPathFactory):
-    from xray.models import load_model
+    from xray.inference.models import load_model
 
     folder = tmp_path_factory.mktemp("gate") / "tiny"
     shutil.copytree(tiny_model_dir, folder)
@@ -279,7 +279,7 @@ def test_view_statistics_compute_their_own_features(model_with_ood, test_images:
 def test_raw_input_statistics_use_the_given_features(tiny_model_dir: Path, test_images: list[XrayImage],
                                                      tmp_path: Path) -> None:
     """Statistics fitted before the canonical view (no `view` in config) score the prediction's features."""
-    from xray.models import load_model
+    from xray.inference.models import load_model
 
     folder = tmp_path / "raw"
     shutil.copytree(tiny_model_dir, folder)
@@ -297,7 +297,7 @@ def test_raw_input_statistics_use_the_given_features(tiny_model_dir: Path, test_
 
 def test_ood_flag_quotes_how_often_it_fires_on_in_scope_images(model_with_ood, tiny_model_dir: Path,
                                                                tmp_path: Path) -> None:
-    from xray.models import load_model
+    from xray.inference.models import load_model
 
     photo = read_image(_photo_path())
     unmeasured = gate.assess(model_with_ood, photo)
@@ -322,8 +322,8 @@ def test_model_with_input_jpeg_step_scores_the_predictions_own_features(tiny_mod
                                                                         test_images: list[XrayImage],
                                                                         tmp_path: Path) -> None:
     """Its transform already makes the canonical copy: the gate is fitted on, and reuses, the prediction's features."""
-    from xray.models import load_model, update_config
-    from xray.predict import preprocess
+    from xray.inference.models import load_model, update_config
+    from xray.inference.predict import preprocess
 
     folder = shutil.copytree(tiny_model_dir, tmp_path / "jpeg")
     update_config(folder, input_jpeg_quality=75)
@@ -352,7 +352,7 @@ def test_verdict_combines_image_checks_and_score(model_with_ood) -> None:
 
 
 def test_assess_without_ood_statistics_runs_image_checks_only(tiny_model_dir: Path) -> None:
-    from xray.models import load_model
+    from xray.inference.models import load_model
 
     loaded = load_model(f"local-dir:{tiny_model_dir}")
     result = gate.assess(loaded, read_image(_photo_path()))

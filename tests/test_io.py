@@ -1,4 +1,4 @@
-"""Tests for xray.io: real chest X-rays from ../shared/data and generated edge cases (raster and DICOM)."""
+"""Tests for xray.imaging.io: real chest X-rays from ../shared/data and generated edge cases (raster and DICOM)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from xray.errors import (
     UnsupportedCompressionError,
     ZeroSizeImageError,
 )
-from xray.io import IMAGE_EXTENSIONS, XrayImage, read_image
+from xray.imaging.io import IMAGE_EXTENSIONS, XrayImage, read_image
 
 ACCEPTED = "Accepted files: PNG, JPEG"
 

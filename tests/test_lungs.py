@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from xray import lungs
-from xray.io import read_image
+from xray.imaging.io import read_image
+from xray.trust import lungs
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from xray import metrics as M
+from xray.training import metrics as M
 
 # 8 cases, threshold 0.5: TP = 0,1,7; FN = 2; FP = 4; TN = 3,5,6
 Y = np.array([1, 1, 1, 0, 0, 0, 0, 1])

@@ -12,8 +12,8 @@ import torch
 from tests.conftest import REPO_ROOT
 from tests.hub_cache import populate_hf_cache
 from xray.errors import ModelConfigError, ModelNotFoundError
-from xray.models import load_model, load_model_dir, resolve_model_dir, save_model, update_config
-from xray.predict import predict
+from xray.inference.models import load_model, load_model_dir, resolve_model_dir, save_model, update_config
+from xray.inference.predict import predict
 
 
 def test_local_dir_round_trip_keeps_labels_config_and_outputs(tiny_model_dir: Path):
@@ -125,8 +125,8 @@ def test_hf_hub_model_missing_offline_names_repo_and_remedy(tmp_path: Path, kerm
 def test_bundled_models_load_within_the_size_limit_and_read_the_examples(name: str):
     # The shipped defaults, through the same loading path as the app: labels, calibration and the input gate's
     # statistics travel in the folder, which stays under the 25 MB the project allows per bundled model.
-    from xray.gate import ood_stats_for
-    from xray.io import read_image
+    from xray.imaging.io import read_image
+    from xray.trust.gate import ood_stats_for
 
     folder = REPO_ROOT / "models" / name
     assert sum(p.stat().st_size for p in folder.iterdir()) <= 25_000_000

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from tests.conftest import load_script
-from xray import gate
-from xray.io import read_image
-from xray.models import load_model
+from xray.imaging.io import read_image
+from xray.inference.models import load_model
+from xray.trust import gate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NORMAL_JPEG = REPO_ROOT / "examples" / "NORMAL2-IM-1437-0001.jpeg"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from xray.errors import OperatingPointError
-from xray.operating import describe, operating_point, roc_from_metrics, validation_prevalence
+from xray.trust.operating import describe, operating_point, roc_from_metrics, validation_prevalence
 
 # As scikit-learn's roc_curve returns it: thresholds decreasing, the first one (infinity) clipped to 1.
 ROC = {"fpr": [0.0, 0.0, 0.1, 0.5, 1.0], "tpr": [0.0, 0.5, 0.8, 0.95, 1.0], "thresholds": [1.0, 0.9, 0.6, 0.3, 0.01]}
@@ -47,8 +47,8 @@ def test_prevalence_moves_ppv_not_sensitivity() -> None:
 
 
 def test_sklearn_roc_through_json_round_trip() -> None:
-    """An ROC as xray.metrics.roc_points stores it, read back from JSON, agrees with counting."""
-    from xray.metrics import roc_points
+    """An ROC as xray.training.metrics.roc_points stores it, read back from JSON, agrees with counting."""
+    from xray.training.metrics import roc_points
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 400)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from xray.io import read_image
-from xray.models import load_model_dir, update_config
-from xray.predict import decide, predict, preprocess, to_prediction
+from xray.imaging.io import read_image
+from xray.inference.models import load_model_dir, update_config
+from xray.inference.predict import decide, predict, preprocess, to_prediction
 
 
 @pytest.fixture()
@@ -46,7 +46,7 @@ def test_input_jpeg_step_processes_uploads_like_jpeg_training_copies(model_copy:
     from PIL import Image
 
     from xray.errors import ModelConfigError
-    from xray.transforms import jpeg_round_trip, resize_pixels
+    from xray.imaging.transforms import jpeg_round_trip, resize_pixels
 
     plain = load_model_dir(model_copy)
     upload = read_image(kermany_fullres[0])
@@ -95,8 +95,8 @@ def test_onnx_runtime_path_gives_the_same_probabilities_and_heatmap(arch: str, t
     """The accelerated path (ONNX Runtime features + PyTorch head) matches eager PyTorch within 1e-4."""
     import timm
 
-    from xray.explain import explain
-    from xray.models import save_model
+    from xray.inference.explain import explain
+    from xray.inference.models import save_model
 
     torch.manual_seed(0)
     folder = save_model(timm.create_model(arch, num_classes=2), tmp_path / arch, label_names=["NORMAL", "PNEUMONIA"])

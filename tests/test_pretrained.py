@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xray.errors import PretrainedWeightsError
-from xray.pretrained import create_model, efficientnet_lite0_offline, lukemelas_to_timm
+from xray.training.pretrained import create_model, efficientnet_lite0_offline, lukemelas_to_timm
 
 # ImageNet-1k class indices: 652 military uniform, 834 suit, 457 bow tie, 906 Windsor tie
 MILITARY_UNIFORM = 652
@@ -21,14 +21,14 @@ def lite0_imagenet() -> torch.nn.Module:
 def _grace_hopper():
     import matplotlib.cbook
 
-    from xray.io import read_image
+    from xray.imaging.io import read_image
 
     with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as handle:
         return read_image(handle.read())
 
 
 def test_renamed_weights_classify_a_natural_image(lite0_imagenet):
-    from xray.transforms import build_transform, data_config_for
+    from xray.imaging.transforms import build_transform, data_config_for
 
     # Grace Hopper in US Navy uniform: the ImageNet top-1 must be "military uniform".
     transform = build_transform(data_config_for(lite0_imagenet), train=False)
@@ -40,7 +40,7 @@ def test_renamed_weights_classify_a_natural_image(lite0_imagenet):
 
 
 def test_offline_weights_use_tf_lite_normalisation_end_to_end(lite0_imagenet, tmp_path):
-    from xray.models import load_model_dir, save_model
+    from xray.inference.models import load_model_dir, save_model
 
     model = efficientnet_lite0_offline(num_classes=2)
     assert model.get_classifier().out_features == 2

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from pypdf import PdfReader
 
-from xray.io import read_image
-from xray.report import build_report
+from xray.imaging.io import read_image
+from xray.trust.report import build_report
 
 
 @pytest.fixture(scope="module")

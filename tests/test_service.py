@@ -11,7 +11,7 @@ from pydicom.uid import SecondaryCaptureImageStorage
 from sqlmodel import Session
 
 from tests.dicom_files import make_dicom
-from xray import auth, crud, service
+from xray.analysis import pipeline
 from xray.errors import (
     EmptyFileError,
     ImageReadError,
@@ -22,7 +22,9 @@ from xray.errors import (
     RecordNotFoundError,
     UploadTooLargeError,
 )
-from xray.storage import sha256_hex
+from xray.records import auth, crud
+from xray.records.storage import sha256_hex
+from xray.web import service
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PNEUMONIA_JPEG = EXAMPLES / "person1951_bacteria_4882.jpeg"
@@ -173,9 +175,9 @@ def test_require_doctor(session, doctors):
 
 
 def test_diagnose_saves_image_heatmap_and_calibrated_probabilities(session, store, doctors, model_name):
-    from xray.io import read_image
-    from xray.models import load_model
-    from xray.predict import predict
+    from xray.imaging.io import read_image
+    from xray.inference.models import load_model
+    from xray.inference.predict import predict
 
     alice, _ = doctors
     result = _diagnose(session, store, alice, model_name)
@@ -207,7 +209,7 @@ def test_diagnose_saves_image_heatmap_and_calibrated_probabilities(session, stor
 def test_model_caveat_travels_with_every_prediction(session, store, doctors, tiny_model_dir, tmp_path):
     import shutil
 
-    from xray.models import update_config
+    from xray.inference.models import update_config
 
     alice, _ = doctors
     assert _diagnose(session, store, alice, f"local-dir:{tiny_model_dir}").warnings == []
@@ -260,7 +262,7 @@ def test_truncated_jpeg_is_refused(session, store, doctors, model_name):
 
 
 def test_dicom_upload_prefills_and_diagnoses(session, store, doctors, model_name):
-    from xray.io import read_image
+    from xray.imaging.io import read_image
 
     alice, _ = doctors
     pixels = np.asarray(Image.open(NORMAL_JPEG).convert("L").resize((400, 320)))
@@ -420,7 +422,7 @@ def test_csv_export_is_filtered_and_safe_for_spreadsheets(session, store, doctor
 def test_compare_runs_every_model_and_reports_broken_ones(tiny_model_dir, tiny_model_dir_3class, tmp_path):
     import shutil
 
-    from xray.models import update_config
+    from xray.inference.models import update_config
 
     three_class = shutil.copytree(tiny_model_dir_3class, tmp_path / "three")
     update_config(three_class, caveat="Its COVID-19 output follows age and image source.")
@@ -439,8 +441,8 @@ def test_compare_runs_every_model_and_reports_broken_ones(tiny_model_dir, tiny_m
     assert rows[1][0] == names[1] and rows[2][3].startswith("error:")
     columns = dict(zip(service.COMPARE_COLUMNS, rows[1], strict=True))
     assert columns["Caveat"] == "Its COVID-19 output follows age and image source."
-    assert columns["Input check"] == service.input_check_text(three.gate, three.gate_note) and three.gate is not None
-    assert service.NO_OOD_NOTE in columns["Input check"]  # no ood.npz in the test model: "in scope" is qualified
+    assert columns["Input check"] == pipeline.input_check_text(three.gate, three.gate_note) and three.gate is not None
+    assert pipeline.NO_OOD_NOTE in columns["Input check"]  # no ood.npz in the test model: "in scope" is qualified
     assert dict(zip(service.COMPARE_COLUMNS, rows[0], strict=True))["Caveat"] == "" and broken.gate is None
     # each model's own gate: a colour photograph is out of scope for every model that answers
     y, x = np.mgrid[0:300, 0:300]
@@ -491,16 +493,6 @@ def test_example_files_are_the_four_samples():
     assert len(names) == 4 and sum(n.startswith("NORMAL") for n in names) == 2
 
 
-def test_input_check_text_qualifies_a_partial_check():
-    from xray.gate import GateFinding, GateResult
-
-    assert service.input_check_text(None) == ""
-    assert service.input_check_text(GateResult(in_scope=True, reasons=[])) == "in scope"
-    assert service.input_check_text(GateResult(in_scope=True, reasons=[]), "Only images.") == "in scope (Only images.)"
-    out = GateResult(in_scope=False, reasons=["A colour image.", "Too small."], findings=[GateFinding("color", "x")])
-    assert service.input_check_text(out) == "OUT OF SCOPE: A colour image. Too small."
-
-
 def test_markdown_escape_keeps_patient_names_literal():
     assert service.md_escape("*Roe* [x](http://y) #1") == "\\*Roe\\* \\[x\\]\\(http://y\\) \\#1"
     assert service.md_escape("Jane Roe") == "Jane Roe"
@@ -522,7 +514,7 @@ def test_trust_frontal_xray_is_in_scope_with_heat_share(session, store, doctors,
     result = _diagnose(session, store, alice, model_name)
     assert result.in_scope and result.gate.reasons == [] and result.record.gate_reasons == []
     # The tiny test model has no ood.npz: the gate says it checked image statistics only.
-    assert result.gate_note == service.NO_OOD_NOTE and result.gate.ood_distance is None
+    assert result.gate_note == pipeline.NO_OOD_NOTE and result.gate.ood_distance is None
     share = result.record.heat_in_lungs
     assert share == pytest.approx(result.heatmap_check.heat_in_lungs) and 0.0 <= share <= 1.0
     assert f"{share:.0%} of the heat lies inside the estimated lung fields" in service.record_markdown(result.record)

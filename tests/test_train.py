@@ -44,7 +44,7 @@ def trained(shared_data, tmp_path_factory):
 
 
 def test_one_epoch_run_writes_a_loadable_evaluated_model(trained):
-    from xray.models import load_model
+    from xray.inference.models import load_model
 
     loaded = load_model(f"local-dir:{trained}")
     assert loaded.architecture == "mobilenetv3_small_100"
@@ -63,7 +63,7 @@ def test_one_epoch_run_writes_a_loadable_evaluated_model(trained):
     assert "not a diagnostic device" in card and "children aged 1-5" in card
     assert "mobilenetv3_small_100" in card
     # The input gate's OOD statistics are fitted on this model's own train/val features.
-    from xray.gate import load_ood
+    from xray.trust.gate import load_ood
 
     stats = load_ood(trained)
     assert stats is not None and stats.threshold > 0
@@ -133,8 +133,8 @@ def test_resume_continues_from_the_checkpoint(trained, shared_data):
 
 
 def test_export_in_fp16_keeps_probabilities(trained, tmp_path, kermany_fullres):
-    from xray.data import load_pixels, load_samples
-    from xray.models import load_model_dir
+    from xray.inference.models import load_model_dir
+    from xray.training.data import load_pixels, load_samples
 
     images = load_pixels(load_samples(kermany_fullres[0].parent.parent), (224, 224), "bicubic")
     metrics = train.export_model(trained, tmp_path / "shipped", half=True, images=images)
@@ -150,8 +150,8 @@ def test_export_in_fp16_keeps_probabilities(trained, tmp_path, kermany_fullres):
 
 
 def test_reevaluate_a_run_with_an_input_jpeg_step(trained, tmp_path):
-    from xray.gate import load_ood
-    from xray.models import load_model_dir
+    from xray.inference.models import load_model_dir
+    from xray.trust.gate import load_ood
 
     before = (trained / "metrics.json").read_text()
     out = tmp_path / "jpeg75"
@@ -209,7 +209,7 @@ def test_class_weights_balance_the_loss():
 
 
 def test_fine_tune_our_checkpoint_into_three_classes(trained, shared_data):
-    from xray.models import load_model_dir
+    from xray.inference.models import load_model_dir
 
     out = trained.parent / "three"
     train.main([
@@ -233,8 +233,7 @@ def test_model_card_includes_the_gate_figures_once_measured(trained, tmp_path):
     import shutil
 
     from tests.test_card import GATE
-    from xray import card
-
+    from xray.training import card
     folder = tmp_path / "model"
     shutil.copytree(trained, folder, ignore=shutil.ignore_patterns("checkpoint.pt"))
     assert card.read_gate(folder) is None

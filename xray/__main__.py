@@ -35,7 +35,7 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from xray.batch import run_predict_command
+    from xray.analysis.batch import run_predict_command
 
     return run_predict_command(args)
 
@@ -74,10 +74,10 @@ def _read_password(args: argparse.Namespace) -> str:
 def _run_users(args: argparse.Namespace) -> int:
     from sqlmodel import Session
 
-    from xray import auth, crud
     from xray.config import get_settings
     from xray.errors import AccountError
-    from xray.service import open_database
+    from xray.records import auth, crud
+    from xray.web.service import open_database
 
     engine = open_database(get_settings(), hint_first_account=False)
     try:
@@ -113,10 +113,16 @@ def _run_users(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("evaluate", help="score a model on labelled images (metrics with 95%% CIs)")
+    p = subparsers.add_parser(
+        "evaluate", help="score a model on labelled images (metrics with 95%% CIs, pooled and per data source)"
+    )
     p.add_argument("--model", required=True, help="model name (bundled, local-dir:PATH or hf-hub:org/name)")
     p.add_argument("--data", action="append", required=True, metavar="PATH",
-                   help="class-per-folder image folder, CSV of path,label[,group] or covid-chestxray folder")
+                   help="class-per-folder image folder, CSV of path,label[,group[,source]] or covid-chestxray "
+                   "folder; repeat for several data sources (each is reported on its own; a folder whose "
+                   "metadata.csv names each image's source, as adult-cxr's does, is reported per that source)")
+    p.add_argument("--label-map", default=None, metavar="OLD=NEW[,...]",
+                   help="rename labels before scoring, e.g. COVID-19=PNEUMONIA for a two-class pneumonia model")
     p.add_argument("--split", choices=("test", "val", "train", "all"), default="test",
                    help="which split to score (test: the source's test folder or patient-held-out test)")
     p.add_argument("--out", metavar="DIR", default=None, help="write metrics.json and plots to DIR")
@@ -127,7 +133,7 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from xray.evaluate import run_evaluate_command
+    from xray.training.evaluate import run_evaluate_command
 
     return run_evaluate_command(args)
 

@@ -67,7 +67,7 @@ def _model_dir(arch: str, root: Path) -> Path:
     """A saved model folder for `arch`: the bundled one when its architecture matches, else random weights."""
     import timm
 
-    from xray.models import list_bundled_models, read_config, resolve_model_dir, save_model
+    from xray.inference.models import list_bundled_models, read_config, resolve_model_dir, save_model
 
     for name in list_bundled_models():
         path, _ = resolve_model_dir(name)
@@ -81,7 +81,7 @@ def _cold_start(model_dir: Path, threads: int | None) -> float:
     code = (
         "import time; t=time.perf_counter(); import torch; "
         + (f"torch.set_num_threads({threads}); " if threads else "")
-        + "from xray.models import load_model; "
+        + "from xray.inference.models import load_model; "
         f"load_model('local-dir:{model_dir}'); print(time.perf_counter()-t)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -89,10 +89,10 @@ def _cold_start(model_dir: Path, threads: int | None) -> float:
 
 
 def bench_arch(arch: str, image: object, root: Path, *, repeats: int, batch: int, threads: int | None) -> BenchRow:
-    """Measure one architecture through `xray.models`, `xray.predict` and `xray.explain`."""
-    from xray.explain import explain
-    from xray.models import load_model_dir
-    from xray.predict import predict, predict_logits
+    """Measure one architecture through the app's own `xray.inference` code (models, predict, explain)."""
+    from xray.inference.explain import explain
+    from xray.inference.models import load_model_dir
+    from xray.inference.predict import predict, predict_logits
 
     model_dir = _model_dir(arch, root)
     cold = _cold_start(model_dir, threads)
@@ -141,7 +141,7 @@ def to_markdown(rows: list[BenchRow], batch: int) -> str:
 
 
 def _bench_image(path: str | None) -> object:
-    from xray.io import read_image
+    from xray.imaging.io import read_image
 
     if path:
         return read_image(path)

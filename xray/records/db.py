@@ -28,7 +28,7 @@ def utcnow() -> datetime:
 
 
 class Doctor(SQLModel, table=True):
-    """A doctor account. Passwords are stored only as Argon2 hashes (see `xray.auth`)."""
+    """A doctor account. Passwords are stored only as Argon2 hashes (see `xray.records.auth`)."""
 
     id: int | None = Field(default=None, primary_key=True)
     username: str = Field(index=True, unique=True, max_length=64, description="lower-case sign-in name")
@@ -56,7 +56,7 @@ class Record(SQLModel, table=True):
     exam_date: date = Field(index=True)
     created_at: datetime = Field(default_factory=utcnow, index=True)
     updated_at: datetime | None = Field(default=None)
-    # The uploaded file, stored in the data directory under its SHA-256 (see xray.storage).
+    # The uploaded file, stored in the data directory under its SHA-256 (see xray.records.storage).
     image_sha256: str = Field(index=True, max_length=64)
     image_filename: str = Field(default="", max_length=255)
     image_format: str = Field(default="", max_length=32)

@@ -2,7 +2,7 @@
 
 Used at the end of training (validation given: temperature and threshold are fitted on it and written to
 config.json) and by `python -m xray evaluate` (the model's stored temperature and threshold are used).
-Inference uses the model's own data config and `xray.transforms.build_transform`, exactly as the app does.
+Inference uses the model's own data config and `xray.imaging.transforms.build_transform`, exactly as the app does.
 """
 
 from __future__ import annotations
@@ -18,42 +18,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from xray import metrics as M
-from xray.models import LoadedModel, update_config
+from xray.inference.models import LoadedModel, update_config
+from xray.training import metrics as M
 
 logger = logging.getLogger(__name__)
 
 PLOTS = ("roc.png", "reliability.png", "confusion.png", "curves.png")
 
 
-def _batches(loaded: LoadedModel, images: Sequence[Any], batch_size: int):
-    # the app's own preprocessing (xray.predict), so evaluation scores exactly what doctors are shown
-    from xray.predict import preprocess
-
-    for start in range(0, len(images), batch_size):
-        yield preprocess(loaded, images[start : start + batch_size])
-
-
 def predict_logits(loaded: LoadedModel, images: Sequence[Any], *, batch_size: int = 32) -> np.ndarray:
-    """Raw logits (N, C) for images (XrayImage, PIL or uint8 arrays), through `xray.predict`'s code path."""
-    from xray.predict import predict_logits as forward
+    """Raw logits (N, C) for images (XrayImage, PIL or uint8 arrays), through `xray.inference.predict`'s code path."""
+    from xray.inference.predict import batches
+    from xray.inference.predict import predict_logits as forward
 
     loaded.model.eval()
-    out = [forward(loaded, batch).float().numpy() for batch in _batches(loaded, images, batch_size)]
+    out = [forward(loaded, batch).float().numpy() for batch in batches(loaded, images, batch_size)]
     return np.concatenate(out) if out else np.zeros((0, len(loaded.label_names)), dtype=np.float32)
-
-
-@torch.inference_mode()
-def extract_features(loaded: LoadedModel, images: Sequence[Any], *, batch_size: int = 32) -> np.ndarray:
-    """Penultimate features (N, D): `forward_head(forward_features(x), pre_logits=True)`, for OOD detection."""
-    loaded.model.eval()
-    model = loaded.model
-    out = [
-        model.forward_head(model.forward_features(batch), pre_logits=True).flatten(1).float().numpy()
-        for batch in _batches(loaded, images, batch_size)
-    ]
-    width = getattr(model, "head_hidden_size", None) or model.num_features
-    return np.concatenate(out) if out else np.zeros((0, width), dtype=np.float32)
 
 
 def _clean(value: Any) -> Any:
@@ -152,6 +132,140 @@ def calibrate_on_validation(
     return out
 
 
+# ---------------------------------------------------------------- per data source
+
+
+#: How the per-source table's intervals are made (stated in metrics.json, the summary and the cards).
+PER_SOURCE_CI = (
+    "95% CIs: Wilson score intervals for proportions (accuracy, sensitivity, specificity, FPR, FNR, precision, NPV; "
+    "honest for small sets and for 0 or n successes), stratified bootstrap for ROC AUC and F1"
+)
+
+
+def decision_threshold(label_names: Sequence[str], threshold: float | None) -> float | None:
+    """The threshold a model decides with: its operating threshold (binary; 0.5 without one), None (argmax)."""
+    if len(label_names) != 2:
+        return None
+    return 0.5 if threshold is None else float(threshold)
+
+
+def _proportion_counts(matrix: np.ndarray, label_names: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """(successes, trials) behind every count-based metric of `metrics.classification_metrics`, by its key."""
+    total = int(matrix.sum())
+    out = {"accuracy": (int(np.trace(matrix)), total)}
+    per_class = []
+    for k, name in enumerate(label_names):
+        tp = int(matrix[k, k])
+        fn = int(matrix[k].sum()) - tp
+        fp = int(matrix[:, k].sum()) - tp
+        tn = total - tp - fn - fp
+        counts = {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp), "fpr": (fp, fp + tn),
+                  "fnr": (fn, fn + tp), "precision": (tp, tp + fp), "npv": (tn, tn + fn)}  # fmt: skip
+        out.update({f"{key}/{name}": value for key, value in counts.items()})
+        per_class.append(counts)
+    if len(label_names) == 2:
+        out.update(per_class[1])  # binary: the positive class's figures are also the top-level ones
+    return out
+
+
+def group_metrics(
+    y_true: np.ndarray, probs: np.ndarray, label_names: list[str], threshold: float | None, *, n_boot: int, seed: int
+) -> dict[str, Any]:
+    """Every metric of one group of images (a data source, or all of them) with 95% CIs (see `PER_SOURCE_CI`).
+
+    A group holding one class only gets what is defined for it (accuracy, that class's sensitivity or the
+    specificity, counts); its ROC AUC is NaN (null in JSON).
+
+    Returns:
+        `{"n", "counts", "value", "ci95", "confusion"}`.
+    """
+    y_true = np.asarray(y_true)
+    matrix = M.confusion_matrix(y_true, M.predict_labels(probs, threshold), len(label_names))
+    value = M.classification_metrics(y_true, probs, label_names, threshold)
+    ci: dict[str, list[float]] = {}
+    if n_boot:
+        boot = M.bootstrap_ci(
+            lambda y, p: M.classification_metrics(y, p, label_names, threshold), y_true, probs, n_boot=n_boot, seed=seed
+        )
+        ci = {k: v for k, v in boot.items() if k.split("/")[0] in {"auc", "f1"}}
+    for key, (successes, trials) in _proportion_counts(matrix, label_names).items():
+        ci[key] = list(M.wilson_interval(successes, trials))
+    return {
+        "n": int(len(y_true)),
+        "counts": {name: int((y_true == k).sum()) for k, name in enumerate(label_names)},
+        "value": value,
+        "ci95": ci,
+        "confusion": matrix.tolist(),
+    }
+
+
+def per_source_metrics(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    label_names: list[str],
+    sources: Sequence[str],
+    threshold: float | None,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every metric per data source and pooled, at the model's own decision rule.
+
+    Args:
+        y_true: class indices.
+        probs: calibrated probabilities (N, C).
+        label_names: class order.
+        sources: the data source of each image (`Sample.data_source`).
+        threshold: the model's operating threshold (binary; None: 0.5), ignored for more classes (argmax).
+        n_boot: bootstrap resamples for the AUC/F1 intervals (0: none).
+        seed: bootstrap seed.
+
+    Returns:
+        `{"threshold", "ci_method", "sources": {source: group}, "pooled": group}` (groups as `group_metrics`),
+        sources in order of first appearance.
+    """
+    y_true = np.asarray(y_true)
+    sources = np.asarray([str(s) for s in sources], dtype=object)
+    if len(sources) != len(y_true):
+        raise ValueError(f"{len(sources)} data sources for {len(y_true)} images")
+    decision = decision_threshold(label_names, threshold)
+    rows = {}
+    for name in dict.fromkeys(sources.tolist()):
+        mask = sources == name
+        rows[name] = group_metrics(y_true[mask], probs[mask], label_names, decision, n_boot=n_boot, seed=seed)
+    pooled = group_metrics(y_true, probs, label_names, decision, n_boot=n_boot, seed=seed)
+    return {"threshold": decision, "ci_method": PER_SOURCE_CI, "sources": rows, "pooled": pooled}
+
+
+def shortcut_probe(per_source: dict[str, Any], label_names: Sequence[str]) -> dict[str, Any]:
+    """For each data source and each true class in it: how often the model predicts each class.
+
+    A source's images are often told apart by age, hospital or processing rather than disease: adult NORMALs of
+    one hospital called COVID-19 because every COVID-19 training image was an adult is a shortcut, visible here
+    as a large share in a wrong column. Read from the per-source confusion matrices.
+
+    Returns:
+        `{"threshold", "sources": {source: {true label: {"n", "predicted": {label: count}, "share": {label: p},
+        "ci95": {label: [low, high]}}}}}` (Wilson intervals; true classes absent from a source are left out).
+    """
+    out: dict[str, Any] = {}
+    for source, group in per_source["sources"].items():
+        rows = {}
+        for k, true in enumerate(label_names):
+            counts = [int(c) for c in group["confusion"][k]]
+            n = sum(counts)
+            if not n:
+                continue
+            rows[true] = {
+                "n": n,
+                "predicted": dict(zip(label_names, counts, strict=True)),
+                "share": {name: c / n for name, c in zip(label_names, counts, strict=True)},
+                "ci95": {name: list(M.wilson_interval(c, n)) for name, c in zip(label_names, counts, strict=True)},
+            }
+        out[source] = rows
+    return {"threshold": per_source["threshold"], "sources": out}
+
+
 def evaluate_model(
     loaded: LoadedModel,
     test_images: Sequence[Any],
@@ -162,6 +276,7 @@ def evaluate_model(
     out_dir: str | Path | None = None,
     history: list[dict[str, float]] | None = None,
     extra: dict[str, Any] | None = None,
+    sources: Sequence[str] | None = None,
     min_sensitivity: float = 0.95,
     n_boot: int = 1000,
     batch_size: int = 32,
@@ -178,6 +293,8 @@ def evaluate_model(
         out_dir: folder to write metrics.json and the plots into (None: write nothing).
         history: per-epoch training log for curves.png.
         extra: more keys for metrics.json (data description, training settings).
+        sources: the data source of each test image (`Sample.data_source`); when given, every metric is also
+            reported per source (`per_source`) with the shortcut probe (`shortcut_probe`).
         min_sensitivity: threshold rule target on validation.
         n_boot: bootstrap resamples (0: no CIs).
         batch_size: inference batch size.
@@ -211,6 +328,11 @@ def evaluate_model(
     result["test"] = evaluate_arrays(
         np.asarray(y_test), test_logits, labels, temperature=temperature, threshold=threshold, n_boot=n_boot
     )
+    if sources is not None:
+        result["per_source"] = per_source_metrics(
+            np.asarray(y_test), M.softmax(test_logits, temperature), labels, sources, threshold, n_boot=n_boot
+        )
+        result["shortcut_probe"] = shortcut_probe(result["per_source"], labels)
     if history:
         result["history"] = history
     result.update(extra or {})
@@ -224,8 +346,8 @@ def evaluate_model(
 
 
 def measure_latency(loaded: LoadedModel, image: Any, *, repeats: int = 20, warmup: int = 3) -> dict[str, float]:
-    """One-image latency of `xray.predict.predict` (transform, forward, calibrated softmax) in ms: p50 and p90."""
-    from xray.predict import predict
+    """One-image latency of `xray.inference.predict.predict` (transform, forward, calibrated softmax), ms p50/p90."""
+    from xray.inference.predict import predict
 
     times = []
     for i in range(warmup + repeats):
@@ -340,13 +462,60 @@ def _plot_curves(history: list[dict[str, float]], path: Path) -> Path:
 # ---------------------------------------------------------------- command line
 
 
+def load_evaluation_samples(path: str | Path) -> list[Any]:
+    """Samples of one `--data` path, each with the data source and split an evaluation reports.
+
+    Beyond `xray.training.data.load_samples`: a split folder (`test/`, `train/`) is that split as a whole, named
+    after its parent (`kermany-224/test` -> `kermany-224`), and a split folder of a tree whose `metadata.csv`
+    names each image's source (adult-cxr) takes the sources, patients and splits from that file
+    (`adult-cxr/test` -> `rsna`, `nih`, `radiography`).
+    """
+    import csv
+    from dataclasses import replace
+
+    from xray.training.data import SOURCE_METADATA_COLUMNS, TEST, TRAIN, load_samples, load_source_metadata
+
+    path = Path(path).expanduser()
+    split_name = path.name.lower()
+    if not path.is_dir() or split_name not in {"train", "val", "test"}:
+        return load_samples(path)
+    metadata = path.parent / "metadata.csv"
+    if metadata.is_file():
+        with metadata.open(newline="", encoding="utf-8") as handle:
+            header = set(next(csv.reader(handle), []))
+        if SOURCE_METADATA_COLUMNS <= header:
+            inside = path.resolve()
+            samples = [s for s in load_source_metadata(path.parent) if Path(s.source).resolve().is_relative_to(inside)]
+            if samples:
+                return samples
+    split = TEST if split_name == TEST else TRAIN
+    return [
+        replace(
+            s, split=s.split or split, data_source=path.parent.name if s.data_source == path.name else s.data_source
+        )
+        for s in load_samples(path)
+    ]
+
+
 def run_evaluate_command(args: Any) -> int:
-    """`python -m xray evaluate --model NAME --data DIR [--split test] [--out DIR] [--json]`."""
-    from xray.data import load_pixels, load_samples, make_splits
-    from xray.models import load_model
+    """`python -m xray evaluate --model NAME --data DIR [--data DIR2] [--label-map OLD=NEW] [--split test] [--json]`.
+
+    Every metric is reported pooled and per data source (each sample's `data_source`: per `--data` folder, or per
+    image from a `metadata.csv` that names it), with the shortcut probe.
+    """
+    from xray.errors import DatasetError
+    from xray.inference.models import load_model
+    from xray.training.data import load_pixels, make_splits, merge_labels, parse_label_map
 
     loaded = load_model(args.model)
-    sources = [load_samples(d) for d in args.data]
+    mapping = parse_label_map(getattr(args, "label_map", None))
+    sources = [merge_labels(load_evaluation_samples(d), mapping) for d in args.data]
+    unknown = sorted({s.label for source in sources for s in source} - set(loaded.label_names))
+    if unknown:
+        raise DatasetError(
+            f"Labels {unknown} in the data are not among the model's classes {loaded.label_names}; map them with "
+            f"--label-map (e.g. --label-map {unknown[0]}={loaded.label_names[-1]})."
+        )
     splits = make_splits(sources, label_names=loaded.label_names, seed=args.seed)
     if args.split == "all":
         samples = splits.train + splits.val + splits.test
@@ -364,7 +533,8 @@ def run_evaluate_command(args: Any) -> int:
         y,
         out_dir=args.out,
         n_boot=args.bootstrap,
-        extra={"data": [str(d) for d in args.data], "split": args.split},
+        sources=[s.data_source or "unknown" for s in samples],
+        extra={"data": [str(d) for d in args.data], "split": args.split, "label_map": mapping or None},
     )
     if args.json:
         print(json.dumps(result, indent=1))
@@ -373,8 +543,59 @@ def run_evaluate_command(args: Any) -> int:
     return 0
 
 
+def _number(value: float | None, ci: Sequence[float | None] | None = None, *, pct: bool = True) -> str:
+    """`93.3% [91.2, 95.2]`, `0.972 [0.957, 0.985]` or `n/a`."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    scale, unit, digits = (100, "%", 1) if pct else (1, "", 3)
+    text = f"{scale * value:.{digits}f}{unit}"
+    if ci and ci[0] is not None and ci[1] is not None:
+        text += f" [{scale * ci[0]:.{digits}f}, {scale * ci[1]:.{digits}f}]"
+    return text
+
+
+def per_source_columns(label_names: Sequence[str]) -> list[tuple[str, str, bool]]:
+    """(header, metric key, as percent) of the per-source table: AUC, accuracy, then sensitivity and specificity.
+
+    Binary models: of the positive class. More classes: macro AUC and each class's sensitivity and specificity.
+    """
+    columns = [("ROC AUC" if len(label_names) == 2 else "macro AUC", "auc", False), ("accuracy", "accuracy", True)]
+    if len(label_names) == 2:
+        return columns + [("sensitivity", "sensitivity", True), ("specificity", "specificity", True)]
+    for name in label_names:
+        columns += [(f"sens. {name}", f"sensitivity/{name}", True), (f"spec. {name}", f"specificity/{name}", True)]
+    return columns
+
+
+def format_per_source(result: dict[str, Any]) -> list[str]:
+    """Summary lines of the per-source table and the shortcut probe (none without `per_source`)."""
+    table = result.get("per_source")
+    if not table:
+        return []
+    labels = result["label_names"]
+    thr = table.get("threshold")
+    lines = [
+        f"  per data source (at {'argmax' if thr is None else f'threshold {thr:.3f}'}):",
+        f"    {table['ci_method']}",
+    ]
+    for name, group in [*table["sources"].items(), ("pooled", table["pooled"])]:
+        counts = ", ".join(f"{k} {v}" for k, v in group["counts"].items() if v)
+        lines.append(f"    {name} (n={group['n']}: {counts})")
+        for header, key, pct in per_source_columns(labels):
+            value = group["value"].get(key)
+            lines.append(f"      {header:<22} {_number(value, group['ci95'].get(key), pct=pct)}")
+    probe = result.get("shortcut_probe") or {}
+    if probe.get("sources"):
+        lines.append("  shortcut probe (per source and true class: how often each class is predicted):")
+        for source, rows in probe["sources"].items():
+            for true, row in rows.items():
+                calls = ", ".join(f"{name} {row['predicted'][name]} ({_number(row['share'][name])})" for name in labels)
+                lines.append(f"    {source} {true} (n={row['n']}) called: {calls}")
+    return lines
+
+
 def format_summary(result: dict[str, Any]) -> str:
-    """Human-readable summary of a metrics dict (test metrics with 95% CIs)."""
+    """Human-readable summary of a metrics dict (test metrics with 95% CIs, per data source when measured)."""
     lines = [f"{result['model']} ({result['architecture']}) on {result['test']['n']} images {result['test']['counts']}"]
     for key in ("at_default", "at_threshold"):
         if key not in result["test"]:
@@ -388,4 +609,5 @@ def format_summary(result: dict[str, Any]) -> str:
             lines.append(f"    {name:<24} {value:.3f}{ci_text}" if value is not None else f"    {name:<24} n/a")
     cal = result["test"]["calibration"]
     lines.append(f"  ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f} at T = {result['temperature']:.3f}")
+    lines += format_per_source(result)
     return "\n".join(lines)

@@ -67,7 +67,7 @@ GATE_FILE = "gate.json"
 
 
 def _gate_met(row: dict[str, Any]) -> str:
-    from xray.metrics import wilson_interval
+    from xray.training.metrics import wilson_interval
 
     if not row.get("n") or row.get("flagged") is None:
         return "not measured"
@@ -220,7 +220,7 @@ def render_model_card(config: dict[str, Any], result: dict[str, Any], gate: dict
         DISCLAIMER,
         "",
     ]
-    from xray.models import config_caveat
+    from xray.inference.models import config_caveat
 
     caveat = config_caveat(config)
     if caveat:
@@ -410,7 +410,7 @@ def _shipped_gate(folder: Path, bundled: str | None) -> dict[str, Any] | None:
     """gate.json of a shipped model: measured on the bundled copy in models/ (or found in the run folder)."""
     if bundled is None:
         return None
-    from xray.models import resolve_model_dir
+    from xray.inference.models import resolve_model_dir
 
     return read_gate(folder) or read_gate(resolve_model_dir(bundled)[0])
 
@@ -429,14 +429,15 @@ def build_comparison(
     Args:
         runs: (task, display name, model folder) per trained model.
         out_path: where to write model_card.md.
-        latency_image: an image file to time `xray.predict.predict` on (read with `xray.io.read_image`).
+        latency_image: an image file to time `xray.inference.predict.predict` on (read with
+            `xray.imaging.io.read_image`).
         shipped: display name -> bundled folder name for the models shipped as defaults.
         defaults: task -> paragraph saying which model is the default and why.
         notes: extra paragraphs.
     """
-    from xray.evaluate import measure_latency
-    from xray.io import read_image
-    from xray.models import load_model_dir
+    from xray.imaging.io import read_image
+    from xray.inference.models import load_model_dir
+    from xray.training.evaluate import measure_latency
 
     image = read_image(latency_image)
     entries = []

@@ -12,16 +12,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xray import crud, service, trust
+from xray.analysis import pipeline
 from xray.errors import InvalidInputError, RecordNotFoundError
-from xray.operating import operating_point
+from xray.records import crud
+from xray.trust.operating import operating_point
+from xray.web import review, service
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PNEUMONIA_JPEG = EXAMPLES / "person1951_bacteria_4882.jpeg"
 NORMAL_JPEG = EXAMPLES / "NORMAL2-IM-1438-0001.jpeg"
 TODAY = date(2025, 6, 30)
 MB = 2**20
-# A validation ROC as xray.metrics stores it (thresholds decreasing, the first clipped to 1).
+# A validation ROC as xray.training.metrics stores it (thresholds decreasing, the first clipped to 1).
 ROC = {"fpr": [0.0, 0.1, 0.3, 1.0], "tpr": [0.0, 0.6, 0.9, 1.0], "thresholds": [1.0, 0.7, 0.4, 0.0]}
 
 
@@ -58,35 +60,35 @@ def test_final_read_is_stored_and_private_to_its_doctor(session, store, doctors,
     first = _diagnose(session, store, alice, model, patient="First").record
     second = _diagnose(session, store, alice, model, patient="Second").record
     other = "NORMAL" if second.predicted_label == "PNEUMONIA" else "PNEUMONIA"
-    saved = trust.save_final_read(session, doctor=alice, record_id=first.id, choice=trust.CONFIRM, note="fine")
+    saved = review.save_final_read(session, doctor=alice, record_id=first.id, choice=review.CONFIRM, note="fine")
     assert (saved.final_read, saved.final_note) == (first.predicted_label, "fine") and saved.final_read_at
-    trust.save_final_read(session, doctor=alice, record_id=second.id, choice=other, note="missed *consolidation*")
+    review.save_final_read(session, doctor=alice, record_id=second.id, choice=other, note="missed *consolidation*")
     reloaded = crud.get_record(session, doctor=alice, record_id=second.id)
     assert reloaded.final_read == other and reloaded.predicted_label == second.predicted_label  # output unchanged
     assert reloaded.probabilities == second.probabilities
-    result = trust.agreement(session, doctor=alice)
+    result = review.agreement(session, doctor=alice)
     assert (result.agreed, result.total, result.rate) == (1, 2, 0.5)
     assert [r.id for r in result.disagreements] == [second.id]
-    text = trust.agreement_markdown(result)
+    text = review.agreement_markdown(result)
     assert "Agreement with the model: 1/2 (50%)" in text and f"record {second.id}, Second" in text
     assert f"your read **{other}**" in text and r"\*consolidation\*" in text
     # Bob can neither set nor see Alice's reads.
     with pytest.raises(RecordNotFoundError, match=f"Record {first.id} was not found"):
-        trust.save_final_read(session, doctor=bob, record_id=first.id, choice="NORMAL")
+        review.save_final_read(session, doctor=bob, record_id=first.id, choice="NORMAL")
     assert crud.get_record(session, doctor=alice, record_id=first.id).final_read == first.predicted_label
-    assert trust.agreement(session, doctor=bob).total == 0
-    assert "no final reads yet" in trust.agreement_markdown(trust.agreement(session, doctor=bob))
+    assert review.agreement(session, doctor=bob).total == 0
+    assert "no final reads yet" in review.agreement_markdown(review.agreement(session, doctor=bob))
     # Bad choices, and clearing a read.
     with pytest.raises(InvalidInputError, match="not a class"):
-        trust.save_final_read(session, doctor=alice, record_id=first.id, choice="COVID-19")
+        review.save_final_read(session, doctor=alice, record_id=first.id, choice="COVID-19")
     with pytest.raises(InvalidInputError, match="Choose your final read"):
-        trust.save_final_read(session, doctor=alice, record_id=first.id, choice="")
-    cleared = trust.save_final_read(session, doctor=alice, record_id=second.id, choice=trust.CLEAR, note="x")
+        review.save_final_read(session, doctor=alice, record_id=first.id, choice="")
+    cleared = review.save_final_read(session, doctor=alice, record_id=second.id, choice=review.CLEAR, note="x")
     assert cleared.final_read is None and cleared.final_note is None
-    assert trust.agreement(session, doctor=alice).total == 1
-    choices = trust.final_read_choices(first)
-    assert choices[0] == (f"Confirm the model ({first.predicted_label})", trust.CONFIRM)
-    assert [v for _, v in choices[1:]] == ["NORMAL", "PNEUMONIA", trust.CLEAR]
+    assert review.agreement(session, doctor=alice).total == 1
+    choices = review.final_read_choices(first)
+    assert choices[0] == (f"Confirm the model ({first.predicted_label})", review.CONFIRM)
+    assert [v for _, v in choices[1:]] == ["NORMAL", "PNEUMONIA", review.CLEAR]
 
 
 # ------------------------------------------------------------------------------------------------ operating point
@@ -95,25 +97,25 @@ def test_final_read_is_stored_and_private_to_its_doctor(session, store, doctors,
 def test_operating_point_defaults_and_markdown(session, store, doctors, model_with_roc, tiny_model_dir_3class):
     alice, _ = doctors
     info = service.describe_model(model_with_roc)
-    defaults = trust.operating_defaults(info)
+    defaults = review.operating_defaults(info)
     assert defaults.available and defaults.threshold == 0.5 and defaults.positive_label == "PNEUMONIA"
     assert defaults.prevalence == pytest.approx(0.25)  # 100 of 400 validation images
     record = _diagnose(session, store, alice, model_with_roc).record
     p = record.probabilities["PNEUMONIA"]
     expected = operating_point(ROC, 0.4, 0.1)
-    text = trust.operating_markdown(info, 0.4, 0.1, record)
+    text = review.operating_markdown(info, 0.4, 0.1, record)
     assert f"sensitivity {expected.sensitivity:.1%}" in text and f"specificity {expected.specificity:.1%}" in text
     assert f"right {expected.ppv:.1%} of the time (PPV), a negative one {expected.npv:.1%} (NPV)" in text
     # The verdict follows the slider from the stored probability (just below and just above it).
-    below = trust.operating_markdown(info, max(0.0, p - 0.01), 0.25, record)
-    above = trust.operating_markdown(info, min(1.0, p + 0.01), 0.25, record)
+    below = review.operating_markdown(info, max(0.0, p - 0.01), 0.25, record)
+    above = review.operating_markdown(info, min(1.0, p + 0.01), 0.25, record)
     assert "current result is PNEUMONIA" in below and "current result is NORMAL" in above
     assert crud.get_record(session, doctor=alice, record_id=record.id).predicted_label == record.predicted_label
     with pytest.raises(Exception, match="between 0 and 1"):
-        trust.operating_markdown(info, 1.5, 0.25, record)
+        review.operating_markdown(info, 1.5, 0.25, record)
     # Not offered without a validation ROC, nor for three-class models.
-    assert not trust.operating_defaults(service.describe_model(f"local-dir:{tiny_model_dir_3class}")).available
-    bare = trust.operating_defaults(service.ModelInfo(name="x", label_names=["A", "B"], threshold=0.5,
+    assert not review.operating_defaults(service.describe_model(f"local-dir:{tiny_model_dir_3class}")).available
+    bare = review.operating_defaults(service.ModelInfo(name="x", label_names=["A", "B"], threshold=0.5,
                                                       positive_label="B"))  # fmt: skip
     assert not bare.available and "no validation ROC" in bare.reason
 
@@ -127,8 +129,8 @@ def test_pdf_report_has_the_record_fields(session, store, doctors, tiny_model_di
     model = f"local-dir:{tiny_model_dir}"
     alice, bob = doctors
     record = _diagnose(session, store, alice, model, patient="Zoë Report").record
-    trust.save_final_read(session, doctor=alice, record_id=record.id, choice=trust.CONFIRM, note="Agree, RLL.")
-    path = trust.record_report(session, store, doctor=alice, record_id=record.id, max_pixels=50_000_000,
+    review.save_final_read(session, doctor=alice, record_id=record.id, choice=review.CONFIRM, note="Agree, RLL.")
+    path = review.record_report(session, store, doctor=alice, record_id=record.id, max_pixels=50_000_000,
                                out_dir=tmp_path)  # fmt: skip
     reader = PdfReader(path)
     assert len(reader.pages) == 1 and len(reader.pages[0].images) == 2  # image and heatmap
@@ -143,7 +145,7 @@ def test_pdf_report_has_the_record_fields(session, store, doctors, tiny_model_di
         assert f"{label} {p:.1%}" in text
     assert "About this model" not in text
     with pytest.raises(RecordNotFoundError):
-        trust.record_report(session, store, doctor=bob, record_id=record.id, max_pixels=50_000_000, out_dir=tmp_path)
+        review.record_report(session, store, doctor=bob, record_id=record.id, max_pixels=50_000_000, out_dir=tmp_path)
 
 
 def test_pdf_report_carries_the_models_caveat(session, store, doctors, tiny_model_dir, tmp_path):
@@ -151,13 +153,13 @@ def test_pdf_report_carries_the_models_caveat(session, store, doctors, tiny_mode
 
     from pypdf import PdfReader
 
-    from xray.models import update_config
+    from xray.inference.models import update_config
 
     folder = shutil.copytree(tiny_model_dir, tmp_path / "with-caveat")
     update_config(folder, caveat="Its COVID-19 output follows age and image source.")
     alice, _ = doctors
     record = _diagnose(session, store, alice, f"local-dir:{folder}").record
-    path = trust.record_report(session, store, doctor=alice, record_id=record.id, max_pixels=50_000_000,
+    path = review.record_report(session, store, doctor=alice, record_id=record.id, max_pixels=50_000_000,
                                out_dir=tmp_path)  # fmt: skip
     text = " ".join(PdfReader(path).pages[0].extract_text().split())
     assert "Warnings" in text and "About this model: Its COVID-19 output follows age and image source." in text
@@ -191,7 +193,7 @@ def test_batch_of_mixed_files_and_a_zip_gives_one_row_per_file(session, store, d
     broken = tmp_path / "broken.zip"
     broken.write_bytes(b"PK\x03\x04 not really a zip")
     seen = []
-    rows = trust.diagnose_batch(
+    rows = review.diagnose_batch(
         session, store, doctor=alice, files=[PNEUMONIA_JPEG, fake, big, photo, archive, broken],
         exam_date="2025-06-02", model_name=model, allowed_models=[model], max_upload_bytes=1 * MB,
         max_pixels=50_000_000, progress=lambda done, total, name: seen.append((done, total)), today=TODAY,
@@ -203,7 +205,7 @@ def test_batch_of_mixed_files_and_a_zip_gives_one_row_per_file(session, store, d
     ]  # fmt: skip
     good = by_file[PNEUMONIA_JPEG.name]
     assert good.error is None and good.patient == PNEUMONIA_JPEG.stem
-    assert good.gate == f"in scope ({service.NO_OOD_NOTE})"  # the test model has no ood.npz: the row says so
+    assert good.gate == f"in scope ({pipeline.NO_OOD_NOTE})"  # the test model has no ood.npz: the row says so
     assert good.label in ("NORMAL", "PNEUMONIA") and sum(good.probabilities.values()) == pytest.approx(1.0)
     assert "notes.png" in by_file["notes.png"].error and by_file["notes.png"].record_id is None
     assert "limit is 1 MiB" in by_file["big.png"].error
@@ -216,11 +218,11 @@ def test_batch_of_mixed_files_and_a_zip_gives_one_row_per_file(session, store, d
     assert sorted(r.id for r in saved) == sorted(r.record_id for r in rows if r.record_id)
     assert len(saved) == 4 and {r.exam_date for r in saved} == {date(2025, 6, 2)}
     assert crud.list_records(session, doctor=bob) == []
-    table = trust.batch_table(rows)
-    assert len(table) == 8 and len(table[0]) == len(trust.BATCH_COLUMNS)
-    exported = list(csv.DictReader(io.StringIO(trust.batch_csv(rows, out_dir=tmp_path).read_text(encoding="utf-8"))))
+    table = review.batch_table(rows)
+    assert len(table) == 8 and len(table[0]) == len(review.BATCH_COLUMNS)
+    exported = list(csv.DictReader(io.StringIO(review.batch_csv(rows, out_dir=tmp_path).read_text(encoding="utf-8"))))
     assert [r["file"] for r in exported] == list(by_file) and exported[0]["p_PNEUMONIA"]
-    assert trust.batch_caveats(rows) == [] and {r["model_caveat"] for r in exported} == {""}
+    assert review.batch_caveats(rows) == [] and {r["model_caveat"] for r in exported} == {""}
 
 
 def test_batch_decodes_each_file_once(session, store, doctors, tiny_model_dir, monkeypatch):
@@ -229,7 +231,7 @@ def test_batch_decodes_each_file_once(session, store, doctors, tiny_model_dir, m
     decoded = []
     real = service.load_image
     monkeypatch.setattr(service, "load_image", lambda data, **kw: decoded.append(kw["filename"]) or real(data, **kw))
-    rows = trust.diagnose_batch(
+    rows = review.diagnose_batch(
         session, store, doctor=alice, files=[PNEUMONIA_JPEG, NORMAL_JPEG], exam_date="2025-06-02", model_name=model,
         allowed_models=[model], max_upload_bytes=MB, max_pixels=50_000_000, today=TODAY,
     )  # fmt: skip
@@ -240,7 +242,7 @@ def test_batch_decodes_each_file_once(session, store, doctors, tiny_model_dir, m
 
 
 def test_batch_carries_the_models_caveat(session, store, doctors, tiny_model_dir, tmp_path):
-    from xray.models import update_config
+    from xray.inference.models import update_config
 
     folder = shutil.copytree(tiny_model_dir, tmp_path / "with-caveat")
     update_config(folder, caveat="Its COVID-19 output follows age and image source.")
@@ -248,13 +250,13 @@ def test_batch_carries_the_models_caveat(session, store, doctors, tiny_model_dir
     alice, _ = doctors
     fake = tmp_path / "notes.png"
     fake.write_text("not an image")
-    rows = trust.diagnose_batch(
+    rows = review.diagnose_batch(
         session, store, doctor=alice, files=[PNEUMONIA_JPEG, NORMAL_JPEG, fake], exam_date="2025-06-02",
         model_name=model, allowed_models=[model], max_upload_bytes=MB, max_pixels=50_000_000, today=TODAY,
     )  # fmt: skip
     # shown once above the table, however many rows the model answered
-    assert trust.batch_caveats(rows) == ["About this model: Its COVID-19 output follows age and image source."]
-    exported = list(csv.DictReader(io.StringIO(trust.batch_csv(rows, out_dir=tmp_path).read_text(encoding="utf-8"))))
+    assert review.batch_caveats(rows) == ["About this model: Its COVID-19 output follows age and image source."]
+    exported = list(csv.DictReader(io.StringIO(review.batch_csv(rows, out_dir=tmp_path).read_text(encoding="utf-8"))))
     assert [r["model_caveat"] for r in exported] == ["Its COVID-19 output follows age and image source."] * 2 + [""]
 
 
@@ -262,16 +264,16 @@ def test_batch_refuses_zip_bombs_and_empty_uploads(session, store, doctors, tiny
     model = f"local-dir:{tiny_model_dir}"
     alice, _ = doctors
     with pytest.raises(InvalidInputError, match="Upload one or more"):
-        trust.diagnose_batch(session, store, doctor=alice, files=[], exam_date="2025-06-02", model_name=model,
+        review.diagnose_batch(session, store, doctor=alice, files=[], exam_date="2025-06-02", model_name=model,
                              allowed_models=[model], max_upload_bytes=MB, max_pixels=10**7, today=TODAY)  # fmt: skip
     # 5 MiB of zeros compresses to a few KiB; with a 1 MiB expansion limit the zip is refused unread.
     bomb = _zip(tmp_path / "bomb.zip", {"a.png": bytes(5 * MB)})
-    monkeypatch.setattr(trust, "MAX_ZIP_TOTAL_BYTES", MB)
-    items = trust.batch_items([bomb], max_bytes=10 * MB)
+    monkeypatch.setattr(review, "MAX_ZIP_TOTAL_BYTES", MB)
+    items = review.batch_items([bomb], max_bytes=10 * MB)
     assert len(items) == 1 and "expands to 5 MiB" in items[0].error
-    monkeypatch.setattr(trust, "MAX_ZIP_ENTRIES", 3)
+    monkeypatch.setattr(review, "MAX_ZIP_ENTRIES", 3)
     many = _zip(tmp_path / "many.zip", {f"{i}.png": b"x" for i in range(5)})
-    assert "at most 3" in trust.batch_items([many], max_bytes=MB)[0].error
+    assert "at most 3" in review.batch_items([many], max_bytes=MB)[0].error
     assert crud.list_records(session, doctor=alice) == []
 
 
@@ -281,7 +283,7 @@ def test_batch_refuses_zip_bombs_and_empty_uploads(session, store, doctors, tiny
 def test_an_existing_database_gets_the_new_nullable_columns(tmp_path):
     from sqlalchemy import inspect, text
 
-    from xray.db import init_db, make_engine
+    from xray.records.db import init_db, make_engine
 
     engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
     init_db(engine)

@@ -5,9 +5,14 @@ Accepted sources (never a hard-coded path):
   official test split, as in Kermany's data set);
 - a CSV file of `path,label[,group]` rows (a header row is optional; paths relative to the CSV's folder);
 - a covid-chestxray folder (Cohen et al.; `metadata.csv` with `patientid`, `finding`, `filename`);
+- a class-per-folder tree with a `metadata.csv` of `path,label,source,patient_id[,split]` (adult-cxr: several
+  hospitals in one folder; each image's data source and patient come from the file);
 - a Hugging Face dataset id, loaded with `datasets` (an image column and a ClassLabel column).
 
-Every sample carries a `group` (the patient when known) so that no patient is on both sides of a split.
+Every sample carries a `group` (the patient when known) so that no patient is on both sides of a split, and a
+`data_source` (hospital or collection: `kermany-224`, `covid-chestxray`, `rsna`, `nih`, ...) so that validation
+holds every data source, training can keep a small source from being drowned by a large one, and evaluation can
+report every figure per source.
 """
 
 from __future__ import annotations
@@ -42,12 +47,14 @@ class Sample:
         label: class name.
         group: patient (or other) id that must stay on one side of a split.
         split: `train` or `test` when the source fixes it, else None (carved later).
+        data_source: the hospital or collection the image comes from (per-source validation and evaluation).
     """
 
     source: Any
     label: str
     group: str
     split: str | None = None
+    data_source: str = ""
 
 
 @dataclass
@@ -102,15 +109,19 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
 
 
-def load_image_folder(root: Path, *, prefix: str = "") -> list[Sample]:
-    """Samples from a class-per-folder tree, with `train/` and `test/` splits when the tree has them."""
+def load_image_folder(root: Path, *, prefix: str = "", data_source: str | None = None) -> list[Sample]:
+    """Samples from a class-per-folder tree, with `train/` and `test/` splits when the tree has them.
+
+    Every sample's `data_source` is `data_source`, default the folder's name.
+    """
+    data_source = data_source or root.name
     split_dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and d.name.lower() in {"train", "val", "test"}]
     trees = [(d, TEST if d.name.lower() == TEST else TRAIN) for d in split_dirs] or [(root, None)]
     samples = []
     for tree, split in trees:
         for class_dir in sorted(d for d in tree.iterdir() if d.is_dir()):
             for path in _images_in(class_dir):
-                samples.append(Sample(path, class_dir.name, prefix + kermany_patient_id(path), split))
+                samples.append(Sample(path, class_dir.name, prefix + kermany_patient_id(path), split, data_source))
     if not samples:
         raise DatasetError(
             f"No images under '{root}'. Expected one sub-folder per class (e.g. NORMAL/, PNEUMONIA/), "
@@ -120,7 +131,10 @@ def load_image_folder(root: Path, *, prefix: str = "") -> list[Sample]:
 
 
 def load_csv(path: Path, *, prefix: str = "") -> list[Sample]:
-    """Samples from a CSV of `path,label[,group]` rows; relative paths are taken from the CSV's folder."""
+    """Samples from a CSV of `path,label[,group[,source]]` rows; relative paths are taken from the CSV's folder.
+
+    The data source defaults to the CSV file's stem.
+    """
     samples = []
     with path.open(newline="", encoding="utf-8") as handle:
         for i, row in enumerate(csv.reader(handle)):
@@ -133,7 +147,8 @@ def load_csv(path: Path, *, prefix: str = "") -> list[Sample]:
             if not image.is_file():
                 raise DatasetError(f"{path} line {i + 1}: image '{image}' does not exist.")
             group = row[2].strip() if len(row) > 2 and row[2].strip() else kermany_patient_id(image)
-            samples.append(Sample(image, row[1].strip(), prefix + group))
+            source = row[3].strip() if len(row) > 3 and row[3].strip() else path.stem
+            samples.append(Sample(image, row[1].strip(), prefix + group, data_source=source))
     if not samples:
         raise DatasetError(f"{path} has no rows; expected path,label[,group].")
     return samples
@@ -182,10 +197,69 @@ def load_covid_chestxray(root: Path, *, prefix: str = "covid:") -> list[Sample]:
         if label is None or row["filename"] in seen or not image.is_file():
             continue
         seen.add(row["filename"])
-        samples.append(Sample(image, label, prefix + find(row["patientid"].strip())))
+        samples.append(Sample(image, label, prefix + find(row["patientid"].strip()), data_source=root.name))
     if not samples:
         raise DatasetError(f"No usable rows in {root / 'metadata.csv'} (images expected under {root / 'images'}).")
     return samples
+
+
+#: Columns of a folder's `metadata.csv` that names each image's data source and patient (adult-cxr).
+SOURCE_METADATA_COLUMNS = frozenset({"path", "label", "source", "patient_id"})
+
+
+def load_source_metadata(root: Path) -> list[Sample]:
+    """Samples of a folder whose `metadata.csv` has `path,label,source,patient_id[,split]` rows (adult-cxr).
+
+    Paths are relative to the folder; the split comes from the `split` column (`test` is kept as the test split),
+    else from a `test/` path prefix. Patients are grouped within their source (`source:patient_id`).
+    """
+    samples = []
+    with (root / "metadata.csv").open(newline="", encoding="utf-8") as handle:
+        for i, row in enumerate(csv.DictReader(handle), 2):
+            image = root / row["path"].strip()
+            if not image.is_file():
+                raise DatasetError(f"{root / 'metadata.csv'} line {i}: image '{image}' does not exist.")
+            split = (row.get("split") or "").strip().lower() or Path(row["path"]).parts[0].lower()
+            source = row["source"].strip()
+            samples.append(
+                Sample(image, row["label"].strip(), f"{source}:{row['patient_id'].strip()}",
+                       TEST if split == TEST else TRAIN, source)  # fmt: skip
+            )
+    if not samples:
+        raise DatasetError(f"{root / 'metadata.csv'} has no rows.")
+    return samples
+
+
+def merge_labels(samples: Sequence[Sample], mapping: dict[str, str]) -> list[Sample]:
+    """Samples with labels renamed by `mapping` (e.g. COVID-19 -> PNEUMONIA for a two-class pneumonia model)."""
+    from dataclasses import replace
+
+    return [replace(s, label=mapping.get(s.label, s.label)) for s in samples]
+
+
+def parse_label_map(text: str | None) -> dict[str, str]:
+    """`"COVID-19=PNEUMONIA,X=Y"` -> {"COVID-19": "PNEUMONIA", "X": "Y"}."""
+    mapping = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        old, sep, new = part.partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise DatasetError(f"Label map entry '{part}' is not OLD=NEW (e.g. COVID-19=PNEUMONIA).")
+        mapping[old.strip()] = new.strip()
+    return mapping
+
+
+def source_weights(samples: Sequence[Sample], power: float) -> np.ndarray:
+    """Per-sample sampling weights under which each data source is drawn in proportion to `size ** power`.
+
+    `power` 1 keeps the data as it is (Kermany's 5,000 images dominate), 0 draws every source equally often
+    (a 140-image source is then repeated 35 times as often as a Kermany image), 0.5 is the usual compromise
+    (square-root sampling). Weights sum to 1.
+    """
+    counts = Counter(s.data_source for s in samples)
+    weights = np.array([counts[s.data_source] ** (power - 1.0) for s in samples], dtype=np.float64)
+    return weights / weights.sum()
 
 
 def load_hf_dataset(name: str) -> list[Sample]:
@@ -208,7 +282,7 @@ def load_hf_dataset(name: str) -> list[Sample]:
         split = TEST if split_name == TEST else TRAIN
         for i, row in enumerate(part):
             group = str(row[group_col]) if group_col else f"{name}:{split_name}:{i}"
-            samples.append(Sample(row[image_col], names[row[label_col]], group, split))
+            samples.append(Sample(row[image_col], names[row[label_col]], group, split, name))
     return samples
 
 
@@ -219,6 +293,11 @@ def load_samples(source: str | Path) -> list[Sample]:
         return load_csv(path, prefix=f"{path.stem}:")
     if path.is_dir() and (path / "metadata.csv").is_file() and (path / "images").is_dir():
         return load_covid_chestxray(path)
+    if path.is_dir() and (path / "metadata.csv").is_file():
+        with (path / "metadata.csv").open(newline="", encoding="utf-8") as handle:
+            header = set(next(csv.reader(handle), []))
+        if SOURCE_METADATA_COLUMNS <= header:
+            return load_source_metadata(path)
     if path.is_dir():
         return load_image_folder(path, prefix=f"{path.name}:")
     raise DatasetError(
@@ -264,7 +343,8 @@ def make_splits(
     """Build train/val/test from one or more sources.
 
     A source with its own test split keeps it; a source without one has `test_fraction` of its patients held
-    out as test. Validation is then carved from each source's training samples, stratified and grouped by patient.
+    out as test. Validation is then carved from each data source's training samples (a folder holding several
+    hospitals is carved per hospital, so every data source is represented), stratified and grouped by patient.
 
     Args:
         sources: sample lists from `load_samples` / `load_hf_dataset`.
@@ -283,20 +363,29 @@ def make_splits(
     val: list[Sample] = []
     test: list[Sample] = []
     for source in sources:
-        if any(s.split == TEST for s in source):
-            pool = [s for s in source if s.split != TEST]
-            test += [s for s in source if s.split == TEST]
-        else:
-            pool, held = split_by_group(source, test_fraction, seed=seed, label_names=names)
-            test += held
-        # Validation is carved per source, so a source's validation patients are the same whichever other
-        # sources join it (a model fine-tuned from a kermany-only model never validates on its training images).
-        rest, held = split_by_group(pool, val_fraction, seed=seed + 1, label_names=names)
-        train += rest
-        val += held
+        for part in _by_data_source(source):
+            if any(s.split == TEST for s in part):
+                pool = [s for s in part if s.split != TEST]
+                test += [s for s in part if s.split == TEST]
+            else:
+                pool, held = split_by_group(part, test_fraction, seed=seed, label_names=names)
+                test += held
+            # Validation is carved per data source, so a source's validation patients are the same whichever other
+            # sources join it (a model fine-tuned from a kermany-only model never validates on its training images).
+            rest, held = split_by_group(pool, val_fraction, seed=seed + 1, label_names=names)
+            train += rest
+            val += held
     splits = Splits(label_names=names, train=train, val=val, test=test)
     check_disjoint(splits)
     return splits
+
+
+def _by_data_source(samples: Sequence[Sample]) -> list[list[Sample]]:
+    """Samples grouped by `data_source`, in order of first appearance (one group for a single-source folder)."""
+    parts: dict[str, list[Sample]] = {}
+    for s in samples:
+        parts.setdefault(s.data_source, []).append(s)
+    return list(parts.values())
 
 
 def check_disjoint(splits: Splits) -> None:
@@ -322,9 +411,9 @@ def check_disjoint(splits: Splits) -> None:
 
 
 def read_pixels(sample: Sample, size: tuple[int, int] | None = None, interpolation: str = "bilinear") -> np.ndarray:
-    """Decode a sample with `xray.io.read_image` (as the app does) into uint8 pixels, optionally pre-resized.
+    """Decode a sample with `xray.imaging.io.read_image` (as the app does) into uint8 pixels, optionally pre-resized.
 
-    Pre-resizing goes through `xray.transforms.resize_pixels`, the transform's own resize, so the cached pixels
+    Pre-resizing goes through `xray.imaging.transforms.resize_pixels`, the transform's own resize, so the cached pixels
     are exactly what the transform would produce (resizing to the same size is then a no-op), at a fraction of
     the memory. Grey images are kept as HxW (the transform turns them into three channels).
 
@@ -333,8 +422,8 @@ def read_pixels(sample: Sample, size: tuple[int, int] | None = None, interpolati
         size: (height, width) to resize to, or None to keep the original size.
         interpolation: `bilinear`, `bicubic` or `nearest` (the model's data config).
     """
-    from xray.io import read_image
-    from xray.transforms import resize_pixels
+    from xray.imaging.io import read_image
+    from xray.imaging.transforms import resize_pixels
 
     if isinstance(sample.source, (str, Path)):
         image = read_image(sample.source).pixels

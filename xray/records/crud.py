@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import delete, func, or_, update
 from sqlmodel import Session, col, select
 
-from xray.db import Doctor, Record, SignInEvent, utcnow
+from xray.records.db import Doctor, Record, SignInEvent, utcnow
 
 #: Record columns a caller may set at creation (the owner and id are set here, never by the caller).
 _RECORD_FIELDS = frozenset(Record.model_fields) - {"id", "doctor_id", "created_at", "updated_at"}

@@ -1,7 +1,7 @@
 """Trust features of the web app, without the web: operating point, the doctor's final read, PDF report, batch.
 
-Like `xray.service`, every function that touches records takes the signed-in `Doctor` and goes through
-`xray.crud`, whose queries only see that doctor's rows. The model's stored output is never changed here: the
+Like `xray.web.service`, every function that touches records takes the signed-in `Doctor` and goes through
+`xray.records.crud`, whose queries only see that doctor's rows. The model's stored output is never changed here: the
 operating point recomputes a verdict from stored probabilities, and the final read is kept in its own fields.
 """
 
@@ -21,11 +21,12 @@ from typing import Any
 
 from sqlmodel import Session
 
-from xray import crud, service
-from xray.db import Doctor, Record
 from xray.errors import InvalidInputError, OperatingPointError, XrayError
-from xray.io import IMAGE_EXTENSIONS
-from xray.storage import ImageStore
+from xray.imaging.io import IMAGE_EXTENSIONS
+from xray.records import crud
+from xray.records.db import Doctor, Record
+from xray.records.storage import ImageStore
+from xray.web import service
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class OperatingDefaults:
 
 def operating_defaults(info: service.ModelInfo | None) -> OperatingDefaults:
     """The model's threshold and validation prevalence; unavailable for non-binary models or without an ROC."""
-    from xray.operating import roc_from_metrics, validation_prevalence
+    from xray.trust.operating import roc_from_metrics, validation_prevalence
 
     if info is None or info.error or info.threshold is None or not info.positive_label:
         return OperatingDefaults(False, reason="The operating point applies to two-class models only.")
@@ -79,7 +80,7 @@ def operating_markdown(
     Raises:
         OperatingPointError: threshold or prevalence outside 0..1.
     """
-    from xray.operating import describe, operating_point, roc_from_metrics
+    from xray.trust.operating import describe, operating_point, roc_from_metrics
 
     defaults = operating_defaults(info)
     if not defaults.available or info is None:
@@ -210,8 +211,8 @@ def record_report(
     Raises:
         RecordNotFoundError, ImageReadError.
     """
-    from xray.lungs import heat_warning
-    from xray.report import build_report
+    from xray.trust.lungs import heat_warning
+    from xray.trust.report import build_report
 
     detail = service.open_record(session, store, doctor=doctor, record_id=record_id, max_pixels=max_pixels)
     record = detail.record
@@ -378,6 +379,8 @@ def diagnose_batch(
     Raises:
         InvalidInputError: nothing uploaded, a bad exam date or model (checked before any file is processed).
     """
+    from xray.analysis.pipeline import input_check_text
+
     fallback_date = service.parse_exam_date(exam_date, today=today)
     service.load_registered_model(model_name, allowed_models)  # a bad model fails the batch, not each row
     items = batch_items(files, max_bytes=max_upload_bytes)
@@ -416,7 +419,7 @@ def diagnose_batch(
         row.record_id = result.record.id
         row.label = result.label
         row.probabilities = dict(result.probabilities)
-        row.gate = service.input_check_text(result.gate, result.gate_note)
+        row.gate = input_check_text(result.gate, result.gate_note)
         row.caveat = result.model.caveat
     if progress is not None:
         progress(len(items), len(items), "done")

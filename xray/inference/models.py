@@ -53,7 +53,7 @@ class LoadedModel:
         config: the whole parsed config.json.
         metrics: parsed metrics.json when present, else {}.
         lock: serialises Grad-CAM, whose hooks on the shared module must not interleave between threads.
-        accelerated: compute the feature extractor with ONNX Runtime (`xray.accel`); PyTorch otherwise.
+        accelerated: compute the feature extractor with ONNX Runtime (`xray.inference.accel`); PyTorch otherwise.
     """
 
     name: str
@@ -85,7 +85,7 @@ class LoadedModel:
     @cached_property
     def transform(self) -> Any:
         """The evaluation transform (whole-image resize, the config's input JPEG step, normalisation)."""
-        from xray.transforms import build_transform
+        from xray.imaging.transforms import build_transform
 
         return build_transform(self.data_config, jpeg_quality=self.config.get(INPUT_JPEG_KEY))
 
@@ -119,7 +119,8 @@ def resolve_model_dir(name: str) -> tuple[Path, str | None]:
         if not (path / CONFIG_NAME).is_file():
             raise ModelNotFoundError(
                 f"Model folder '{path}' has no {CONFIG_NAME}. A local-dir: model must be a folder written by "
-                f"xray.models.save_model or timm's save_for_hf ({CONFIG_NAME} with label_names, {WEIGHTS_NAME})."
+                f"xray.inference.models.save_model or timm's save_for_hf ({CONFIG_NAME} with label_names, "
+                f"{WEIGHTS_NAME})."
             )
         return path, None
     bundled = get_settings().models_dir / name
@@ -141,7 +142,7 @@ def _resolve_hub(repo: str) -> tuple[Path, str | None]:
         folder = snapshot_download(
             repo_id,
             revision=revision,
-            # ood.npz: the input gate's out-of-distribution statistics (xray.gate)
+            # ood.npz: the input gate's out-of-distribution statistics (xray.trust.gate)
             allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, METRICS_NAME, "*.png", "ood.npz"],
         )
     except LocalEntryNotFoundError as exc:
@@ -170,7 +171,8 @@ def list_bundled_models() -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / CONFIG_NAME).is_file())
 
 
-#: config.json key: JPEG quality every input passes through after the resize (`xray.transforms.build_transform`).
+#: config.json key: JPEG quality every input passes through after the resize
+#: (`xray.imaging.transforms.build_transform`).
 INPUT_JPEG_KEY = "input_jpeg_quality"
 
 
@@ -194,7 +196,7 @@ def read_config(path: Path) -> dict[str, Any]:
         raise ModelConfigError(
             f"{path / CONFIG_NAME} has {len(config['label_names'])} label_names for {config['num_classes']} classes."
         )
-    from xray.transforms import check_jpeg_quality
+    from xray.imaging.transforms import check_jpeg_quality
 
     try:
         check_jpeg_quality(config.get(INPUT_JPEG_KEY))
@@ -233,7 +235,7 @@ def load_model_dir(
     """
     from safetensors.torch import load_file
 
-    from xray.transforms import data_config_for
+    from xray.imaging.transforms import data_config_for
 
     config = read_config(path)
     weights = path / WEIGHTS_NAME
@@ -258,7 +260,7 @@ def load_model_dir(
     if version is None:
         version = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
     if accelerated is None:
-        from xray.accel import onnx_available
+        from xray.inference.accel import onnx_available
 
         accelerated = get_settings().onnx and onnx_available()
     return LoadedModel(

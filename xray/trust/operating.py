@@ -1,6 +1,6 @@
 """Expected sensitivity, specificity, PPV and NPV at any threshold, from the model's validation ROC.
 
-The ROC comes from metrics.json (`metrics["validation"]["roc"]`, written by `xray.evaluate` from the validation
+The ROC comes from metrics.json (`metrics["validation"]["roc"]`, written by `xray.training.evaluate` from the validation
 split carved out of the training data, never the test set): lists `fpr`, `tpr` and `thresholds`, with
 thresholds in decreasing order as scikit-learn's `roc_curve` returns them (rule: positive when
 p >= threshold). Intermediate points are dropped when it is stored, so between two stored points the rates

@@ -23,9 +23,9 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from xray import crud
-from xray.db import Doctor, utcnow
 from xray.errors import AccountError
+from xray.records import crud
+from xray.records.db import Doctor, utcnow
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Two kinds of checks, each finding with a `code` and a doctor-readable `reason`:
 
 Image statistics and DICOM header (`check_image`; thresholds set on the training images, see below):
 - `too_small`: shorter side under `MIN_SIDE` px;
-- `color`: a colour image (`xray.io.color_image`: more than 2% of pixels clearly coloured);
+- `color`: a colour image (`xray.imaging.io.color_image`: more than 2% of pixels clearly coloured);
 - `blank`: nearly uniform (grey-level spread or standard deviation far below any training image);
 - `inverted`: grey levels reversed (bones dark, lungs bright), by correlation with the average layout of a
   frontal chest X-ray (`FRONTAL_LAYOUT`);
@@ -259,7 +259,7 @@ def check_image(image: Any) -> list[GateFinding]:
     Returns:
         The findings, empty when nothing looks out of scope.
     """
-    from xray.io import color_image
+    from xray.imaging.io import color_image
 
     pixels = np.asarray(getattr(image, "pixels", image))
     metadata = dict(getattr(image, "metadata", None) or {})
@@ -442,7 +442,7 @@ def save_ood(stats: OodStats, model_dir: str | Path, *, half: bool = False) -> P
     Returns:
         The path of the written file.
     """
-    from xray.models import update_config
+    from xray.inference.models import update_config
 
     folder = Path(model_dir)
     path = folder / OOD_FILE
@@ -519,7 +519,7 @@ def record_in_scope_flagged(model_dir: str | Path, *, set_name: str, flagged: in
     Raises:
         OodStatsError: the model folder has no OOD statistics.
     """
-    from xray.models import read_config, update_config
+    from xray.inference.models import read_config, update_config
 
     entry = read_config(Path(model_dir)).get(OOD_CONFIG_KEY)
     if not entry:
@@ -547,7 +547,7 @@ def ood_stats_for(loaded: Any) -> OodStats | None:
 
 def penultimate_features(loaded: Any, images: Sequence[Any]) -> np.ndarray:
     """(N, D) penultimate features of images through the model's own evaluation transform."""
-    from xray.evaluate import extract_features
+    from xray.inference.predict import extract_features
 
     return extract_features(loaded, list(images))
 
@@ -560,7 +560,7 @@ def ood_view(image: Any, size: tuple[int, int]) -> np.ndarray:
     """
     from PIL import Image
 
-    from xray.transforms import jpeg_round_trip
+    from xray.imaging.transforms import jpeg_round_trip
 
     pixels = np.asarray(getattr(image, "pixels", image))
     picture = Image.fromarray(np.ascontiguousarray(pixels)).convert("RGB")
@@ -599,7 +599,7 @@ def fit_model_ood(
     float16 (see `save_ood`; on the EfficientNet-Lite0 statistics it changed distances by at most 0.02% and
     halved ood.npz to 3.3 MB).
     """
-    from xray.models import INPUT_JPEG_KEY
+    from xray.inference.models import INPUT_JPEG_KEY
 
     view = not (loaded.config or {}).get(INPUT_JPEG_KEY)
     features_train = ood_features(loaded, train_images) if view else penultimate_features(loaded, train_images)

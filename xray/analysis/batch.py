@@ -1,4 +1,8 @@
-"""Classify many files at once: the engine of `python -m xray predict` (files or folders, per-file errors)."""
+"""Classify many files at once: the engine of `python -m xray predict` (files or folders, per-file errors).
+
+Every file goes through `xray.analysis.pipeline.analyse_many`, the same pipeline as the app: each row carries the
+input gate's verdict (`in_scope`, `reasons`) next to the prediction.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +19,10 @@ from typing import IO
 from PIL import Image
 from tqdm import tqdm
 
+from xray.analysis.pipeline import analyse_many
 from xray.errors import XrayError
-from xray.io import IMAGE_EXTENSIONS, read_image
-from xray.models import LoadedModel, load_model
-from xray.predict import predict
+from xray.imaging.io import IMAGE_EXTENSIONS, read_image
+from xray.inference.models import LoadedModel, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +35,14 @@ class FileResult:
     model: str
     label: str | None = None
     probabilities: dict[str, float] | None = None
+    in_scope: bool | None = None
+    reasons: list[str] | None = None
     error: str | None = None
 
     def as_dict(self) -> dict:
         """JSON-ready dict; `error` only appears for failed files."""
-        out = {"file": self.file, "label": self.label, "probabilities": self.probabilities, "model": self.model}
+        out = {"file": self.file, "label": self.label, "probabilities": self.probabilities, "model": self.model,
+               "in_scope": self.in_scope, "reasons": self.reasons}  # fmt: skip
         if self.error:
             out["error"] = self.error
         return out
@@ -68,8 +75,11 @@ def predict_files(
     cam_names: set[str] = set()
 
     def flush() -> None:
-        for (result, image), prediction in zip(pending, predict(loaded, [img for _, img in pending]), strict=True):
-            result.label, result.probabilities = prediction.label, prediction.probabilities
+        images = [img for _, img in pending]
+        analyses = analyse_many(loaded, images, batch_size=batch_size, heatmaps=cam_dir is not None)
+        for (result, _image), analysis in zip(pending, analyses, strict=True):
+            result.label, result.probabilities = analysis.label, analysis.probabilities
+            result.in_scope, result.reasons = analysis.in_scope, analysis.reasons
             if cam_dir is not None:
                 # Same file names in different folders (NORMAL/x.png, PNEUMONIA/x.png) must not overwrite each other.
                 name, n = f"{Path(result.file).stem}_cam.png", 1
@@ -77,7 +87,8 @@ def predict_files(
                     n += 1
                     name = f"{Path(result.file).stem}_{n}_cam.png"
                 cam_names.add(name)
-                _write_cam(loaded, image, cam_dir / name)
+                cam_dir.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(analysis.explanation.overlay()).save(cam_dir / name)
         pending.clear()
 
     for path in tqdm(files, desc="predict", unit="img", disable=not progress, file=sys.stderr):
@@ -95,21 +106,17 @@ def predict_files(
     return results
 
 
-def _write_cam(loaded: LoadedModel, image: object, out: Path) -> None:
-    from xray.explain import explain
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _, explanation = explain(loaded, image)
-    Image.fromarray(explanation.overlay()).save(out)
-
-
 def write_csv(results: list[FileResult], label_names: list[str], stream: IO[str]) -> None:
-    """Write one CSV row per file: file, model, label, one probability column per class, error."""
+    """Write one CSV row per file: file, model, label, one probability column per class, in_scope, reasons, error.
+
+    `in_scope` is true/false (empty for unreadable files); `reasons` joins the gate's reasons with " | ".
+    """
     writer = csv.writer(stream)
-    writer.writerow(["file", "model", "label", *[f"p_{name}" for name in label_names], "error"])
+    writer.writerow(["file", "model", "label", *[f"p_{name}" for name in label_names], "in_scope", "reasons", "error"])
     for r in results:
         probs = [f"{r.probabilities[n]:.6f}" if r.probabilities else "" for n in label_names]
-        writer.writerow([r.file, r.model, r.label or "", *probs, r.error or ""])
+        scope = "" if r.in_scope is None else str(r.in_scope).lower()
+        writer.writerow([r.file, r.model, r.label or "", *probs, scope, " | ".join(r.reasons or []), r.error or ""])
 
 
 def run_predict_command(args: argparse.Namespace) -> int:
@@ -130,6 +137,8 @@ def run_predict_command(args: argparse.Namespace) -> int:
         width = max(len(r.file) for r in results)
         for r in results:
             detail = r.error or "  ".join(f"{k}={v:.3f}" for k, v in (r.probabilities or {}).items())
+            if r.in_scope is False:
+                detail += "  OUT OF SCOPE: " + " ".join(r.reasons or [])
             print(f"{r.file:<{width}}  {r.label or 'ERROR':<12}  {detail}")
     if args.csv == "-":
         write_csv(results, loaded.label_names, sys.stdout)

@@ -18,8 +18,8 @@ import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
 
-from xray.models import LoadedModel
-from xray.predict import Prediction, preprocess, to_prediction
+from xray.inference.models import LoadedModel
+from xray.inference.predict import Prediction, preprocess, to_prediction
 
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM}
 
@@ -36,7 +36,7 @@ class Explanation:
         target_label: the class explained.
         method: one of `METHODS`.
         features: the penultimate features (the classifier's input) from the same forward pass, for the
-            input gate's out-of-distribution score (`xray.gate.assess`).
+            input gate's out-of-distribution score (`xray.trust.gate.assess`).
     """
 
     heatmap: np.ndarray
@@ -143,7 +143,7 @@ def explain(
     """Predict one image and explain a class with a CAM, from one forward and one backward pass.
 
     Args:
-        loaded: a model from `xray.models.load_model`.
+        loaded: a model from `xray.inference.models.load_model`.
         image: an `XrayImage`, PIL image or HxW(x3) uint8 array.
         target_label: the class to explain; default: the predicted class.
         method: "gradcam", "gradcam++" or "hirescam".
@@ -165,7 +165,7 @@ def explain(
     classifier = loaded.model.get_classifier() if hasattr(loaded.model, "get_classifier") else None
     feature_map = None
     if loaded.accelerated:
-        from xray.accel import forward_features
+        from xray.inference.accel import forward_features
 
         feature_map = forward_features(loaded, batch).requires_grad_(True)
     # Hooks on the shared module must not interleave between threads serving different requests.

@@ -1,8 +1,10 @@
-"""Chest X-ray decision support web app (Gradio Blocks): builds the interface and binds events to `xray`.
+"""Chest X-ray decision support web app (Gradio Blocks): builds the interface and binds events to `xray.web`.
 
 Run `python app.py` (or `make run`). Doctors sign in with accounts from `python -m xray users add NAME`;
 every handler takes the doctor from the server-side session (`gr.Request.username`), never from a form field.
-The logic lives in `xray.web.service`; this file only lays out components and turns exceptions into messages.
+The logic lives in `xray.web` (one module per tab); this file only lays out components, binds events and turns
+exceptions into messages. `build_demo` assembles the tabs; each `_..._tab` function builds one tab's components
+and events; the handlers below take the `AppContext` first and the components' values after it.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import html
+import inspect
 import logging
 import os
 import secrets
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -30,8 +34,13 @@ from starlette.routing import Route
 import xray
 from xray.config import Settings, get_settings
 from xray.errors import XrayError
+from xray.imaging.io import IMAGE_EXTENSIONS
 from xray.records import auth
-from xray.web import review, service
+from xray.records.db import Doctor
+from xray.records.storage import ImageStore
+from xray.web import batch, compare, diagnose, forms, history, operating, registry, review, startup, views
+from xray.web.registry import ModelInfo
+from xray.web.views import HeatmapView
 
 logger = logging.getLogger("xray.app")
 
@@ -41,7 +50,7 @@ CSS = """
 .xray-notice p {margin: 0; color: #78350f;}
 .xray-gate {border: 2px solid #b91c1c; background: #fef2f2; padding: 8px 12px; border-radius: 4px;}
 """
-NOTICE_HTML = f'<div class="xray-notice" role="note"><p><strong>{service.NOTICE}</strong></p></div>'
+NOTICE_HTML = f'<div class="xray-notice" role="note"><p><strong>{views.NOTICE}</strong></p></div>'
 
 
 def _on_space() -> bool:
@@ -77,605 +86,770 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+# ---------------------------------------------------------------------------------------------- context
+
+
+@dataclass
+class AppContext:
+    """What every tab and handler shares: settings, database, image store and the registered models."""
+
+    settings: Settings
+    engine: Engine
+    store: ImageStore
+    models: list[str]
+    infos: dict[str, ModelInfo]
+
+    @property
+    def max_bytes(self) -> int:
+        """Upload size limit in bytes."""
+        return int(self.settings.max_upload_mb * 2**20)
+
+    @property
+    def max_pixels(self) -> int:
+        """Decoded image size limit in pixels."""
+        return self.settings.max_image_pixels
+
+    @property
+    def default_model(self) -> str | None:
+        """The model preselected in every selector (the first registered one)."""
+        return self.models[0] if self.models else None
+
+    @property
+    def model_choices(self) -> list[tuple[str, str]]:
+        """(shown, name) pairs for a model dropdown, with each model's headline test metrics."""
+        return [(self.infos[n].choice_label, n) for n in self.models]
+
+    @property
+    def all_labels(self) -> list[str]:
+        """Every class any registered model has, sorted."""
+        return sorted({label for info in self.infos.values() for label in info.label_names})
+
+    @property
+    def upload_types(self) -> list[str]:
+        """File extensions the upload fields accept."""
+        return sorted(IMAGE_EXTENSIONS)
+
+    def doctor(self, session: Session, request: gr.Request | None) -> Doctor:
+        """The signed-in doctor of this request (`NotSignedInError` without an enabled account)."""
+        return startup.require_doctor(session, getattr(request, "username", None))
+
+    def handler(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn(ctx, *inputs)` as an event handler on the inputs alone, with errors shown as messages.
+
+        The handler keeps `fn`'s name and its signature without the first parameter, so Gradio still finds the
+        `gr.Request` and `gr.Progress` parameters.
+        """
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            return fn(self, *args, **kwargs)
+
+        bound.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
+        return _friendly(bound)
+
+
+def _context(settings: Settings | None, engine: Engine | None, model_names: list[str] | None) -> AppContext:
+    settings = settings or get_settings()
+    engine = engine or startup.open_database(settings)
+    models = list(model_names) if model_names is not None else registry.registered_models(settings)
+    if not models:
+        logger.warning(
+            "No model is installed in %s and XRAY_EXTRA_MODELS is empty; Diagnose will say so.", settings.models_dir
+        )
+    infos = {name: registry.describe_model(name) for name in models}
+    return AppContext(settings, engine, startup.image_store(settings), models, infos)
+
+
 def build_demo(
     settings: Settings | None = None,
     *,
     engine: Engine | None = None,
     model_names: list[str] | None = None,
 ) -> gr.Blocks:
-    """Build the Blocks app.
+    """Build the Blocks app: the header with the sign-in, then the Diagnose, History, Batch, Compare and About tabs.
 
     Args:
         settings: application settings (default: from the environment).
-        engine: database engine with tables created (default: `service.open_database(settings)`).
+        engine: database engine with tables created (default: `startup.open_database(settings)`).
         model_names: the models offered (default: bundled models plus XRAY_EXTRA_MODELS).
     """
-    settings = settings or get_settings()
-    engine = engine or service.open_database(settings)
-    store = service.image_store(settings)
-    models = list(model_names) if model_names is not None else service.registered_models(settings)
-    infos = {name: service.describe_model(name) for name in models}
-    if not models:
-        logger.warning(
-            "No model is installed in %s and XRAY_EXTRA_MODELS is empty; Diagnose will say so.", settings.models_dir
-        )
-    default_model = models[0] if models else None
-    max_bytes = int(settings.max_upload_mb * 2**20)
-    max_pixels = settings.max_image_pixels
-    model_choices = [(infos[n].choice_label, n) for n in models]
-    label_choices = ["Any"] + sorted({label for info in infos.values() for label in info.label_names})
-    upload_types = sorted(service.IMAGE_EXTENSIONS)
-    all_labels = sorted({label for info in infos.values() for label in info.label_names})
-    op_start = review.operating_defaults(infos.get(default_model) if default_model else None)
-
-    def doctor_of(session: Session, request: gr.Request | None) -> Any:
-        return service.require_doctor(session, getattr(request, "username", None))
-
-    # ------------------------------------------------------------------------------------------ handlers
-
-    @_friendly
-    def greet(request: gr.Request) -> str:
-        with Session(engine) as session:
-            doctor = doctor_of(session, request)
-            return f"Signed in as **{service.md_escape(doctor.display_name)}** (`{doctor.username}`)"
-
-    @_friendly
-    def preview(file: str | None) -> tuple[Any, Any, Any]:
-        if not file:
-            return None, gr.update(), gr.update()
-        data = service.read_upload(file, max_bytes=max_bytes)
-        image = service.load_image(data, filename=Path(file).name, max_pixels=max_pixels)
-        prefill = service.prefill_from_metadata(image.metadata)
-        patient = gr.update(value=prefill.patient) if prefill.patient else gr.update()
-        exam = gr.update(value=prefill.exam_date.isoformat()) if prefill.exam_date else gr.update()
-        return service.shrink(image.pixels), patient, exam
-
-    @_friendly
-    def diagnose(
-        file: str | None,
-        patient: str | None,
-        exam_date: str | None,
-        model_name: str | None,
-        method: str | None,
-        alpha: float,
-        request: gr.Request,
-    ) -> tuple[Any, ...]:
-        with Session(engine) as session:
-            doctor = doctor_of(session, request)
-            result = service.diagnose(
-                session,
-                store,
-                doctor=doctor,
-                source=file,
-                filename=Path(file).name if file else None,
-                patient_name=patient,
-                exam_date=exam_date,
-                model_name=model_name,
-                allowed_models=models,
-                method=method,
-                max_upload_bytes=max_bytes,
-                max_pixels=max_pixels,
-            )
-            record = result.record
-            summary = service.result_summary(record)
-            if result.warnings:
-                summary += "\n\n" + "\n".join(f"⚠️ {w}" for w in result.warnings)
-            patient_text = service.md_escape(record.patient_name)
-            info = (
-                f"{service.model_line(record)} · saved as record **{record.id}** for patient "
-                f"{patient_text} ({record.exam_date.isoformat()}) · {result.latency_ms:.0f} ms"
-            )
-            gate_text = service.gate_markdown(record.gate_reasons, result.gate_note)
-            if not result.in_scope:
-                # Out of scope: the prediction (probabilities, verdict, heatmap) stays hidden until asked for.
-                gr.Warning("This image looks out of scope for the model; the prediction is hidden. See why below.")
-                hidden_target = gr.update(choices=[], value=None, interactive=False)
-                return (
-                    None, "", result.view.pixels, None, hidden_target, info, "",
-                    gr.update(value=gate_text, visible=True), gr.update(visible=True), None, None, record.id,
-                )  # fmt: skip
-            return (
-                result.probabilities,
-                summary,
-                result.view.pixels,
-                result.view.overlay(alpha),
-                gr.update(choices=list(record.label_names), value=result.view.target_label, interactive=True),
-                info,
-                service.heat_markdown(record.heat_in_lungs, record.heat_in_chest),
-                gr.update(value=gate_text, visible=bool(gate_text)),
-                gr.update(visible=False),
-                result.view,
-                record.id,
-                record.id,
-            )
-
-    @_friendly
-    def reveal(record_id: Any, alpha: float, request: gr.Request) -> tuple[Any, ...]:
-        with Session(engine) as session:
-            doctor = doctor_of(session, request)
-            detail = service.open_record(session, store, doctor=doctor, record_id=record_id, max_pixels=max_pixels)
-            record = detail.record
-            summary = service.result_summary(record)
-            if record.gate_reasons:
-                summary = "⚠️ **Shown on request despite the input warning above: unreliable.**\n\n" + summary
-            info = infos.get(record.model_name)
-            summary += "".join(f"\n\n⚠️ {w}" for w in service.caveat_warnings(info.caveat if info else None))
-            return (
-                record.probabilities,
-                summary,
-                detail.view.overlay(alpha),
-                gr.update(choices=list(record.label_names), value=detail.view.target_label, interactive=True),
-                service.heat_markdown(record.heat_in_lungs, record.heat_in_chest),
-                gr.update(visible=False),
-                detail.view,
-                record.id,
-            )
-
-    @_friendly
-    def operating(model_name: str | None, threshold: Any, prevalence: Any, shown: Any, request: gr.Request) -> str:
-        with Session(engine) as session:
-            doctor = doctor_of(session, request)
-            return review.operating_for_record(
-                session, doctor=doctor, info=infos.get(model_name or ""), threshold=threshold, prevalence=prevalence,
-                record_id=shown,
-            )  # fmt: skip
-
-    def operating_start(model_name: str | None) -> tuple[Any, Any, Any]:
-        start = review.operating_defaults(infos.get(model_name or ""))
-        return gr.update(visible=start.available), gr.update(value=start.threshold), gr.update(value=start.prevalence)
-
-    @_friendly
-    def change_opacity(view: service.HeatmapView | None, alpha: float) -> Any:
-        return view.overlay(alpha) if view is not None else None
-
-    @_friendly
-    def change_target(
-        view: service.HeatmapView | None, target: str | None, method: str | None, alpha: float, request: gr.Request
-    ) -> tuple[Any, Any]:
-        if view is None or view.record_id is None or not target or target == view.target_label:
-            return gr.update(), view
-        with Session(engine) as session:
-            doctor = doctor_of(session, request)
-            new_view = service.reexplain(
-                session,
-                store,
-                doctor=doctor,
-                record_id=view.record_id,
-                target_label=target,
-                method=method or view.method,
-                allowed_models=models,
-                max_pixels=max_pixels,
-            )
-        return new_view.overlay(alpha), new_view
-
-    @_friendly
-    def history(
-        patient: str | None, date_from: str | None, date_to: str | None, label: str | None, page: Any,
-        request: gr.Request,
-    ) -> tuple[Any, str, int]:  # fmt: skip
-        filters = service.parse_filters(patient, date_from, date_to, label)
-        with Session(engine) as session:
-            doctor = doctor_of(session, request)
-            result = service.history_page(session, doctor=doctor, filters=filters, page=page)
-            rows = service.history_rows(result.records)
-        return {"headers": service.HISTORY_COLUMNS, "data": rows}, result.caption, result.page
-
-    def history_step(step: int) -> Callable[..., Any]:
-        def turn(patient: Any, date_from: Any, date_to: Any, label: Any, page: Any, request: gr.Request) -> Any:
-            return history(patient, date_from, date_to, label, int(page or 1) + step, request)
-
-        return turn
-
-    @_friendly
-    def open_record(record_id: Any, alpha: float, request: gr.Request) -> tuple[Any, ...]:
-        with Session(engine) as session:
-            doctor = doctor_of(session, request)
-            detail = service.open_record(session, store, doctor=doctor, record_id=record_id, max_pixels=max_pixels)
-            record = detail.record
-            if record.final_read is None:
-                current = None
-            else:
-                current = review.CONFIRM if record.final_read == record.predicted_label else record.final_read
-            return (
-                service.record_markdown(record),
-                detail.view.pixels,
-                detail.view.overlay(alpha),
-                record.patient_name,
-                record.exam_date.isoformat(),
-                gr.update(choices=review.final_read_choices(record), value=current),
-                record.final_note or "",
-                detail.view,
-                gr.update(visible=False),
-            )
-
-    @_friendly
-    def save_final_read(record_id: Any, choice: str | None, note: str | None, request: gr.Request) -> tuple[str, str]:
-        with Session(engine) as session:
-            doctor = doctor_of(session, request)
-            record = review.save_final_read(session, doctor=doctor, record_id=record_id, choice=choice, note=note)
-            message = (
-                f"Saved your final read of record {record.id}: **{record.final_read}**."
-                if record.final_read
-                else f"Cleared your final read of record {record.id}."
-            )
-            return message, service.record_markdown(record)
-
-    @_friendly
-    def agreement(request: gr.Request) -> str:
-        with Session(engine) as session:
-            doctor = doctor_of(session, request)
-            return review.agreement_markdown(review.agreement(session, doctor=doctor))
-
-    @_friendly
-    def report(record_id: Any, request: gr.Request) -> str:
-        with Session(engine) as session:
-            doctor = doctor_of(session, request)
-            return str(review.record_report(session, store, doctor=doctor, record_id=record_id, max_pixels=max_pixels))
-
-    @_friendly
-    def batch(
-        files: list[str] | None,
-        exam: str | None,
-        model_name: str | None,
-        request: gr.Request,
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's way to ask for a progress tracker
-    ) -> tuple[Any, str, Any]:
-        def tick(done: int, total: int, name: str) -> None:
-            progress((done, total), desc=f"{name}" if done < total else "done", unit="files")
-
-        with Session(engine) as session:
-            doctor = doctor_of(session, request)
-            rows = review.diagnose_batch(
-                session,
-                store,
-                doctor=doctor,
-                files=files,
-                exam_date=exam,
-                model_name=model_name,
-                allowed_models=models,
-                max_upload_bytes=max_bytes,
-                max_pixels=max_pixels,
-                progress=tick,
-            )
-        table_value = {"headers": review.BATCH_COLUMNS, "data": review.batch_table(rows)}
-        caveats = "\n\n".join(f"⚠️ {w}" for w in review.batch_caveats(rows))
-        return table_value, caveats, str(review.batch_csv(rows))
-
-    def select_row(evt: gr.SelectData) -> Any:
-        row = evt.row_value or []
-        return row[0] if row else gr.update()
-
-    @_friendly
-    def update_record(record_id: Any, patient: str | None, exam_date: str | None, request: gr.Request) -> str:
-        with Session(engine) as session:
-            doctor = doctor_of(session, request)
-            record = service.update_patient(
-                session, doctor=doctor, record_id=record_id, patient_name=patient, exam_date=exam_date
-            )
-            patient_text = service.md_escape(record.patient_name)
-            return f"Saved: record {record.id} is now {patient_text}, exam date {record.exam_date.isoformat()}."
-
-    @_friendly
-    def ask_delete(record_id: Any) -> Any:
-        rid = service.parse_record_id(record_id)
-        return gr.update(visible=True), f"Delete record {rid} and its image for good? This cannot be undone."
-
-    @_friendly
-    def delete_record(record_id: Any, request: gr.Request) -> tuple[str, Any, Any, Any, Any]:
-        with Session(engine) as session:
-            doctor = doctor_of(session, request)
-            record = service.delete_record(session, store, doctor=doctor, record_id=record_id)
-        message = f"Deleted record {record.id} ({service.md_escape(record.patient_name)})."
-        return message, gr.update(visible=False), None, None, None
-
-    @_friendly
-    def export_csv(
-        patient: str | None, date_from: str | None, date_to: str | None, label: str | None, request: gr.Request
-    ) -> str:
-        filters = service.parse_filters(patient, date_from, date_to, label)
-        with Session(engine) as session:
-            doctor = doctor_of(session, request)
-            return str(service.export_csv(session, doctor=doctor, filters=filters))
-
-    @_friendly
-    def compare(file: str | None, method: str | None, request: gr.Request) -> tuple[Any, Any]:
-        with Session(engine) as session:
-            doctor_of(session, request)
-        results = service.compare_models(
-            file,
-            filename=Path(file).name if file else None,
-            model_names=models,
-            method=method,
-            max_upload_bytes=max_bytes,
-            max_pixels=max_pixels,
-        )
-        gallery = [
-            (c.view.overlay(0.4), f"{c.info.name}: {c.label} ({c.probabilities.get(c.label or '', 0):.3f})")
-            for c in results
-            if c.view is not None
-        ]
-        return {"headers": service.COMPARE_COLUMNS, "data": service.comparison_rows(results)}, gallery
-
-    @_friendly
-    def model_card(name: str | None, request: gr.Request) -> str:
-        with Session(engine) as session:
-            doctor_of(session, request)
-        if not name:
-            return "No model is installed."
-        if name not in models:
-            raise gr.Error(f"Unknown model '{name}'.")
-        info = infos[name]
-        if info.error:
-            return f"**{name}** cannot be loaded: {info.error}"
-        from xray.inference.models import load_model
-
-        loaded = load_model(name)
-        card = service.strip_front_matter(loaded.card) or "_This model has no model card (README.md)._"
-        headline = service.format_headline(info.headline) or "no test metrics (metrics.json missing)"
-        return f"**{name}** · {loaded.architecture} · version `{loaded.version}` · test: {headline}\n\n---\n\n{card}"
-
-    # ------------------------------------------------------------------------------------------ layout
-
+    ctx = _context(settings, engine, model_names)
     with gr.Blocks(title=TITLE) as demo:
-        with gr.Row():
-            gr.Markdown(f"# {TITLE}", scale=4)
-            with gr.Column(scale=2, min_width=220):
-                greeting = gr.Markdown()
-                gr.Button("Log out", link="/logout", size="sm", variant="secondary")
-            if _oauth_enabled():
-                # Its presence makes Gradio add the Hugging Face OAuth routes used by the sign-in page link.
-                gr.LoginButton(visible=False)
-        gr.HTML(NOTICE_HTML)
-
+        _header(ctx, demo)
         with gr.Tabs():
-            with gr.Tab("Diagnose", id="diagnose"):
-                if not models:
-                    gr.Markdown(
-                        "⚠️ **No model is installed.** Train one with `train.py` (see the README), copy a model "
-                        "folder into `models/`, or set `XRAY_EXTRA_MODELS=local-dir:PATH`; then restart the app."
-                    )
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        upload = gr.File(
-                            label="Chest X-ray (PNG, JPEG or DICOM)", file_types=upload_types, type="filepath"
-                        )
-                        preview_image = gr.Image(
-                            label="Uploaded image", interactive=False, height=260, elem_id="xray-preview"
-                        )
-                        patient = gr.Textbox(label="Patient name or ID", max_length=service.MAX_PATIENT_LENGTH)
-                        exam_date = gr.DateTime(
-                            value=_today,
-                            include_time=False,
-                            type="string",
-                            label="Exam date",
-                            info="YYYY-MM-DD; filled from the DICOM file when it says",
-                        )
-                        model = gr.Dropdown(choices=model_choices, value=default_model, label="Model (test metrics)")
-                        with gr.Accordion("Heatmap method", open=False):
-                            method = gr.Radio(list(service.CAM_METHODS), value="gradcam", label="CAM method")
-                        run = gr.Button("Analyse and save", variant="primary")
-                        examples = service.example_files()
-                        if examples:
-                            gr.Examples(
-                                examples=[[str(p), f"Sample patient {i}"] for i, p in enumerate(examples, 1)],
-                                inputs=[upload, patient],
-                                example_labels=[_example_label(i, p) for i, p in enumerate(examples, 1)],
-                                label="Sample X-rays (Kermany et al. 2018, CC BY 4.0): click one, then Analyse",
-                            )
-                    with gr.Column(scale=2):
-                        probabilities = gr.Label(
-                            label="Probabilities (calibrated)", num_top_classes=5, elem_id="xray-probabilities"
-                        )
-                        gate_box = gr.Markdown(visible=False, elem_classes="xray-gate", elem_id="xray-gate")
-                        reveal_btn = gr.Button("Show the prediction anyway", visible=False, variant="secondary")
-                        summary = gr.Markdown()
-                        with gr.Row():
-                            original = gr.Image(label="Original", interactive=False)
-                            overlay = gr.Image(label="Grad-CAM heatmap", interactive=False, elem_id="xray-heatmap")
-                        heat_info = gr.Markdown(elem_id="xray-heat-in-lungs")
-                        with gr.Row():
-                            opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Heatmap opacity")
-                            target = gr.Radio(choices=[], label="Heatmap for class", interactive=False)
-                        with gr.Accordion("Operating point", open=False, visible=op_start.available) as op_group:
-                            with gr.Row():
-                                op_threshold = gr.Slider(
-                                    0.0, 1.0, value=op_start.threshold, step=0.01, label="Threshold",
-                                    info="Positive when its probability is at least this (model default shown)",
-                                )  # fmt: skip
-                                op_prevalence = gr.Number(
-                                    value=op_start.prevalence, minimum=0.0, maximum=1.0, step=0.01,
-                                    label="Prevalence (0-1)", info="How common the condition is among your patients",
-                                )  # fmt: skip
-                            op_text = gr.Markdown()
-                        model_info = gr.Markdown()
-                        gr.HTML(NOTICE_HTML)
-                record_id_out = gr.Number(visible=False, precision=0)
-                view_state = gr.State(None)
-                shown_state = gr.State(None)  # the record whose prediction is on screen (None while hidden)
-
-            with gr.Tab("History", id="history") as history_tab:
-                agreement_text = gr.Markdown(elem_id="xray-agreement")
-                with gr.Row():
-                    f_patient = gr.Textbox(label="Patient contains", scale=2)
-                    f_from = gr.DateTime(include_time=False, type="string", label="Exam date from", value=None)
-                    f_to = gr.DateTime(include_time=False, type="string", label="Exam date to", value=None)
-                    f_label = gr.Dropdown(choices=label_choices, value="Any", label="Model output")
-                with gr.Row(equal_height=True):
-                    search = gr.Button("Search", variant="primary", scale=2)
-                    prev_page = gr.Button("◀ Newer", scale=1)
-                    page = gr.Number(value=1, precision=0, label="Page", minimum=1, scale=1, min_width=80)
-                    next_page = gr.Button("Older ▶", scale=1)
-                    export = gr.Button("Export CSV", scale=1)
-                caption = gr.Markdown()
-                table = gr.Dataframe(
-                    headers=service.HISTORY_COLUMNS, interactive=False, wrap=True, elem_id="xray-history"
-                )
-                csv_file = gr.File(label="CSV export (the filtered list)", interactive=False, visible=False)
-                with gr.Row(equal_height=True):
-                    h_record = gr.Number(value=None, label="Record ID (click a row)", precision=0, minimum=1)
-                    open_btn = gr.Button("Open record")
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        h_details = gr.Markdown()
-                        h_patient = gr.Textbox(label="Patient name or ID", max_length=service.MAX_PATIENT_LENGTH)
-                        h_date = gr.DateTime(include_time=False, type="string", label="Exam date", value=None)
-                        save_btn = gr.Button("Save patient fields")
-                        delete_btn = gr.Button("Delete record…", variant="stop")
-                        with gr.Group(visible=False) as confirm_box:
-                            confirm_text = gr.Markdown()
-                            with gr.Row():
-                                confirm_btn = gr.Button("Yes, delete", variant="stop")
-                                cancel_btn = gr.Button("Cancel")
-                        with gr.Group():
-                            final_choice = gr.Radio(
-                                choices=review.final_read_choices(None, all_labels), label="Your final read"
-                            )
-                            final_note = gr.Textbox(label="Note (optional)", max_lines=4, max_length=2000)
-                            final_btn = gr.Button("Save final read")
-                        report_btn = gr.Button("Download PDF report")
-                        report_file = gr.File(label="PDF report", interactive=False, visible=False)
-                        h_message = gr.Markdown()
-                    with gr.Column(scale=2):
-                        with gr.Row():
-                            h_original = gr.Image(label="Image", interactive=False)
-                            h_overlay = gr.Image(label="Saved heatmap", interactive=False, elem_id="xray-saved-heatmap")
-                        h_opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Heatmap opacity")
-                h_view = gr.State(None)
-
-            with gr.Tab("Batch", id="batch"):
-                gr.Markdown(
-                    "Analyse several X-rays at once: choose files or a zip of them. Each file is checked and saved "
-                    "like a single upload (patient = file name, or the DICOM patient fields); the exam date is the "
-                    "DICOM study date when the file has one, else the date below."
-                )
-                with gr.Row():
-                    b_files = gr.File(
-                        label="X-rays (PNG, JPEG, DICOM) or a .zip", file_count="multiple",
-                        file_types=[*upload_types, ".zip"], type="filepath", scale=2,
-                    )  # fmt: skip
-                    with gr.Column(scale=1):
-                        b_date = gr.DateTime(value=_today, include_time=False, type="string", label="Exam date")
-                        b_model = gr.Dropdown(choices=model_choices, value=default_model, label="Model")
-                        b_run = gr.Button("Run batch and save", variant="primary")
-                b_caveat = gr.Markdown(elem_id="xray-batch-caveat")
-                b_table = gr.Dataframe(headers=review.BATCH_COLUMNS, interactive=False, wrap=True, elem_id="xray-batch")
-                b_csv = gr.File(label="Results (CSV)", interactive=False, visible=False)
-
-            with gr.Tab("Compare", id="compare"):
-                gr.Markdown(
-                    "Run every installed model on one image: probabilities, heatmaps and latency side by side, "
-                    "with each model's test metrics. For research; comparisons are not saved to History."
-                )
-                with gr.Row():
-                    c_upload = gr.File(label="Chest X-ray", file_types=upload_types, type="filepath", scale=2)
-                    c_method = gr.Radio(list(service.CAM_METHODS), value="gradcam", label="CAM method", scale=1)
-                c_run = gr.Button("Compare models", variant="primary")
-                c_table = gr.Dataframe(headers=service.COMPARE_COLUMNS, interactive=False, wrap=True)
-                c_gallery = gr.Gallery(label="Heatmaps (predicted class)", columns=3, height="auto")
-
-            with gr.Tab("About", id="about"):
-                a_model = gr.Dropdown(choices=model_choices, value=default_model, label="Model")
-                a_card = gr.Markdown()
-                gr.Markdown(
-                    f"App version **{xray.__version__}** · Gradio {gr.__version__}. {service.NOTICE} "
-                    "Images and records stay on this server; see the README for data handling."
-                )
-
-        # -------------------------------------------------------------------------------------- events
-        demo.load(greet, None, greeting, api_visibility="private")
-        demo.load(model_card, a_model, a_card, api_name="model_card_on_load", api_visibility="private")
-        upload.change(preview, upload, [preview_image, patient, exam_date], api_visibility="private")
-        op_inputs = [model, op_threshold, op_prevalence, shown_state]
-        run.click(
-            diagnose,
-            [upload, patient, exam_date, model, method, opacity],
-            [
-                probabilities, summary, original, overlay, target, model_info, heat_info, gate_box, reveal_btn,
-                view_state, shown_state, record_id_out,
-            ],
-            api_name="diagnose",
-            concurrency_limit=4,
-            concurrency_id="inference",
-        ).then(operating, op_inputs, op_text, api_name="operating_after_diagnose", api_visibility="private")
-        reveal_btn.click(
-            reveal,
-            [record_id_out, opacity],
-            [probabilities, summary, overlay, target, heat_info, reveal_btn, view_state, shown_state],
-            api_name="show_prediction",
-        ).then(operating, op_inputs, op_text, api_name="operating_after_reveal", api_visibility="private")
-        op_threshold.release(operating, op_inputs, op_text, api_name="operating_point")
-        op_prevalence.change(operating, op_inputs, op_text, api_name="operating_prevalence", api_visibility="private")
-        model.change(
-            operating_start, model, [op_group, op_threshold, op_prevalence], api_visibility="private"
-        ).then(operating, op_inputs, op_text, api_name="operating_on_model", api_visibility="private")
-        opacity.change(change_opacity, [view_state, opacity], overlay, api_visibility="private")
-        target.input(
-            change_target,
-            [view_state, target, method, opacity],
-            [overlay, view_state],
-            api_visibility="private",
-            concurrency_id="inference",
-        )
-        model.change(lambda name: name, model, a_model, api_name="sync_about_model", api_visibility="private")
-
-        filters = [f_patient, f_from, f_to, f_label]
-        page_outputs = [table, caption, page]
-        search.click(_first_page(history), [*filters, page], page_outputs, api_name="history")
-        prev_page.click(history_step(-1), [*filters, page], page_outputs, api_name="newer", api_visibility="private")
-        next_page.click(history_step(+1), [*filters, page], page_outputs, api_name="older", api_visibility="private")
-        export.click(export_csv, filters, csv_file, api_name="export_csv").success(
-            lambda: gr.update(visible=True), None, csv_file, api_name="show_export", api_visibility="private"
-        )
-        record_outputs = [
-            h_details, h_original, h_overlay, h_patient, h_date, final_choice, final_note, h_view, confirm_box,
-        ]  # fmt: skip
-        table.select(select_row, None, h_record, api_visibility="private").then(
-            open_record,
-            [h_record, h_opacity],
-            record_outputs,
-            api_name="open_record_from_table",
-            api_visibility="private",
-        ).then(lambda: gr.update(visible=False), None, report_file, api_name="hide_report", api_visibility="private")
-        open_btn.click(open_record, [h_record, h_opacity], record_outputs, api_name="open_record").then(
-            lambda: gr.update(visible=False), None, report_file, api_name="hide_report_2", api_visibility="private"
-        )
-        final_btn.click(
-            save_final_read, [h_record, final_choice, final_note], [h_message, h_details], api_name="final_read"
-        ).then(agreement, None, agreement_text, api_name="agreement_after_read", api_visibility="private")
-        report_btn.click(report, h_record, report_file, api_name="report").success(
-            lambda: gr.update(visible=True), None, report_file, api_name="show_report", api_visibility="private"
-        )
-        demo.load(agreement, None, agreement_text, api_name="agreement")
-        history_tab.select(agreement, None, agreement_text, api_name="agreement_on_tab", api_visibility="private")
-        b_run.click(
-            batch, [b_files, b_date, b_model], [b_table, b_caveat, b_csv], api_name="batch", concurrency_id="inference"
-        ).success(lambda: gr.update(visible=True), None, b_csv, api_name="show_batch_csv", api_visibility="private")
-        h_opacity.change(
-            change_opacity, [h_view, h_opacity], h_overlay, api_name="history_opacity", api_visibility="private"
-        )
-        save_btn.click(update_record, [h_record, h_patient, h_date], h_message, api_name="update_record").then(
-            history, [*filters, page], page_outputs, api_name="history_after_edit", api_visibility="private"
-        )
-        delete_btn.click(ask_delete, h_record, [confirm_box, confirm_text], api_visibility="private")
-        cancel_btn.click(
-            lambda: gr.update(visible=False), None, confirm_box, api_name="cancel_delete", api_visibility="private"
-        )
-        confirm_btn.click(
-            delete_record,
-            h_record,
-            [h_message, confirm_box, h_original, h_overlay, h_details],
-            api_name="delete_record",
-        ).then(history, [*filters, page], page_outputs, api_name="history_after_delete", api_visibility="private")
-        # The History tab shows fresh records each time it is opened.
-        history_tab.select(history, [*filters, page], page_outputs, api_name="history_on_tab", api_visibility="private")
-        demo.load(
-            _first_page(history), [*filters, page], page_outputs, api_name="history_on_load", api_visibility="private"
-        )
-
-        c_run.click(compare, [c_upload, c_method], [c_table, c_gallery], api_name="compare", concurrency_id="inference")
-        a_model.change(model_card, a_model, a_card, api_name="model_card")
-
+            model = _diagnose_tab(ctx)
+            _history_tab(ctx, demo)
+            _batch_tab(ctx)
+            _compare_tab(ctx)
+            _about_tab(ctx, demo, model)
     return demo
+
+
+# ---------------------------------------------------------------------------------------------- sign-in
+
+
+def _header(ctx: AppContext, demo: gr.Blocks) -> None:
+    """Title, who is signed in, the log-out button, and the decision-support notice."""
+    with gr.Row():
+        gr.Markdown(f"# {TITLE}", scale=4)
+        with gr.Column(scale=2, min_width=220):
+            greeting = gr.Markdown()
+            gr.Button("Log out", link="/logout", size="sm", variant="secondary")
+        if _oauth_enabled():
+            # Its presence makes Gradio add the Hugging Face OAuth routes used by the sign-in page link.
+            gr.LoginButton(visible=False)
+    gr.HTML(NOTICE_HTML)
+    demo.load(ctx.handler(greet), None, greeting, api_visibility="private")
+
+
+def greet(ctx: AppContext, request: gr.Request) -> str:
+    """`Signed in as **Dr Grey** (dr.grey)`."""
+    with Session(ctx.engine) as session:
+        doctor = ctx.doctor(session, request)
+        return f"Signed in as **{views.md_escape(doctor.display_name)}** (`{doctor.username}`)"
+
+
+# ---------------------------------------------------------------------------------------------- Diagnose
+
+
+def _diagnose_tab(ctx: AppContext) -> gr.Dropdown:
+    """Upload, patient fields and model on the left; result, heatmap and operating point on the right.
+
+    Returns:
+        the model selector (the About tab follows it).
+    """
+    with gr.Tab("Diagnose", id="diagnose"):
+        if not ctx.models:
+            gr.Markdown(
+                "⚠️ **No model is installed.** Train one with `train.py` (see the README), copy a model "
+                "folder into `models/`, or set `XRAY_EXTRA_MODELS=local-dir:PATH`; then restart the app."
+            )
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload, patient, exam_date, model, method, run = _diagnose_form(ctx)
+            with gr.Column(scale=2):
+                probabilities = gr.Label(
+                    label="Probabilities (calibrated)", num_top_classes=5, elem_id="xray-probabilities"
+                )
+                gate_box = gr.Markdown(visible=False, elem_classes="xray-gate", elem_id="xray-gate")
+                reveal_btn = gr.Button("Show the prediction anyway", visible=False, variant="secondary")
+                summary = gr.Markdown()
+                with gr.Row():
+                    original = gr.Image(label="Original", interactive=False)
+                    overlay = gr.Image(label="Grad-CAM heatmap", interactive=False, elem_id="xray-heatmap")
+                heat_info = gr.Markdown(elem_id="xray-heat-in-lungs")
+                with gr.Row():
+                    opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Heatmap opacity")
+                    target = gr.Radio(choices=[], label="Heatmap for class", interactive=False)
+                op_group, op_threshold, op_prevalence, op_text = _operating_panel(ctx)
+                model_info = gr.Markdown()
+                gr.HTML(NOTICE_HTML)
+        record_id_out = gr.Number(visible=False, precision=0)
+        view_state = gr.State(None)
+        shown_state = gr.State(None)  # the record whose prediction is on screen (None while hidden)
+
+    show_operating = ctx.handler(operating_text)
+    op_inputs = [model, op_threshold, op_prevalence, shown_state]
+    run.click(
+        ctx.handler(run_diagnose),
+        [upload, patient, exam_date, model, method, opacity],
+        [
+            probabilities, summary, original, overlay, target, model_info, heat_info, gate_box, reveal_btn,
+            view_state, shown_state, record_id_out,
+        ],
+        api_name="diagnose",
+        concurrency_limit=4,
+        concurrency_id="inference",
+    ).then(show_operating, op_inputs, op_text, api_name="operating_after_diagnose", api_visibility="private")
+    reveal_btn.click(
+        ctx.handler(reveal),
+        [record_id_out, opacity],
+        [probabilities, summary, overlay, target, heat_info, reveal_btn, view_state, shown_state],
+        api_name="show_prediction",
+    ).then(show_operating, op_inputs, op_text, api_name="operating_after_reveal", api_visibility="private")
+    op_threshold.release(show_operating, op_inputs, op_text, api_name="operating_point")
+    op_prevalence.change(show_operating, op_inputs, op_text, api_name="operating_prevalence", api_visibility="private")
+    model.change(
+        ctx.handler(operating_start), model, [op_group, op_threshold, op_prevalence], api_visibility="private"
+    ).then(show_operating, op_inputs, op_text, api_name="operating_on_model", api_visibility="private")
+    opacity.change(_friendly(change_opacity), [view_state, opacity], overlay, api_visibility="private")
+    target.input(
+        ctx.handler(change_target),
+        [view_state, target, method, opacity],
+        [overlay, view_state],
+        api_visibility="private",
+        concurrency_id="inference",
+    )
+    return model
+
+
+def _diagnose_form(ctx: AppContext) -> tuple[gr.File, gr.Textbox, gr.DateTime, gr.Dropdown, gr.Radio, gr.Button]:
+    """The upload with its preview, patient fields, model, CAM method, the run button and the sample X-rays."""
+    upload = gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", file_types=ctx.upload_types, type="filepath")
+    preview_image = gr.Image(label="Uploaded image", interactive=False, height=260, elem_id="xray-preview")
+    patient = gr.Textbox(label="Patient name or ID", max_length=forms.MAX_PATIENT_LENGTH)
+    exam_date = gr.DateTime(
+        value=_today,
+        include_time=False,
+        type="string",
+        label="Exam date",
+        info="YYYY-MM-DD; filled from the DICOM file when it says",
+    )
+    model = gr.Dropdown(choices=ctx.model_choices, value=ctx.default_model, label="Model (test metrics)")
+    with gr.Accordion("Heatmap method", open=False):
+        method = gr.Radio(list(diagnose.CAM_METHODS), value="gradcam", label="CAM method")
+    run = gr.Button("Analyse and save", variant="primary")
+    examples = registry.example_files()
+    if examples:
+        gr.Examples(
+            examples=[[str(p), f"Sample patient {i}"] for i, p in enumerate(examples, 1)],
+            inputs=[upload, patient],
+            example_labels=[_example_label(i, p) for i, p in enumerate(examples, 1)],
+            label="Sample X-rays (Kermany et al. 2018, CC BY 4.0): click one, then Analyse",
+        )
+    upload.change(ctx.handler(preview), upload, [preview_image, patient, exam_date], api_visibility="private")
+    return upload, patient, exam_date, model, method, run
+
+
+def _operating_panel(ctx: AppContext) -> tuple[gr.Accordion, gr.Slider, gr.Number, gr.Markdown]:
+    """The operating-point accordion (threshold, prevalence, expected metrics), set for the default model."""
+    start = operating.operating_defaults(ctx.infos.get(ctx.default_model) if ctx.default_model else None)
+    with gr.Accordion("Operating point", open=False, visible=start.available) as group:
+        with gr.Row():
+            threshold = gr.Slider(
+                0.0, 1.0, value=start.threshold, step=0.01, label="Threshold",
+                info="Positive when its probability is at least this (model default shown)",
+            )  # fmt: skip
+            prevalence = gr.Number(
+                value=start.prevalence, minimum=0.0, maximum=1.0, step=0.01,
+                label="Prevalence (0-1)", info="How common the condition is among your patients",
+            )  # fmt: skip
+        text = gr.Markdown()
+    return group, threshold, prevalence, text
+
+
+def preview(ctx: AppContext, file: str | None) -> tuple[Any, Any, Any]:
+    """The uploaded image at display size, and the patient fields from its DICOM tags."""
+    if not file:
+        return None, gr.update(), gr.update()
+    data = forms.read_upload(file, max_bytes=ctx.max_bytes)
+    image = forms.load_image(data, filename=Path(file).name, max_pixels=ctx.max_pixels)
+    prefill = forms.prefill_from_metadata(image.metadata)
+    patient = gr.update(value=prefill.patient) if prefill.patient else gr.update()
+    exam = gr.update(value=prefill.exam_date.isoformat()) if prefill.exam_date else gr.update()
+    return views.shrink(image.pixels), patient, exam
+
+
+def run_diagnose(
+    ctx: AppContext,
+    file: str | None,
+    patient: str | None,
+    exam_date: str | None,
+    model_name: str | None,
+    method: str | None,
+    alpha: float,
+    request: gr.Request,
+) -> tuple[Any, ...]:
+    """Analyse and save the upload; an out-of-scope image gets the gate's reasons, its prediction hidden."""
+    with Session(ctx.engine) as session:
+        doctor = ctx.doctor(session, request)
+        result = diagnose.diagnose(
+            session,
+            ctx.store,
+            doctor=doctor,
+            source=file,
+            filename=Path(file).name if file else None,
+            patient_name=patient,
+            exam_date=exam_date,
+            model_name=model_name,
+            allowed_models=ctx.models,
+            method=method,
+            max_upload_bytes=ctx.max_bytes,
+            max_pixels=ctx.max_pixels,
+        )
+        record = result.record
+        summary = views.result_summary(record)
+        if result.warnings:
+            summary += "\n\n" + "\n".join(f"⚠️ {w}" for w in result.warnings)
+        patient_text = views.md_escape(record.patient_name)
+        info = (
+            f"{views.model_line(record)} · saved as record **{record.id}** for patient "
+            f"{patient_text} ({record.exam_date.isoformat()}) · {result.latency_ms:.0f} ms"
+        )
+        gate_text = views.gate_markdown(record.gate_reasons, result.gate_note)
+        if not result.in_scope:
+            # Out of scope: the prediction (probabilities, verdict, heatmap) stays hidden until asked for.
+            gr.Warning("This image looks out of scope for the model; the prediction is hidden. See why below.")
+            hidden_target = gr.update(choices=[], value=None, interactive=False)
+            return (
+                None, "", result.view.pixels, None, hidden_target, info, "",
+                gr.update(value=gate_text, visible=True), gr.update(visible=True), None, None, record.id,
+            )  # fmt: skip
+        return (
+            result.probabilities,
+            summary,
+            result.view.pixels,
+            result.view.overlay(alpha),
+            gr.update(choices=list(record.label_names), value=result.view.target_label, interactive=True),
+            info,
+            views.heat_markdown(record.heat_in_lungs, record.heat_in_chest),
+            gr.update(value=gate_text, visible=bool(gate_text)),
+            gr.update(visible=False),
+            result.view,
+            record.id,
+            record.id,
+        )
+
+
+def reveal(ctx: AppContext, record_id: Any, alpha: float, request: gr.Request) -> tuple[Any, ...]:
+    """The hidden prediction of an out-of-scope record, under the input warning."""
+    with Session(ctx.engine) as session:
+        doctor = ctx.doctor(session, request)
+        detail = history.open_record(session, ctx.store, doctor=doctor, record_id=record_id, max_pixels=ctx.max_pixels)
+        record = detail.record
+        summary = views.result_summary(record)
+        if record.gate_reasons:
+            summary = "⚠️ **Shown on request despite the input warning above: unreliable.**\n\n" + summary
+        info = ctx.infos.get(record.model_name)
+        summary += "".join(f"\n\n⚠️ {w}" for w in registry.caveat_warnings(info.caveat if info else None))
+        return (
+            record.probabilities,
+            summary,
+            detail.view.overlay(alpha),
+            gr.update(choices=list(record.label_names), value=detail.view.target_label, interactive=True),
+            views.heat_markdown(record.heat_in_lungs, record.heat_in_chest),
+            gr.update(visible=False),
+            detail.view,
+            record.id,
+        )
+
+
+def operating_text(
+    ctx: AppContext, model_name: str | None, threshold: Any, prevalence: Any, shown: Any, request: gr.Request
+) -> str:
+    """Expected metrics at the threshold, and the verdict of the record on screen under it."""
+    with Session(ctx.engine) as session:
+        doctor = ctx.doctor(session, request)
+        return operating.operating_for_record(
+            session, doctor=doctor, info=ctx.infos.get(model_name or ""), threshold=threshold, prevalence=prevalence,
+            record_id=shown,
+        )  # fmt: skip
+
+
+def operating_start(ctx: AppContext, model_name: str | None) -> tuple[Any, Any, Any]:
+    """Show the operating point for a newly chosen model, starting at its own threshold and prevalence."""
+    start = operating.operating_defaults(ctx.infos.get(model_name or ""))
+    return gr.update(visible=start.available), gr.update(value=start.threshold), gr.update(value=start.prevalence)
+
+
+def change_opacity(view: HeatmapView | None, alpha: float) -> Any:
+    """The overlay redrawn at another opacity (no model call)."""
+    return view.overlay(alpha) if view is not None else None
+
+
+def change_target(
+    ctx: AppContext,
+    view: HeatmapView | None,
+    target: str | None,
+    method: str | None,
+    alpha: float,
+    request: gr.Request,
+) -> tuple[Any, Any]:
+    """A new heatmap for another class of the record on screen."""
+    if view is None or view.record_id is None or not target or target == view.target_label:
+        return gr.update(), view
+    with Session(ctx.engine) as session:
+        doctor = ctx.doctor(session, request)
+        new_view = diagnose.reexplain(
+            session,
+            ctx.store,
+            doctor=doctor,
+            record_id=view.record_id,
+            target_label=target,
+            method=method or view.method,
+            allowed_models=ctx.models,
+            max_pixels=ctx.max_pixels,
+        )
+    return new_view.overlay(alpha), new_view
+
+
+# ---------------------------------------------------------------------------------------------- History
+
+
+@dataclass
+class _HistoryList:
+    """The History list's components that the record panel refreshes after an edit, a delete or a final read."""
+
+    agreement: gr.Markdown
+    table: gr.Dataframe
+    inputs: list[Any]  # the filters and the page number
+    outputs: list[Any]  # table, caption, page
+
+
+def _history_tab(ctx: AppContext, demo: gr.Blocks) -> None:
+    """Agreement with the model, filters, paging, the records table and CSV export; then one record's panel."""
+    with gr.Tab("History", id="history") as tab:
+        agreement_text = gr.Markdown(elem_id="xray-agreement")
+        with gr.Row():
+            f_patient = gr.Textbox(label="Patient contains", scale=2)
+            f_from = gr.DateTime(include_time=False, type="string", label="Exam date from", value=None)
+            f_to = gr.DateTime(include_time=False, type="string", label="Exam date to", value=None)
+            f_label = gr.Dropdown(choices=["Any", *ctx.all_labels], value="Any", label="Model output")
+        with gr.Row(equal_height=True):
+            search = gr.Button("Search", variant="primary", scale=2)
+            prev_page = gr.Button("◀ Newer", scale=1)
+            page = gr.Number(value=1, precision=0, label="Page", minimum=1, scale=1, min_width=80)
+            next_page = gr.Button("Older ▶", scale=1)
+            export = gr.Button("Export CSV", scale=1)
+        caption = gr.Markdown()
+        table = gr.Dataframe(headers=history.HISTORY_COLUMNS, interactive=False, wrap=True, elem_id="xray-history")
+        csv_file = gr.File(label="CSV export (the filtered list)", interactive=False, visible=False)
+        listing = _HistoryList(agreement_text, table, [f_patient, f_from, f_to, f_label, page], [table, caption, page])
+        _record_panel(ctx, listing)
+
+    filters, show_agreement = [f_patient, f_from, f_to, f_label], ctx.handler(agreement)
+    search.click(ctx.handler(first_page), listing.inputs, listing.outputs, api_name="history")
+    prev_page.click(
+        ctx.handler(newer_page), listing.inputs, listing.outputs, api_name="newer", api_visibility="private"
+    )
+    next_page.click(
+        ctx.handler(older_page), listing.inputs, listing.outputs, api_name="older", api_visibility="private"
+    )
+    export.click(ctx.handler(export_csv), filters, csv_file, api_name="export_csv").success(
+        lambda: gr.update(visible=True), None, csv_file, api_name="show_export", api_visibility="private"
+    )
+    demo.load(show_agreement, None, agreement_text, api_name="agreement")
+    tab.select(show_agreement, None, agreement_text, api_name="agreement_on_tab", api_visibility="private")
+    # The History tab shows fresh records each time it is opened.
+    tab.select(
+        ctx.handler(list_history), listing.inputs, listing.outputs, api_name="history_on_tab", api_visibility="private"
+    )
+    demo.load(
+        ctx.handler(first_page), listing.inputs, listing.outputs, api_name="history_on_load", api_visibility="private"
+    )
+
+
+def _record_panel(ctx: AppContext, listing: _HistoryList) -> None:
+    """One record: details, image and saved heatmap; patient fields, delete, final read and PDF report."""
+    with gr.Row(equal_height=True):
+        record_id = gr.Number(value=None, label="Record ID (click a row)", precision=0, minimum=1)
+        open_btn = gr.Button("Open record")
+    with gr.Row():
+        with gr.Column(scale=1):
+            details = gr.Markdown()
+            patient = gr.Textbox(label="Patient name or ID", max_length=forms.MAX_PATIENT_LENGTH)
+            exam_date = gr.DateTime(include_time=False, type="string", label="Exam date", value=None)
+            save_btn = gr.Button("Save patient fields")
+            delete_btn = gr.Button("Delete record…", variant="stop")
+            with gr.Group(visible=False) as confirm_box:
+                confirm_text = gr.Markdown()
+                with gr.Row():
+                    confirm_btn = gr.Button("Yes, delete", variant="stop")
+                    cancel_btn = gr.Button("Cancel")
+            with gr.Group():
+                choices = review.final_read_choices(None, ctx.all_labels)
+                final_choice = gr.Radio(choices=choices, label="Your final read")
+                final_note = gr.Textbox(label="Note (optional)", max_lines=4, max_length=2000)
+                final_btn = gr.Button("Save final read")
+            report_btn = gr.Button("Download PDF report")
+            report_file = gr.File(label="PDF report", interactive=False, visible=False)
+            message = gr.Markdown()
+        with gr.Column(scale=2):
+            with gr.Row():
+                original = gr.Image(label="Image", interactive=False)
+                overlay = gr.Image(label="Saved heatmap", interactive=False, elem_id="xray-saved-heatmap")
+            opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Heatmap opacity")
+    view = gr.State(None)
+
+    show_page, show_record = ctx.handler(list_history), ctx.handler(open_record)
+    outputs = [details, original, overlay, patient, exam_date, final_choice, final_note, view, confirm_box]
+    listing.table.select(select_row, None, record_id, api_visibility="private").then(
+        show_record, [record_id, opacity], outputs, api_name="open_record_from_table", api_visibility="private"
+    ).then(lambda: gr.update(visible=False), None, report_file, api_name="hide_report", api_visibility="private")
+    open_btn.click(show_record, [record_id, opacity], outputs, api_name="open_record").then(
+        lambda: gr.update(visible=False), None, report_file, api_name="hide_report_2", api_visibility="private"
+    )
+    final_btn.click(
+        ctx.handler(save_final_read), [record_id, final_choice, final_note], [message, details], api_name="final_read"
+    ).then(ctx.handler(agreement), None, listing.agreement, api_name="agreement_after_read", api_visibility="private")
+    report_btn.click(ctx.handler(report), record_id, report_file, api_name="report").success(
+        lambda: gr.update(visible=True), None, report_file, api_name="show_report", api_visibility="private"
+    )
+    opacity.change(
+        _friendly(change_opacity), [view, opacity], overlay, api_name="history_opacity", api_visibility="private"
+    )
+    save_btn.click(ctx.handler(update_record), [record_id, patient, exam_date], message, api_name="update_record").then(
+        show_page, listing.inputs, listing.outputs, api_name="history_after_edit", api_visibility="private"
+    )
+    delete_btn.click(_friendly(ask_delete), record_id, [confirm_box, confirm_text], api_visibility="private")
+    cancel_btn.click(
+        lambda: gr.update(visible=False), None, confirm_box, api_name="cancel_delete", api_visibility="private"
+    )
+    confirm_btn.click(
+        ctx.handler(delete_record),
+        record_id,
+        [message, confirm_box, original, overlay, details],
+        api_name="delete_record",
+    ).then(show_page, listing.inputs, listing.outputs, api_name="history_after_delete", api_visibility="private")
+
+
+def list_history(
+    ctx: AppContext, patient: str | None, date_from: str | None, date_to: str | None, label: str | None, page: Any,
+    request: gr.Request,
+) -> tuple[Any, str, int]:  # fmt: skip
+    """One page of the doctor's records matching the filters."""
+    filters = forms.parse_filters(patient, date_from, date_to, label)
+    with Session(ctx.engine) as session:
+        doctor = ctx.doctor(session, request)
+        result = history.history_page(session, doctor=doctor, filters=filters, page=page)
+        rows = history.history_rows(result.records)
+    return {"headers": history.HISTORY_COLUMNS, "data": rows}, result.caption, result.page
+
+
+def first_page(
+    ctx: AppContext, patient: Any, date_from: Any, date_to: Any, label: Any, page: Any, request: gr.Request
+) -> Any:
+    """The first page (a new search resets the page)."""
+    return list_history(ctx, patient, date_from, date_to, label, 1, request)
+
+
+def newer_page(
+    ctx: AppContext, patient: Any, date_from: Any, date_to: Any, label: Any, page: Any, request: gr.Request
+) -> Any:
+    """The page before this one."""
+    return list_history(ctx, patient, date_from, date_to, label, int(page or 1) - 1, request)
+
+
+def older_page(
+    ctx: AppContext, patient: Any, date_from: Any, date_to: Any, label: Any, page: Any, request: gr.Request
+) -> Any:
+    """The page after this one."""
+    return list_history(ctx, patient, date_from, date_to, label, int(page or 1) + 1, request)
+
+
+def export_csv(
+    ctx: AppContext, patient: str | None, date_from: str | None, date_to: str | None, label: str | None,
+    request: gr.Request,
+) -> str:  # fmt: skip
+    """A CSV file of every record matching the filters (all pages)."""
+    filters = forms.parse_filters(patient, date_from, date_to, label)
+    with Session(ctx.engine) as session:
+        doctor = ctx.doctor(session, request)
+        return str(history.export_csv(session, doctor=doctor, filters=filters))
+
+
+def select_row(evt: gr.SelectData) -> Any:
+    """The record id of the clicked table row."""
+    row = evt.row_value or []
+    return row[0] if row else gr.update()
+
+
+def open_record(ctx: AppContext, record_id: Any, alpha: float, request: gr.Request) -> tuple[Any, ...]:
+    """The record's details, image, saved heatmap, editable fields and final read."""
+    with Session(ctx.engine) as session:
+        doctor = ctx.doctor(session, request)
+        detail = history.open_record(session, ctx.store, doctor=doctor, record_id=record_id, max_pixels=ctx.max_pixels)
+        record = detail.record
+        return (
+            history.record_markdown(record),
+            detail.view.pixels,
+            detail.view.overlay(alpha),
+            record.patient_name,
+            record.exam_date.isoformat(),
+            gr.update(choices=review.final_read_choices(record), value=review.final_read_value(record)),
+            record.final_note or "",
+            detail.view,
+            gr.update(visible=False),
+        )
+
+
+def update_record(
+    ctx: AppContext, record_id: Any, patient: str | None, exam_date: str | None, request: gr.Request
+) -> str:
+    """Save corrected patient fields."""
+    with Session(ctx.engine) as session:
+        doctor = ctx.doctor(session, request)
+        record = history.update_patient(
+            session, doctor=doctor, record_id=record_id, patient_name=patient, exam_date=exam_date
+        )
+        patient_text = views.md_escape(record.patient_name)
+        return f"Saved: record {record.id} is now {patient_text}, exam date {record.exam_date.isoformat()}."
+
+
+def ask_delete(record_id: Any) -> Any:
+    """Show the delete confirmation for a valid record id."""
+    rid = forms.parse_record_id(record_id)
+    return gr.update(visible=True), f"Delete record {rid} and its image for good? This cannot be undone."
+
+
+def delete_record(ctx: AppContext, record_id: Any, request: gr.Request) -> tuple[str, Any, Any, Any, Any]:
+    """Delete the record (confirmed) and clear the panel."""
+    with Session(ctx.engine) as session:
+        doctor = ctx.doctor(session, request)
+        record = history.delete_record(session, ctx.store, doctor=doctor, record_id=record_id)
+    message = f"Deleted record {record.id} ({views.md_escape(record.patient_name)})."
+    return message, gr.update(visible=False), None, None, None
+
+
+def save_final_read(
+    ctx: AppContext, record_id: Any, choice: str | None, note: str | None, request: gr.Request
+) -> tuple[str, str]:
+    """Store the doctor's final read; the record's details show it."""
+    with Session(ctx.engine) as session:
+        doctor = ctx.doctor(session, request)
+        record = review.save_final_read(session, doctor=doctor, record_id=record_id, choice=choice, note=note)
+        message = (
+            f"Saved your final read of record {record.id}: **{record.final_read}**."
+            if record.final_read
+            else f"Cleared your final read of record {record.id}."
+        )
+        return message, history.record_markdown(record)
+
+
+def agreement(ctx: AppContext, request: gr.Request) -> str:
+    """The doctor's agreement with the model and the disagreements."""
+    with Session(ctx.engine) as session:
+        doctor = ctx.doctor(session, request)
+        return review.agreement_markdown(review.agreement(session, doctor=doctor))
+
+
+def report(ctx: AppContext, record_id: Any, request: gr.Request) -> str:
+    """The record's one-page PDF report."""
+    with Session(ctx.engine) as session:
+        doctor = ctx.doctor(session, request)
+        return str(
+            review.record_report(session, ctx.store, doctor=doctor, record_id=record_id, max_pixels=ctx.max_pixels)
+        )
+
+
+# ---------------------------------------------------------------------------------------------- Batch
+
+
+def _batch_tab(ctx: AppContext) -> None:
+    """Several files or a zip, one exam date and model; the results table, the model's caveat and a CSV."""
+    with gr.Tab("Batch", id="batch"):
+        gr.Markdown(
+            "Analyse several X-rays at once: choose files or a zip of them. Each file is checked and saved "
+            "like a single upload (patient = file name, or the DICOM patient fields); the exam date is the "
+            "DICOM study date when the file has one, else the date below."
+        )
+        with gr.Row():
+            files = gr.File(
+                label="X-rays (PNG, JPEG, DICOM) or a .zip", file_count="multiple",
+                file_types=[*ctx.upload_types, ".zip"], type="filepath", scale=2,
+            )  # fmt: skip
+            with gr.Column(scale=1):
+                exam_date = gr.DateTime(value=_today, include_time=False, type="string", label="Exam date")
+                model = gr.Dropdown(choices=ctx.model_choices, value=ctx.default_model, label="Model")
+                run = gr.Button("Run batch and save", variant="primary")
+        caveat = gr.Markdown(elem_id="xray-batch-caveat")
+        table = gr.Dataframe(headers=batch.BATCH_COLUMNS, interactive=False, wrap=True, elem_id="xray-batch")
+        csv_file = gr.File(label="Results (CSV)", interactive=False, visible=False)
+    run.click(
+        ctx.handler(run_batch),
+        [files, exam_date, model],
+        [table, caveat, csv_file],
+        api_name="batch",
+        concurrency_id="inference",
+    ).success(lambda: gr.update(visible=True), None, csv_file, api_name="show_batch_csv", api_visibility="private")
+
+
+def run_batch(
+    ctx: AppContext,
+    files: list[str] | None,
+    exam: str | None,
+    model_name: str | None,
+    request: gr.Request,
+    progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's way to ask for a progress tracker
+) -> tuple[Any, str, Any]:
+    """Diagnose and save every file, with a progress bar; the table, the caveats and the CSV."""
+
+    def tick(done: int, total: int, name: str) -> None:
+        progress((done, total), desc=f"{name}" if done < total else "done", unit="files")
+
+    with Session(ctx.engine) as session:
+        doctor = ctx.doctor(session, request)
+        rows = batch.diagnose_batch(
+            session,
+            ctx.store,
+            doctor=doctor,
+            files=files,
+            exam_date=exam,
+            model_name=model_name,
+            allowed_models=ctx.models,
+            max_upload_bytes=ctx.max_bytes,
+            max_pixels=ctx.max_pixels,
+            progress=tick,
+        )
+    table_value = {"headers": batch.BATCH_COLUMNS, "data": batch.batch_table(rows)}
+    caveats = "\n\n".join(f"⚠️ {w}" for w in batch.batch_caveats(rows))
+    return table_value, caveats, str(batch.batch_csv(rows))
+
+
+# ---------------------------------------------------------------------------------------------- Compare, About
+
+
+def _compare_tab(ctx: AppContext) -> None:
+    """Every model on one image: the comparison table and a gallery of heatmaps."""
+    with gr.Tab("Compare", id="compare"):
+        gr.Markdown(
+            "Run every installed model on one image: probabilities, heatmaps and latency side by side, "
+            "with each model's test metrics. For research; comparisons are not saved to History."
+        )
+        with gr.Row():
+            upload = gr.File(label="Chest X-ray", file_types=ctx.upload_types, type="filepath", scale=2)
+            method = gr.Radio(list(diagnose.CAM_METHODS), value="gradcam", label="CAM method", scale=1)
+        run = gr.Button("Compare models", variant="primary")
+        table = gr.Dataframe(headers=compare.COMPARE_COLUMNS, interactive=False, wrap=True)
+        gallery = gr.Gallery(label="Heatmaps (predicted class)", columns=3, height="auto")
+    run.click(
+        ctx.handler(run_compare), [upload, method], [table, gallery], api_name="compare", concurrency_id="inference"
+    )
+
+
+def run_compare(ctx: AppContext, file: str | None, method: str | None, request: gr.Request) -> tuple[Any, Any]:
+    """Every registered model on the upload (signed-in doctors only; nothing is saved)."""
+    with Session(ctx.engine) as session:
+        ctx.doctor(session, request)
+    results = compare.compare_models(
+        file,
+        filename=Path(file).name if file else None,
+        model_names=ctx.models,
+        method=method,
+        max_upload_bytes=ctx.max_bytes,
+        max_pixels=ctx.max_pixels,
+    )
+    table = {"headers": compare.COMPARE_COLUMNS, "data": compare.comparison_rows(results)}
+    return table, compare.comparison_gallery(results)
+
+
+def _about_tab(ctx: AppContext, demo: gr.Blocks, diagnose_model: gr.Dropdown) -> None:
+    """The model card of the model chosen on the Diagnose tab (or here), and the app version."""
+    with gr.Tab("About", id="about"):
+        model = gr.Dropdown(choices=ctx.model_choices, value=ctx.default_model, label="Model")
+        card = gr.Markdown()
+        gr.Markdown(
+            f"App version **{xray.__version__}** · Gradio {gr.__version__}. {views.NOTICE} "
+            "Images and records stay on this server; see the README for data handling."
+        )
+    show_card = ctx.handler(model_card)
+    demo.load(show_card, model, card, api_name="model_card_on_load", api_visibility="private")
+    diagnose_model.change(
+        lambda name: name, diagnose_model, model, api_name="sync_about_model", api_visibility="private"
+    )
+    model.change(show_card, model, card, api_name="model_card")
+
+
+def model_card(ctx: AppContext, name: str | None, request: gr.Request) -> str:
+    """The registered model's headline and card."""
+    with Session(ctx.engine) as session:
+        ctx.doctor(session, request)
+    if not name:
+        return "No model is installed."
+    if name not in ctx.models:
+        raise gr.Error(f"Unknown model '{name}'.")
+    return registry.model_card_markdown(ctx.infos[name])
 
 
 def _example_label(number: int, path: Path) -> str:
@@ -687,15 +861,6 @@ def _example_label(number: int, path: Path) -> str:
 def _today() -> str:
     """Today's date for the exam date field (evaluated when the page loads, not when the app starts)."""
     return date.today().isoformat()
-
-
-def _first_page(history: Callable[..., Any]) -> Callable[..., Any]:
-    """The history handler started from page 1 (a new search resets the page)."""
-
-    def first(patient: Any, date_from: Any, date_to: Any, label: Any, page: Any, request: gr.Request) -> Any:
-        return history(patient, date_from, date_to, label, 1, request)
-
-    return first
 
 
 # ---------------------------------------------------------------------------------------------- serving
@@ -791,7 +956,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(settings.num_threads)
-    engine = service.open_database(settings)
+    engine = startup.open_database(settings)
     demo = build_demo(settings, engine=engine)
     demo.queue(default_concurrency_limit=8)
     demo.launch(**launch_options(settings, engine))

@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from xray.config import Settings
     from xray.records import auth, crud
-    from xray.web.service import example_files, open_database
+    from xray.web.registry import example_files
+    from xray.web.startup import open_database
 
     workdir = Path(tempfile.mkdtemp(prefix="xray-load-"))
     settings = Settings(data_dir=workdir / "data", database_url=args.database_url)

@@ -30,10 +30,10 @@ def running_app(root: Path, *, model_names: list[str], doctors: dict[str, str], 
     import app
     from xray.config import Settings
     from xray.records import auth
-    from xray.web import service
+    from xray.web import startup
 
     config = Settings(data_dir=root / "data", port=free_port(), extra_models="", **settings)
-    engine = service.open_database(config)
+    engine = startup.open_database(config)
     with Session(engine) as session:
         for name, password in doctors.items():
             if auth.active_doctor(session, name) is None:  # a restarted app keeps its accounts

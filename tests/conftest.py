@@ -117,6 +117,22 @@ def session(engine) -> Iterator:
 
 
 @pytest.fixture
+def doctors(session) -> tuple:
+    """Two doctor accounts without passwords, alice ("Alice Äsk") and bob, for the `xray.web` tests."""
+    from xray.records import crud
+
+    alice = crud.create_doctor(session, username="alice", display_name="Alice Äsk", password_hash=None)
+    bob = crud.create_doctor(session, username="bob", display_name="Bob", password_hash=None)
+    return alice, bob
+
+
+@pytest.fixture
+def model_name(tiny_model_dir: Path) -> str:
+    """The tiny binary model as the app names it (`local-dir:PATH`)."""
+    return f"local-dir:{tiny_model_dir}"
+
+
+@pytest.fixture
 def store(tmp_path: Path):
     """An empty content-addressed image store in a temporary folder."""
     from xray.records.storage import ImageStore

@@ -1,4 +1,4 @@
-"""Build conformant DICOM files in memory for tests (one builder, shared by the io, gate and service tests)."""
+"""Build conformant DICOM files in memory for tests (one builder, shared by the io, gate and web tests)."""
 
 from __future__ import annotations
 

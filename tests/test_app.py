@@ -317,10 +317,10 @@ def test_hugging_face_sign_in_maps_hub_users_to_doctor_accounts(tmp_path):
 def test_app_builds_and_explains_when_no_model_is_installed(tmp_path):
     import app
     from xray.config import Settings
-    from xray.web import service
+    from xray.web import startup
 
     settings = Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "no-models", extra_models="")
-    engine = service.open_database(settings)
+    engine = startup.open_database(settings)
     demo = app.build_demo(settings, engine=engine)
     texts = [getattr(block, "value", "") for block in demo.blocks.values()]
     assert any(isinstance(t, str) and "No model is installed" in t for t in texts)

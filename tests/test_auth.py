@@ -254,3 +254,57 @@ def test_cli_add_list_disable_reset(cli, tmp_path):
 def test_cli_refuses_to_prompt_without_a_terminal(cli):
     code, _, err = cli("users", "add", "alice", stdin="")
     assert code != 0 and "--password-stdin" in err
+
+
+def _doctor(session, name="alice"):
+    return auth.add_doctor(session, username=name, password=PASSWORD)
+
+
+def test_sessions_live_in_the_database_hashed_with_expiry(engine, session):
+    from xray.records.db import SignInSession
+
+    _doctor(session)
+    token = auth.start_session(session, username="alice")
+    assert auth.session_username(session, token=token) == "alice"
+    rows = session.exec(select(SignInSession)).all()
+    assert len(rows) == 1 and token not in rows[0].token_sha256 and len(rows[0].token_sha256) == 64
+    # another engine on the same file (another process, a restart) accepts the same token
+    other = make_engine(str(engine.url))
+    with Session(other) as fresh:
+        assert auth.session_username(fresh, token=token) == "alice"
+    other.dispose()
+    assert auth.session_username(session, token="forged") is None and auth.session_username(session, token=None) is None
+    expired = auth.start_session(session, username="alice", hours=-1)
+    assert auth.session_username(session, token=expired) is None
+    with pytest.raises(AccountError, match="No enabled doctor account 'bob'"):
+        auth.start_session(session, username="bob")
+
+
+def test_sign_out_disable_and_password_reset_end_sessions(session):
+    _doctor(session)
+    _doctor(session, "bob")
+    first, second = auth.start_session(session, username="alice"), auth.start_session(session, username="alice")
+    bobs = auth.start_session(session, username="bob")
+    assert auth.end_session(session, token=first) and not auth.end_session(session, token=first)
+    assert auth.session_username(session, token=first) is None and auth.session_username(session, token=second)
+    auth.reset_password(session, username="alice", password="another long secret")
+    assert auth.session_username(session, token=second) is None
+    auth.set_active(session, username="bob", active=False)
+    assert auth.session_username(session, token=bobs) is None
+    auth.set_active(session, username="bob", active=True)
+    assert auth.session_username(session, token=bobs) is None  # re-enabling does not revive old sessions
+
+
+def test_database_tokens_behave_like_gradios_token_dict(engine, session):
+    _doctor(session)
+    tokens = auth.DatabaseTokens(engine)
+    tokens["tok-1"] = "alice"  # what Gradio's /login does
+    assert tokens.get("tok-1") == "alice" and "tok-1" in tokens and len(tokens) == 1
+    assert tokens.get("nope") is None and tokens.get(None) is None and list(tokens) == []
+    assert auth.DatabaseTokens(engine).get("tok-1") == "alice"  # a new process reads the same table
+    del tokens["tok-1"]
+    assert tokens.get("tok-1") is None and len(tokens) == 0
+    with pytest.raises(KeyError):
+        del tokens["tok-1"]
+    assert auth.session_cookie_id("sqlite:///a.db") == auth.session_cookie_id("sqlite:///a.db")
+    assert auth.session_cookie_id("sqlite:///a.db") != auth.session_cookie_id("sqlite:///b.db")

@@ -70,3 +70,76 @@ def test_model_card_states_the_models_caveat(name: str) -> None:
         assert "caveat" not in config and "Caveat" not in text and "input_jpeg_quality" not in text
     config["caveat"] = "  "
     assert "Caveat" not in render_model_card(config, metrics)
+
+
+def _with_per_source(metrics: dict, labels: list[str]) -> dict:
+    """A bundled model's metrics.json with a per-source table, probe and sampling facts added (as train.py writes)."""
+    import numpy as np
+
+    from xray.training.evaluate import _clean, per_source_metrics, shortcut_probe
+
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 6 + [1] * 4 + [0] * 3 + [len(labels) - 1] * 5)
+    probs = rng.dirichlet(np.ones(len(labels)), size=len(y))
+    probs[np.arange(len(y)), y] += 0.5  # mostly right
+    probs /= probs.sum(axis=1, keepdims=True)
+    sources = ["nih"] * 10 + ["rsna"] * 3 + ["radiography"] * 5
+    table = per_source_metrics(y, probs, labels, sources, metrics.get("threshold"), n_boot=20)
+    data = {**metrics.get("data", {}), "sampling": "each data source drawn in proportion to its size**0.5 "
+            "(weighted sampler with replacement); class-weighted loss", "label_map": "COVID-19=PNEUMONIA",
+            "data_sources": {"train": {"kermany-224": 4000, "rsna": 140}, "val": {"kermany-224": 700, "rsna": 32},
+                             "test": {"nih": 10, "rsna": 3, "radiography": 5}}}  # fmt: skip
+    return _clean({**metrics, "data": data, "per_source": table, "shortcut_probe": shortcut_probe(table, labels)})
+
+
+@pytest.mark.parametrize("name", ["pneumonia", "covid"])
+def test_model_card_shows_each_data_source_and_the_probe(name: str) -> None:
+    folder = Path(__file__).resolve().parent.parent / "models" / name
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    old = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    # an older metrics.json (no per-source table, no sampling facts) still renders, without those sections
+    plain = render_model_card(config, old)
+    assert "per data source" not in plain and "Shortcut probe" not in plain and "Sampling during" not in plain
+    labels = old["label_names"]
+    metrics = _with_per_source(old, labels)
+    text = render_model_card(config, metrics)
+    lines = text.splitlines()
+    assert "- Sampling during training: each data source drawn in proportion to its size**0.5" in text
+    assert "- Label map: `COVID-19=PNEUMONIA` (labels renamed before splitting)." in text
+    assert "| split | kermany-224 | rsna | nih | radiography |" in lines and "| val | 700 | 32 | 0 | 0 |" in lines
+    assert text.index("## Results per data source (test set)") < text.index("### Shortcut probe")
+    assert text.index("### Shortcut probe") < text.index("## Limitations")
+    table = metrics["per_source"]
+    rsna = _row(lines, "rsna |")
+    if len(labels) == 2:
+        assert "| source | n | ROC AUC | accuracy | sensitivity | specificity |" in lines
+        # rsna holds NORMALs only: no AUC, no sensitivity; accuracy = specificity, with its Wilson interval
+        assert rsna.startswith("| rsna | 3 (NORMAL 3) | n/a | ")
+        low, high = table["sources"]["rsna"]["ci95"]["specificity"]
+        assert rsna.endswith(f"| n/a | {card._fmt(table['sources']['rsna']['value']['specificity'], pct=True)} "
+                             f"({card._fmt(low, pct=True)}-{card._fmt(high, pct=True)}) |")  # fmt: skip
+    else:
+        assert "| source | n | macro AUC | accuracy | sens. NORMAL | spec. NORMAL | sens. PNEUMONIA |" in text
+    pooled = _row(lines, "**pooled**")
+    assert pooled.startswith(f"| **pooled** | {table['pooled']['n']} (")
+    probe = metrics["shortcut_probe"]["sources"]
+    row = probe["radiography"][labels[-1]]
+    count = row["predicted"][labels[-1]]
+    cell = f"{count}: {card._fmt(count / 5, pct=True)}"
+    assert _row(lines, f"radiography | {labels[-1]} | 5 |").split(" | ")[2 + len(labels)].startswith(cell)
+    assert "| source | true class | n | " + " | ".join(f"called {n}" for n in labels) + " |" in lines
+
+
+def test_comparison_card_shows_per_source_tables_when_present() -> None:
+    folder = Path(__file__).resolve().parent.parent / "models" / "pneumonia"
+    old = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    entry = {"task": "Pneumonia", "metrics": old, "latency": {"p50_ms": 30.0}, "weights_bytes": 1e6}
+    new = _with_per_source(old, old["label_names"])
+    entries = [{**entry, "name": "old-run"}, {**entry, "name": "new-run", "metrics": new}]
+    text = card.render_comparison(entries, defaults={"Pneumonia": "Why."})
+    assert "### new-run per data source" in text and "### old-run per data source" not in text
+    section = text[text.index("### new-run per data source") :]
+    assert "- Sampling during training: each data source" in section and "#### Shortcut probe" in section
+    called = new["shortcut_probe"]["sources"]["rsna"]["NORMAL"]["predicted"]
+    cells = " | ".join(card._share(called[name], 3) for name in ("NORMAL", "PNEUMONIA"))
+    assert f"| rsna | NORMAL | 3 | {cells} |" in section.splitlines()

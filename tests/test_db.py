@@ -106,3 +106,21 @@ def test_plain_postgres_urls_use_psycopg():
 
 def test_utcnow_is_aware():
     assert utcnow().utcoffset() == timedelta(0)
+
+
+def test_an_existing_database_gets_the_new_nullable_columns(tmp_path):
+    from sqlalchemy import inspect, text
+
+    from xray.records.db import init_db, make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    init_db(engine)
+    with engine.begin() as connection:  # the record table as it was before the trust columns
+        connection.execute(text('ALTER TABLE "record" DROP COLUMN gate_reasons'))
+        connection.execute(text('ALTER TABLE "record" DROP COLUMN heat_in_lungs'))
+        connection.execute(text('ALTER TABLE "record" DROP COLUMN heat_in_chest'))
+    assert "gate_reasons" not in {c["name"] for c in inspect(engine).get_columns("record")}
+    init_db(engine)
+    columns = {c["name"] for c in inspect(engine).get_columns("record")}
+    assert {"gate_reasons", "heat_in_lungs", "heat_in_chest"} <= columns
+    engine.dispose()

@@ -59,3 +59,66 @@ def test_cost_times_each_gate_step(eval_gate, tiny_model_dir: Path, kermany_full
                  "whole gate (gate.assess, as the app calls it)"):
         value = out.split(f"  {step}: ")[1].split(" ms")[0]
         assert float(value) > 0
+
+
+def test_in_scope_splits_never_put_a_test_image_into_the_fit(eval_gate, tiny_model_dir: Path,
+                                                               shared_data: Path) -> None:
+    loaded = load_model(f"local-dir:{tiny_model_dir}")
+    sources = [shared_data / name for name in eval_gate.IN_SCOPE_SOURCES]
+    splits = eval_gate.in_scope_splits(loaded, sources)
+    fit = {str(s.source) for s in splits.train + splits.val}
+    kermany_test = {str(p) for p in (shared_data / "kermany-224" / "test").rglob("*.jpeg")}
+    adult_test = {str(p) for p in (shared_data / "adult-cxr" / "test").rglob("*.jpg")}
+    assert len(kermany_test) == 624 and not fit & kermany_test and not fit & adult_test
+    assert {s.data_source for s in splits.train} == {"kermany-224", "covid-chestxray", "rsna", "radiography", "nih"}
+    # covid-chestxray's held-out patients are the same whichever sources join it
+    covid_alone = eval_gate.in_scope_splits(loaded, [shared_data / "covid-chestxray"])
+    assert {str(s.source) for s in covid_alone.test} == {str(s.source) for s in splits.test
+                                                           if s.data_source == "covid-chestxray"}
+
+
+def test_adult_rows_have_no_goal_when_nothing_was_fitted_on_adult_cxr(eval_gate, tiny_model_dir: Path,
+                                                                      shared_data: Path) -> None:
+    rows = eval_gate.adult_rows(load_model(f"local-dir:{tiny_model_dir}"), shared_data, limit=2)
+    assert [r["set"].split(" (")[0] for r in rows] == ["adult-cxr test, nih", "adult-cxr test, radiography",
+                                                       "adult-cxr test, rsna"]
+    assert all(r["n"] == 2 and r["expect_flag"] is None and "neither" in r["note"] for r in rows)
+
+
+def test_lateral_rows_without_a_view_check_score_every_lateral_view(eval_gate, tiny_model_dir: Path,
+                                                                    shared_data: Path) -> None:
+    (row,) = eval_gate.lateral_rows(load_model(f"local-dir:{tiny_model_dir}"), shared_data / "lateral")
+    assert row["n"] == 28 and row["expect_flag"] is True and "17 patient groups" in row["set"]
+    assert row["note"] == "no view check fitted"
+
+
+def test_fit_view_needs_ood_statistics(eval_gate, tiny_model_dir: Path) -> None:
+    with pytest.raises(SystemExit, match="no OOD statistics"):
+        eval_gate.main(["--model", f"local-dir:{tiny_model_dir}", "--fit-view"])
+
+
+def test_fit_then_measure_end_to_end(eval_gate, tiny_model_dir: Path, shared_data: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--fit` on a few in-scope images: ood.npz and view.npz saved, and the held-out lateral patients measured."""
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "tiny")
+    monkeypatch.setattr(eval_gate, "LATERAL_COPIES", 0)  # few images: this checks the plumbing, not the figures
+    monkeypatch.setattr(eval_gate, "OTHER_COPIES", 0)
+    monkeypatch.setattr(eval_gate, "INVERTED_FOR_FIT", 5)
+    out = tmp_path / "rows.json"
+    assert eval_gate.main(["--model", f"local-dir:{folder}", "--data", str(shared_data), "--fit", "--limit", "12",
+                           "--json", str(out)]) == 0
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    assert config["ood"]["sources"] == ["kermany-224", "covid-chestxray", "adult-cxr"]
+    assert config["ood"]["n_train"] == 12 and config["ood"]["n_val"] == 12
+    entry = config["view_check"]
+    assert (folder / "view.npz").is_file() and entry["C"] in (0.01, 0.1, 1.0) and entry["n"]["frontal"]["images"] == 24
+    held = entry["lateral"]["held_out_files"]
+    assert entry["n"]["lateral"]["images"] == 28 - len(held)
+    assert not set(entry["lateral"]["held_out_groups"]) & set(entry["lateral"]["fit_groups"])
+    rows = {r["set"].split(" (")[0]: r for r in json.loads(out.read_text(encoding="utf-8"))}
+    assert rows["lateral chest views, held-out patients"]["n"] == len(held)
+    assert rows["lateral chest views, held-out patients"]["expect_flag"] is True
+    assert rows["lateral chest views, the view check's fit patients"]["expect_flag"] is None
+    assert rows["covid-chestxray frontal, held-out test patients"]["expect_flag"] is False
+    assert all(rows[f"adult-cxr test, {s}"]["expect_flag"] is False for s in ("nih", "radiography", "rsna"))
+    assert eval_gate.FITTED_ON in rows["natural photographs"]["note"]

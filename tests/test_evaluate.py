@@ -125,3 +125,177 @@ def test_evaluate_command_prints_json(tiny_model_dir, kermany_fullres, tmp_path,
     assert "auc" in result["test"]["at_default"]["value"]
     # the stored threshold (0.5 default) is used, nothing is refitted on the evaluated data
     assert result["threshold"] == 0.5 and "validation" not in result
+
+
+# ---------------------------------------------------------------- per data source
+
+#: Images per (source, label) copied from adult-cxr/test: two NIH classes, one class each for rsna and radiography.
+ADULT_PICK = {("rsna", "NORMAL"): 3, ("nih", "NORMAL"): 2, ("nih", "PNEUMONIA"): 2, ("radiography", "COVID-19"): 3}
+
+
+@pytest.fixture(scope="module")
+def mixed_data(shared_data, tmp_path_factory):
+    """A small real mixed set: an adult-cxr-like tree (metadata.csv naming each image's source, one training image
+    that must not be scored) and a kermany-224-like `test/` folder; returns (adult/test, kermany/test, file->source).
+    """
+    import csv
+
+    root = tmp_path_factory.mktemp("mixed")
+    adult, kermany = root / "adult", root / "kermany-224" / "test"
+    with (shared_data / "adult-cxr" / "metadata.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    picked, left = [], dict(ADULT_PICK)
+    for row in rows:
+        key = (row["source"], row["label"])
+        if row["split"] == "test" and left.get(key):
+            left[key] -= 1
+            picked.append(row)
+    picked.sort(key=lambda r: list(ADULT_PICK).index((r["source"], r["label"])))  # sources in ADULT_PICK's order
+    picked.append(next(r for r in rows if r["split"] == "train" and r["source"] == "nih"))
+    source_of = {}
+    for row in picked:
+        (adult / row["path"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared_data / "adult-cxr" / row["path"], adult / row["path"])
+        source_of[(adult / row["path"]).name] = row["source"]
+    with (adult / "metadata.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(picked)
+    for label in ("NORMAL", "PNEUMONIA"):
+        (kermany / label).mkdir(parents=True)
+        for path in sorted((shared_data / "kermany-224" / "test" / label).iterdir())[:2]:
+            shutil.copy(path, kermany / label / path.name)
+            source_of[path.name] = "kermany-224"
+    return adult / "test", kermany, source_of
+
+
+def _evaluate_json(capsys, *argv: str) -> dict:
+    from xray.__main__ import main
+
+    assert main(["evaluate", *argv, "--bootstrap", "20", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_evaluate_command_reports_each_data_source(tiny_model_dir, mixed_data, capsys):
+    from xray.training.data import merge_labels
+    from xray.training.evaluate import load_evaluation_samples
+    from xray.training.metrics import wilson_interval
+
+    adult, kermany, source_of = mixed_data
+    model = f"local-dir:{tiny_model_dir}"
+    result = _evaluate_json(
+        capsys, "--model", model, "--data", str(adult), "--data", str(kermany), "--label-map", "COVID-19=PNEUMONIA"
+    )
+    table, probe = result["per_source"], result["shortcut_probe"]
+    rows = table["sources"]
+    # adult-cxr's metadata.csv names the source per image; the kermany test/ folder is named after its parent
+    assert list(rows) == ["rsna", "nih", "radiography", "kermany-224"]
+    expected = {
+        "rsna": {"NORMAL": 3, "PNEUMONIA": 0},
+        "nih": {"NORMAL": 2, "PNEUMONIA": 2},
+        "radiography": {"NORMAL": 0, "PNEUMONIA": 3},  # COVID-19 counted as PNEUMONIA through the label map
+        "kermany-224": {"NORMAL": 2, "PNEUMONIA": 2},
+    }
+    assert {name: row["counts"] for name, row in rows.items()} == expected
+    assert {name: row["n"] for name, row in rows.items()} == {"rsna": 3, "nih": 4, "radiography": 3, "kermany-224": 4}
+    # the training image in the metadata is not scored; pooled n is the sum of the sources
+    assert table["pooled"]["n"] == result["test"]["n"] == 14 == sum(row["n"] for row in rows.values())
+    assert result["label_map"] == {"COVID-19": "PNEUMONIA"} and table["threshold"] == result["threshold"] == 0.5
+    # one-class sources: what is defined is reported, AUC is null
+    rsna, radiography, nih = rows["rsna"], rows["radiography"], rows["nih"]
+    assert rsna["value"]["auc"] is None and rsna["value"]["sensitivity"] is None
+    assert rsna["value"]["accuracy"] == rsna["value"]["specificity"]
+    assert radiography["value"]["auc"] is None and radiography["value"]["specificity"] is None
+    assert radiography["value"]["accuracy"] == radiography["value"]["sensitivity"]
+    assert nih["value"]["auc"] is not None and 0 <= nih["value"]["auc"] <= 1
+    # proportions carry Wilson intervals of their own counts
+    correct = int(np.trace(np.array(rsna["confusion"])))
+    assert rsna["value"]["accuracy"] == pytest.approx(correct / 3)
+    assert rsna["ci95"]["accuracy"] == pytest.approx(list(wilson_interval(correct, 3)))
+    # the pooled row is the pooled test figures at the same threshold
+    assert table["pooled"]["value"]["accuracy"] == pytest.approx(result["test"]["at_threshold"]["value"]["accuracy"])
+    assert table["pooled"]["value"]["auc"] == pytest.approx(result["test"]["at_default"]["value"]["auc"])
+
+    # the probe: per source, per true class, how often each class is predicted
+    assert list(probe["sources"]) == list(rows)
+    assert set(probe["sources"]["rsna"]) == {"NORMAL"} and set(probe["sources"]["nih"]) == {"NORMAL", "PNEUMONIA"}
+    for name, by_true in probe["sources"].items():
+        assert sum(row["n"] for row in by_true.values()) == rows[name]["n"]
+        for true, row in by_true.items():
+            assert sum(row["predicted"].values()) == row["n"] == rows[name]["counts"][true]
+            assert sum(row["share"].values()) == pytest.approx(1.0)
+    # ... and its counts are the model's own decisions on those files, scored independently here
+    loaded = load_model_dir(tiny_model_dir)
+    samples = merge_labels(load_evaluation_samples(adult), {"COVID-19": "PNEUMONIA"})
+    samples += load_evaluation_samples(kermany)
+    probs = softmax(predict_logits(loaded, load_pixels(samples, (224, 224), "bicubic")), loaded.temperature)
+    called = probs[:, 1] >= 0.5
+    keys = [(source_of[s.source.name], s.label) for s in samples]
+    for name, by_true in probe["sources"].items():
+        for true, row in by_true.items():
+            mine = [c for key, c in zip(keys, called, strict=True) if key == (name, true)]
+            assert row["predicted"]["PNEUMONIA"] == sum(mine), (name, true)
+
+
+def test_evaluate_command_prints_the_table_and_probe(tiny_model_dir, mixed_data, capsys):
+    from xray.__main__ import main
+
+    adult, kermany, _ = mixed_data
+    code = main(["evaluate", "--model", f"local-dir:{tiny_model_dir}", "--data", str(adult), "--data", str(kermany),
+                 "--label-map", "COVID-19=PNEUMONIA", "--bootstrap", "0"])  # fmt: skip
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "per data source (at threshold 0.500):" in text and "Wilson score intervals" in text
+    assert "    rsna (n=3: NORMAL 3)" in text and "    pooled (n=14: NORMAL 7, PNEUMONIA 7)" in text
+    probe = [line for line in text.splitlines() if " called: " in line]
+    assert [line.split(" called: ")[0].strip() for line in probe] == [
+        "rsna NORMAL (n=3)", "nih NORMAL (n=2)", "nih PNEUMONIA (n=2)", "radiography PNEUMONIA (n=3)",
+        "kermany-224 NORMAL (n=2)", "kermany-224 PNEUMONIA (n=2)",
+    ]  # fmt: skip
+
+
+def test_evaluate_command_asks_for_a_label_map(tiny_model_dir, mixed_data, caplog):
+    from xray.__main__ import main
+
+    adult, _, _ = mixed_data
+    assert main(["evaluate", "--model", f"local-dir:{tiny_model_dir}", "--data", str(adult), "--json"]) == 2
+    assert "--label-map COVID-19=PNEUMONIA" in caplog.text
+
+
+def test_three_class_model_per_source_and_probe(tiny_model_dir_3class, mixed_data, capsys):
+    adult, kermany, _ = mixed_data
+    result = _evaluate_json(capsys, "--model", f"local-dir:{tiny_model_dir_3class}", "--data", str(adult),
+                            "--data", str(kermany))  # fmt: skip
+    rows = result["per_source"]["sources"]
+    assert result["per_source"]["threshold"] is None  # argmax
+    assert rows["radiography"]["counts"] == {"NORMAL": 0, "PNEUMONIA": 0, "COVID-19": 3}
+    assert rows["radiography"]["value"]["auc"] is None
+    assert rows["radiography"]["value"]["accuracy"] == rows["radiography"]["value"]["sensitivity/COVID-19"]
+    probe = result["shortcut_probe"]["sources"]
+    assert set(probe["radiography"]) == {"COVID-19"} and set(probe["radiography"]["COVID-19"]["predicted"]) == {
+        "NORMAL", "PNEUMONIA", "COVID-19"}  # fmt: skip
+    assert sum(rows[name]["n"] for name in rows) == result["per_source"]["pooled"]["n"] == 14
+
+
+def test_per_source_metrics_on_arrays_never_crash_on_one_class():
+    from xray.training.evaluate import per_source_metrics, shortcut_probe
+
+    y = np.array([0, 0, 0, 1, 1, 0, 1])
+    p1 = np.array([0.1, 0.7, 0.2, 0.9, 0.3, 0.4, 0.8])
+    probs = np.stack([1 - p1, p1], axis=1)
+    sources = ["a", "a", "a", "b", "b", "c", "c"]
+    table = per_source_metrics(y, probs, ["NORMAL", "PNEUMONIA"], sources, 0.5, n_boot=30)
+    a, b, c = (table["sources"][k] for k in "abc")
+    assert a["n"] == 3 and a["value"]["specificity"] == pytest.approx(2 / 3) and np.isnan(a["value"]["auc"])
+    assert a["ci95"]["specificity"] == pytest.approx(a["ci95"]["accuracy"])
+    assert b["value"]["sensitivity"] == 0.5 and np.isnan(b["value"]["specificity"])
+    assert c["value"]["auc"] == 1.0 and c["value"]["accuracy"] == 1.0
+    low, high = c["ci95"]["accuracy"]
+    assert 0.1 < low < 0.5 and high == pytest.approx(1.0)  # 2 of 2 correct: Wilson, not a bootstrap's degenerate [1, 1]
+    probe = shortcut_probe(table, ["NORMAL", "PNEUMONIA"])["sources"]
+    assert probe["a"] == {"NORMAL": {"n": 3, "predicted": {"NORMAL": 2, "PNEUMONIA": 1},
+                                     "share": {"NORMAL": 2 / 3, "PNEUMONIA": 1 / 3},
+                                     "ci95": probe["a"]["NORMAL"]["ci95"]}}  # fmt: skip
+    assert table["pooled"]["n"] == 7 and table["pooled"]["confusion"] == [[3, 1], [1, 2]]
+    with pytest.raises(ValueError, match="3 data sources for 7 images"):
+        per_source_metrics(y, probs, ["NORMAL", "PNEUMONIA"], ["a"] * 3, 0.5, n_boot=0)

@@ -1,5 +1,6 @@
 """Input gate: every finding triggered by a real (or, where none exists offline, generated) input; real chest
-X-rays pass; OOD statistics fitted, saved, reloaded and applied through a real (tiny) model folder."""
+X-rays pass; OOD statistics fitted, saved, reloaded and applied through a real (tiny) model folder; the learned
+view check fitted on the bundled model's features flags real held-out lateral views and passes real frontal ones."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import load_script
 from tests.dicom_files import make_dicom
 from xray.errors import OodStatsError
 from xray.imaging.io import XrayImage, read_image
 from xray.trust import gate
+from xray.trust import view as viewcheck
 
 SKLEARN_PHOTO = "datasets/images/china.jpg"
 
@@ -367,3 +370,202 @@ def test_half_precision_storage_keeps_distances(tmp_path: Path) -> None:
     gate.save_ood(stats, tmp_path, half=True)
     probe = rng.normal(size=(50, 32)) * scales
     assert gate.ood_score(gate.load_ood(tmp_path), probe) == pytest.approx(gate.ood_score(stats, probe), rel=2e-2)
+
+
+# ---------------------------------------------------------------- learned view check
+
+
+@pytest.mark.parametrize(("name", "group"), [
+    ("covid-19-caso-95-2-16.jpg", "covid-19-caso-95"),
+    ("covid-19-caso-95-4-12.jpg", "covid-19-caso-95"),
+    ("covid-19-caso-70-1-L.jpg", "covid-19-caso-70"),
+    ("covid-19-pneumonia-14-L.jpg", "covid-19-pneumonia-14"),
+    ("covid-19-pneumonia-20-l-on-admission.jpg", "covid-19-pneumonia-20"),
+    ("covid-19-pneumonia-22-day1-l.jpg", "covid-19-pneumonia-22"),
+    ("covid-19-pneumonia-evolution-over-a-week-1-day0-L.jpg", "covid-19-pneumonia-evolution-over-a-week-1"),
+    ("covid-19-infection-exclusive-gastrointestinal-symptoms-l.jpg",
+     "covid-19-infection-exclusive-gastrointestinal-symptoms"),
+    ("right-upper-lobe-pneumonia-9-L.jpg", "right-upper-lobe-pneumonia-9"),
+    ("16663_1_2.jpg", "eurorad-16663"),
+    ("35AF5C3B-D04D-4B4B-92B7-CB1F67D83085.jpg", "unknown:uuid"),
+    ("D5ACAA93-C779-4E22-ADFA-6A220489F840.jpg", "unknown:uuid"),
+    ("f7ea5303f5e3ea16bdd4fd93df84fb_jumbo-1.jpg", "unknown:jumbo"),
+    ("000009-5.jpg", "unknown:eurorad-figure"),
+    ("000001-9-b.jpg", "unknown:eurorad-figure"),
+])
+def test_lateral_patient_id_from_file_name(name: str, group: str) -> None:
+    assert viewcheck.lateral_patient_id(Path("/x") / name) == group
+
+
+@pytest.fixture(scope="module")
+def lateral_paths(shared_data: Path) -> list[Path]:
+    paths = sorted(p for p in (shared_data / "lateral").glob("*.jpg"))
+    if not paths:
+        pytest.skip(f"no lateral views in {shared_data / 'lateral'}")
+    return paths
+
+
+def test_lateral_folder_groups_and_held_out_split(lateral_paths: list[Path]) -> None:
+    groups = {viewcheck.lateral_patient_id(p) for p in lateral_paths}
+    # 28 images of 16 patients (data README); names that say nothing about the patient are merged into one
+    # group each (uuid, jumbo, eurorad figure), so one patient never lands on both sides of the split
+    assert len(lateral_paths) == 28 and len(groups) == 17
+    fit, held = viewcheck.split_lateral(lateral_paths, seed=0)
+    assert sorted(fit + held) == lateral_paths
+    fit_groups = {viewcheck.lateral_patient_id(p) for p in fit}
+    held_groups = {viewcheck.lateral_patient_id(p) for p in held}
+    assert not fit_groups & held_groups and len(held_groups) == round(17 / 3)
+    assert viewcheck.split_lateral(lateral_paths, seed=0) == (fit, held)  # fixed by the seed
+    assert viewcheck.split_lateral(lateral_paths, seed=1) != (fit, held)
+
+
+def _clusters(rng: np.random.Generator, n: int = 60, d: int = 12) -> tuple[np.ndarray, list[str], list[str]]:
+    centres = {"frontal": np.eye(d)[0] * 4, "lateral": np.eye(d)[1] * 4, "other": np.eye(d)[2] * 4}
+    rows, labels, groups = [], [], []
+    for name, centre in centres.items():
+        rows.append(centre + rng.normal(size=(n, d)) + 5)  # offset: unit-length rows still separate
+        labels += [name] * n
+        groups += [f"{name}:{i // 2}" for i in range(n)]
+    return np.vstack(rows), labels, groups
+
+
+def test_fit_view_check_chooses_c_by_grouped_cross_validation() -> None:
+    x, labels, groups = _clusters(np.random.default_rng(0))
+    check = viewcheck.fit_view_check(x, labels, groups, c_grid=(0.01, 1.0), folds=3)
+    assert check.c in (0.01, 1.0) and set(check.info["cv"]["log_loss"]) == {"0.01", "1.0"}
+    recall = check.info["cv"]["out_of_fold_recall"]
+    assert all(r["n"] == 60 and r["correct"] >= 55 for r in recall.values())
+    assert check.decide(x[[0, 60, 120]]) == ["frontal", "lateral", "other"]
+    assert check.info["n"]["lateral"] == {"images": 60, "rows": 60, "groups": 30}
+    with pytest.raises(ValueError, match="no rows of class"):
+        viewcheck.fit_view_check(x[:120], labels[:120], groups[:120])
+    with pytest.raises(ValueError, match="unknown view labels"):
+        viewcheck.fit_view_check(x, ["front"] * len(x), groups)
+
+
+def test_view_check_save_load_round_trip_and_reasons(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    x, labels, groups = _clusters(rng)
+    check = viewcheck.fit_view_check(x, labels, groups, c_grid=(0.1,))
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "x", "num_classes": 2}), encoding="utf-8")
+    assert viewcheck.load_view_check(tmp_path) is None
+    path = viewcheck.save_view_check(check, tmp_path, lateral={"held_out_files": ["a.jpg"]})
+    config = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
+    entry = config["view_check"]
+    assert path.name == "view.npz" and entry["file"] == "view.npz" and config["architecture"] == "x"
+    assert entry["rule"] == "argmax of the class probabilities" and entry["C"] == 0.1
+    assert entry["findings"] == {"lateral": "lateral_view", "other": "not_chest_xray"}
+    loaded = viewcheck.load_view_check(tmp_path)
+    assert loaded.info["lateral"] == {"held_out_files": ["a.jpg"]} and loaded.view
+    probe = rng.normal(size=(20, 12)) + 5
+    np.testing.assert_allclose(loaded.probabilities(probe), check.probabilities(probe), rtol=1e-5, atol=1e-6)
+    assert loaded.probabilities(probe).sum(axis=1) == pytest.approx(np.ones(20))
+    with pytest.raises(OodStatsError, match="expects 12 features"):
+        loaded.probabilities(np.zeros((1, 8)))
+    code, reason, value = viewcheck.finding(loaded, np.array([0.02, 0.97, 0.01]))
+    assert code == "lateral_view" and value == pytest.approx(0.97)
+    assert reason == ("This looks like a lateral view (view check: 97% lateral); the model reads frontal chest X-rays "
+                      "only.")
+    code, reason, _ = viewcheck.finding(loaded, np.array([0.1, 0.1, 0.8]))
+    assert code == "not_chest_xray" and reason.startswith("This does not look like a chest X-ray (view check: 80%")
+    assert viewcheck.finding(loaded, np.array([0.5, 0.3, 0.2])) is None
+    path.write_bytes(b"not an npz file")
+    with pytest.raises(OodStatsError, match="refit"):
+        viewcheck.load_view_check(tmp_path)
+
+
+def test_augment_keeps_size_and_picture(cxr: XrayImage) -> None:
+    rng = np.random.default_rng(0)
+    copy = viewcheck.augment(cxr.pixels, rng)
+    assert copy.shape == cxr.pixels.shape and copy.dtype == np.uint8
+    assert not np.array_equal(copy, cxr.pixels)
+    assert gate.layout_correlation(copy.mean(axis=2)) > 0.3  # still a frontal chest X-ray, not noise
+
+
+@pytest.fixture(scope="module")
+def view_model(shared_data: Path, lateral_paths: list[Path], tmp_path_factory: pytest.TempPathFactory):
+    """The bundled pneumonia model (real EfficientNet-Lite0 features) with a view check fitted on a small sample.
+
+    Frontal: 40 Kermany training children, 12 covid-chestxray and 12 adult-cxr training adults; lateral: the fit
+    patients' images and 2 augmented copies each; other: the bundled photographs and their grey copies.
+    """
+    from xray.inference.models import load_model
+    from xray.training.data import load_samples
+
+    bundled = Path(__file__).resolve().parents[1] / "models" / "pneumonia"
+    if not (bundled / "ood.npz").is_file():
+        pytest.skip("the bundled pneumonia model (with OOD statistics) is absent")
+    folder = shutil.copytree(bundled, tmp_path_factory.mktemp("view") / "pneumonia")
+    eval_gate = load_script("eval_gate")
+    rng = np.random.default_rng(0)
+    kermany = sorted((shared_data / "kermany-224" / "train").rglob("*.jpeg"))
+    frontal = [kermany[i] for i in rng.permutation(len(kermany))[:40]]
+    covid = sorted((shared_data / "covid-chestxray" / "images").glob("*"))
+    frontal += [covid[i] for i in rng.permutation(len(covid))[:12]]
+    adults = [s.source for s in load_samples(shared_data / "adult-cxr") if s.split == "train"]
+    frontal += [adults[i] for i in rng.permutation(len(adults))[:12]]
+    images = [read_image(p) for p in frontal]
+    labels, groups = ["frontal"] * len(images), [f"frontal:{p.name}" for p in frontal]
+    fit, held = viewcheck.split_lateral(lateral_paths, seed=0)
+    for path in fit:
+        image = read_image(path)
+        images += [image.pixels, viewcheck.augment(image.pixels, rng), viewcheck.augment(image.pixels, rng)]
+        labels += ["lateral"] * 3
+        groups += [viewcheck.lateral_patient_id(path)] * 3
+    for path in eval_gate.photo_files():
+        photo = read_image(path)
+        images += [photo, eval_gate._grey_copy(photo)]
+        labels += ["other"] * 2
+        groups += [path.name] * 2
+    check = gate.fit_model_view_check(load_model(f"local-dir:{folder}"), images, labels, groups, folder,
+                                      c_grid=(0.1,), lateral={"held_out_files": [p.name for p in held]})
+    assert check.view and check.info["n"]["lateral"]["rows"] == 3 * len(fit)
+    return load_model(f"local-dir:{folder}"), held
+
+
+def test_view_check_flags_held_out_lateral_views(view_model) -> None:
+    loaded, held = view_model
+    assert gate.view_check_for(loaded) is not None and len(held) >= 5
+    results = [gate.assess(loaded, read_image(p)) for p in held]
+    assert all("lateral_view" in r.codes for r in results), [r.view_probabilities for r in results]
+    reason = next(f.reason for f in results[0].findings if f.code == "lateral_view")
+    assert reason.startswith("This looks like a lateral view (view check: ") and "% lateral); the model reads" in reason
+    assert all(not r.in_scope and r.view_probabilities["lateral"] > 0.5 for r in results)
+
+
+def test_view_check_passes_real_frontal_children_and_adults(view_model, kermany_fullres: list[Path],
+                                                            shared_data: Path) -> None:
+    from xray.training.data import load_samples
+
+    loaded, _ = view_model
+    adults = [s for s in load_samples(shared_data / "adult-cxr") if s.split == "test"]
+    per_source = [s.source for source in sorted({s.data_source for s in adults})
+                  for s in [a for a in adults if a.data_source == source][:4]]
+    results = [gate.assess(loaded, read_image(p)) for p in [*kermany_fullres, *per_source]]
+    assert len(results) == 16 + 12
+    view_codes = [r.codes for r in results if {"lateral_view", "not_chest_xray"} & set(r.codes)]
+    assert view_codes == []
+    assert all(r.view_probabilities["frontal"] > 0.5 for r in results)
+
+
+def test_view_check_scores_the_features_of_the_ood_statistics(view_model, kermany_fullres: list[Path]) -> None:
+    """One forward pass: the view check reads the same features as the OOD score, given or computed."""
+    loaded, _ = view_model
+    stats = gate.ood_stats_for(loaded)
+    image = read_image(kermany_fullres[0])
+    features = gate.ood_features(loaded, [image], stats)[0]
+    batch = gate.verdict(image, stats, features)
+    assert batch.view_probabilities == pytest.approx(gate.assess(loaded, image).view_probabilities, rel=1e-4)
+    expected = stats.view_check.probabilities(features)[0]
+    assert list(batch.view_probabilities.values()) == pytest.approx(expected.tolist())
+
+
+def test_view_check_fitted_on_other_features_is_refused(view_model, tmp_path: Path) -> None:
+    from xray.inference.models import load_model, update_config
+
+    loaded, _ = view_model
+    folder = shutil.copytree(loaded.path, tmp_path / "mismatch")
+    entry = json.loads((folder / "config.json").read_text())["view_check"]
+    update_config(folder, view_check={**entry, "view": None})  # fitted on the images as given, unlike ood.npz
+    with pytest.raises(OodStatsError, match="refit both"):
+        gate.ood_stats_for(load_model(f"local-dir:{folder}"))

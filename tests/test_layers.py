@@ -91,11 +91,11 @@ def test_module_imports_and_respects_layers(module):
 
 
 def test_layer_rule_reports_upward_and_sideways_imports():
-    assert violations("xray.inference.models", {"xray.web.service"})  # up
+    assert violations("xray.inference.models", {"xray.web.diagnose"})  # up
     assert violations("xray.training.data", {"xray.records.db"})  # sideways, same layer
     assert violations("xray.trust.gate", {"xray.__main__"})  # an entry point
-    assert violations("xray.web.service", {"xray.inference.models", "xray.records.crud", "xray.config"}) == []
-    assert violations("xray.__main__", {"xray.web.service"}) == []
+    assert violations("xray.web.diagnose", {"xray.inference.models", "xray.records.crud", "xray.config"}) == []
+    assert violations("xray.__main__", {"xray.web.startup"}) == []
 
 
 def test_xray_never_imports_gradio():

@@ -116,3 +116,18 @@ def test_accepts_grey_arrays_and_keeps_size(fullres) -> None:
     mask = lungs.lung_mask(grey)
     assert mask.shape == grey.shape
     assert np.array_equal(mask, lungs.lung_mask(fullres[2]))
+
+
+def test_scoring_grid_keeps_the_full_resolution_shares(fullres, fields):
+    """The check scores at SCORE_SIDE; shares stay within 0.02 of scoring the full-resolution mask."""
+    assert max(fullres[0].pixels.shape[:2]) > lungs.SCORE_SIDE  # real full-size uploads
+    for image, field in zip(fullres, fields, strict=True):
+        h, w = image.pixels.shape[:2]
+        heat = _blob((h, w), (int(0.35 * w), int(0.5 * h)), 0.15 * w) + 0.5 * _blob((h, w), (int(0.9 * w), 20), 0.1 * w)
+        full = lungs.assess_heatmap(heat, image, fields=field)  # the full-resolution computation
+        fast = lungs.assess_heatmap(heat, image)
+        assert (full.heat_in_lungs is None) == (fast.heat_in_lungs is None)
+        if full.heat_in_lungs is not None:
+            assert abs(full.heat_in_lungs - fast.heat_in_lungs) <= 0.02
+            assert abs(full.heat_in_chest - fast.heat_in_chest) <= 0.02
+    assert lungs.score_shape(1416, 1776) == (408, 512) and lungs.score_shape(224, 224) == (224, 224)

@@ -170,8 +170,6 @@ def test_reevaluate_a_run_with_an_input_jpeg_step(trained, tmp_path):
     assert not refitted.view and load_ood(trained).view  # the transform's JPEG copy replaces the gate's own copy
     assert "input_jpeg_quality" not in load_model_dir(trained).config  # the run itself is untouched
     assert (trained / "metrics.json").read_text() == before
-    with pytest.raises(SystemExit, match="needs --input-jpeg-quality"):
-        train.main(["--reevaluate", str(trained), "--out", str(tmp_path / "none")])
     with pytest.raises(SystemExit, match="integer from 1 to 95"):
         train.main(["--reevaluate", str(trained), "--input-jpeg-quality", "120", "--out", str(tmp_path / "none")])
     assert not (tmp_path / "none").exists()
@@ -246,3 +244,76 @@ def test_model_card_includes_the_gate_figures_once_measured(trained, tmp_path):
     readme = card.write_model_card(folder).read_text()
     assert readme.index("## Input gate") < readme.index("## Limitations")
     assert "| Kermany official test (in scope) | 624 | 9 | 1.4% | flag < 2% | yes" in readme
+
+
+@pytest.fixture(scope="module")
+def mixed_run(shared_data, tmp_path_factory):
+    """A one-epoch two-class run on kermany-224 + adult-cxr, COVID-19 mapped to PNEUMONIA, square-root sampling."""
+    out = tmp_path_factory.mktemp("mixed") / "pneu-adult"
+    train.main([
+        "--data", str(shared_data / "kermany-224"), "--data", str(shared_data / "adult-cxr"),
+        "--label-map", "COVID-19=PNEUMONIA", "--source-balance", "0.5", "--arch", "mobilenetv3_small_100",
+        "--init", "scratch", "--epochs", "1", "--max-per-class", "5", "--batch-size", "5", "--bootstrap", "20",
+        "--threads", "2", "--out", str(out),
+    ])  # fmt: skip
+    return out
+
+
+def test_training_writes_the_per_source_table_and_probe(mixed_run):
+    metrics = json.loads((mixed_run / "metrics.json").read_text())
+    data, table, probe = metrics["data"], metrics["per_source"], metrics["shortcut_probe"]
+    assert metrics["label_names"] == ["NORMAL", "PNEUMONIA"] and data["label_map"] == "COVID-19=PNEUMONIA"
+    assert data["sampling"].startswith("each data source drawn in proportion to its size**0.5")
+    # one row per data source of the test split, with the counts the data facts give, at the chosen threshold
+    assert {name: row["n"] for name, row in table["sources"].items()} == data["data_sources"]["test"]
+    assert set(table["sources"]) <= {"kermany-224", "rsna", "nih", "radiography"}
+    assert table["pooled"]["n"] == metrics["test"]["n"] == 10 and table["threshold"] == metrics["threshold"]
+    assert table["pooled"]["counts"] == metrics["test"]["counts"] == {"NORMAL": 5, "PNEUMONIA": 5}
+    for name, by_true in probe["sources"].items():
+        assert sum(row["n"] for row in by_true.values()) == table["sources"][name]["n"]
+        assert all(sum(row["predicted"].values()) == row["n"] for row in by_true.values())
+    readme = (mixed_run / "README.md").read_text()
+    assert "## Results per data source (test set)" in readme and "### Shortcut probe" in readme
+    assert "- Sampling during training: each data source drawn in proportion to its size**0.5" in readme
+    assert "- Label map: `COVID-19=PNEUMONIA`" in readme and "adult-cxr: adult frontal chest X-rays" in readme
+
+
+def test_reevaluate_rebuilds_the_runs_splits_and_label_map(mixed_run, tmp_path):
+    from xray.inference.models import load_model_dir
+
+    old = json.loads((mixed_run / "metrics.json").read_text())
+    out = tmp_path / "again"
+    # no --input-jpeg-quality: the run's own input processing is kept; no --data: the run's own data
+    train.main(["--reevaluate", str(mixed_run), "--bootstrap", "20", "--threads", "2", "--out", str(out)])
+    new = json.loads((out / "metrics.json").read_text())
+    assert new["data"]["split_counts"] == old["data"]["split_counts"]
+    assert new["data"]["data_sources"] == old["data"]["data_sources"]
+    assert new["data"]["label_map"] == "COVID-19=PNEUMONIA" and new["data"]["sampling"] == old["data"]["sampling"]
+    # same model, same images: the same decisions per source
+    assert list(new["per_source"]["sources"]) == list(old["per_source"]["sources"])
+    for name, row in new["per_source"]["sources"].items():
+        assert row["confusion"] == old["per_source"]["sources"][name]["confusion"], name
+        assert row["value"]["accuracy"] == pytest.approx(old["per_source"]["sources"][name]["value"]["accuracy"])
+    assert new["shortcut_probe"] == old["shortcut_probe"]
+    assert new["training"]["reevaluated_from"] == str(mixed_run) and new["training"]["input_jpeg_quality"] is None
+    assert "input_jpeg_quality" not in load_model_dir(out).config
+
+
+def test_reevaluate_adds_the_per_source_table_to_an_older_run(trained, tmp_path):
+    import shutil
+
+    old = json.loads((trained / "metrics.json").read_text())
+    for key in ("per_source", "shortcut_probe", "sampling", "data_sources", "label_map"):
+        old.pop(key, None)
+        old["data"].pop(key, None)
+    old["training"].pop("label_map", None)
+    older = tmp_path / "older"
+    shutil.copytree(trained, older, ignore=shutil.ignore_patterns("checkpoint.pt"))
+    (older / "metrics.json").write_text(json.dumps(old))
+    train.export_model(older, tmp_path / "card", half=False, images=[])  # an older metrics.json still renders
+    assert "## Results per data source" not in (tmp_path / "card" / "README.md").read_text()
+    train.main(["--reevaluate", str(older), "--bootstrap", "0", "--threads", "2", "--out", str(tmp_path / "new")])
+    new = json.loads((tmp_path / "new" / "metrics.json").read_text())
+    assert list(new["per_source"]["sources"]) == ["kermany-224"]
+    assert new["per_source"]["sources"]["kermany-224"]["counts"] == old["test"]["counts"]
+    assert "## Results per data source" in (tmp_path / "new" / "README.md").read_text()

@@ -1,7 +1,13 @@
-"""Settings from the environment (prefix `XRAY_`), with defaults that run a local demo."""
+"""Settings from the environment (prefix `XRAY_`), with defaults that run a local demo or a Hugging Face Space.
+
+Where the platform says where to listen or where data survives, its word is the default: `GRADIO_SERVER_NAME` and
+`GRADIO_SERVER_PORT` (set by a Space) give the host and port, and on a Space with persistent storage mounted at
+`/data` records and images go there. `XRAY_HOST`, `XRAY_PORT` and `XRAY_DATA_DIR` override both.
+"""
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -10,6 +16,33 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The repository root: bundled models live in `models/` beside the `xray/` package.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: Where a Hugging Face Space mounts its persistent storage (https://huggingface.co/docs/hub/spaces-storage).
+SPACE_STORAGE = Path("/data")
+
+
+def on_space() -> bool:
+    """True inside a Hugging Face Space (the test Gradio itself uses: `SYSTEM=spaces` and a `SPACE_ID`)."""
+    return os.environ.get("SYSTEM") == "spaces" and bool(os.environ.get("SPACE_ID"))
+
+
+def persistent_storage() -> Path | None:
+    """The Space's persistent storage folder when one is mounted and writable, else None."""
+    if on_space() and SPACE_STORAGE.is_dir() and os.access(SPACE_STORAGE, os.W_OK):
+        return SPACE_STORAGE
+    return None
+
+
+def _default_data_dir() -> Path:
+    storage = persistent_storage()
+    return storage / "xray" if storage is not None else Path("data")
+
+
+def _default_host() -> str:
+    return os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+
+
+def _default_port() -> int:
+    return int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
 
 
 class Settings(BaseSettings):
@@ -17,9 +50,18 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="XRAY_", env_file=".env", extra="ignore")
 
-    data_dir: Path = Field(default=Path("data"), description="Folder for the SQLite file and stored uploads.")
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Folder for the SQLite file and stored uploads; default data/, or /data/xray on a Space with "
+        "persistent storage.",
+    )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default sqlite:///<data_dir>/xray.db. PostgreSQL: postgresql+psycopg://"
+    )
+    storage_url: str | None = Field(
+        default=None,
+        description="Where uploads and heatmaps are stored: a folder shared by replicas or an fsspec URL "
+        "(s3://bucket/prefix with s3fs installed); default <data_dir>/images.",
     )
     models_dir: Path = Field(default=PROJECT_ROOT / "models", description="Folder of bundled model folders.")
     default_model: str = Field(default="pneumonia", description="Model name preselected in the app.")
@@ -31,8 +73,30 @@ class Settings(BaseSettings):
     cache_dir: Path | None = Field(default=None, description="Cache for exported ONNX graphs; default ~/.cache/xray.")
     admin_username: str | None = Field(default=None, description="Bootstrap a doctor account at start (hosted Space).")
     admin_password: str | None = Field(default=None, description="Its password, from a secret; never in code.")
-    host: str = "127.0.0.1"
-    port: int = 7860
+    host: str = Field(default_factory=_default_host, description="Listen address; default GRADIO_SERVER_NAME or local.")
+    port: int = Field(default_factory=_default_port, description="Listen port; default GRADIO_SERVER_PORT or 7860.")
+
+    @property
+    def records_survive_restart(self) -> bool:
+        """False on a Space whose records would be lost at restart: no persistent storage and no external database.
+
+        Elsewhere the data folder is on the machine's own disk, which a restart keeps.
+        """
+        if not on_space() or self.database_url and not self.database_url.startswith("sqlite"):
+            return True
+        storage = persistent_storage()
+        return storage is not None and _inside(self.data_dir, storage)
+
+    @property
+    def records_location(self) -> str:
+        """Where records are kept, in words for the About tab (no credentials)."""
+        if self.database_url and not self.database_url.startswith("sqlite"):
+            from sqlalchemy.engine import make_url
+
+            url = make_url(self.database_url)
+            return f"{url.get_backend_name()} database {url.database or ''} on {url.host or 'localhost'}"
+        where = f"SQLite file {(self.data_dir / 'xray.db').resolve()}"
+        return where + ("" if self.records_survive_restart else " (NOT persistent: lost when the Space restarts)")
 
     @property
     def resolved_database_url(self) -> str:
@@ -40,6 +104,14 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'xray.db').as_posix()}"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
 
 
 @lru_cache(maxsize=1)

@@ -6,7 +6,8 @@ Usage (from the repository root, with the run folders that train.py wrote):
         scripts/model_card/defaults.json scripts/model_card/notes.json [--image IMAGE]
 
 TASK is the section title, NAME the row name; defaults.json holds each section's "which is the default and why"
-paragraph, notes.json the list of notes.
+paragraph, notes.json the list of notes. A run whose metrics.json holds a per-data-source table (train.py, or
+`train.py --reevaluate RUN --out NEW` for an older run) gets its table, shortcut probe and sampling facts too.
 """
 
 import argparse

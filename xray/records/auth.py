@@ -9,10 +9,12 @@ with `python -m xray users add NAME`, or (hosted Space) from the admin_username/
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 import re
+import secrets
 import unicodedata
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -166,7 +168,9 @@ def reset_password(session: Session, *, username: str, password: str) -> Doctor:
     doctor = require_account(session, username)
     check_password(password, username=doctor.username)
     updated = crud.update_doctor(session, username=doctor.username, password_hash=hash_password(password))
-    logger.info("password reset for %s", doctor.username)
+    # whoever knew the old password is signed out everywhere
+    ended = end_all_sessions(session, username=doctor.username)
+    logger.info("password reset for %s (%d sessions ended)", doctor.username, ended)
     assert updated is not None
     return updated
 
@@ -179,6 +183,8 @@ def set_active(session: Session, *, username: str, active: bool) -> Doctor:
     """
     doctor = require_account(session, username)
     updated = crud.update_doctor(session, username=doctor.username, is_active=active)
+    if not active:
+        end_all_sessions(session, username=doctor.username)
     logger.info("account %s %s", doctor.username, "enabled" if active else "disabled")
     assert updated is not None
     return updated
@@ -367,3 +373,97 @@ def make_password_checker(engine: Engine, *, policy: ThrottlePolicy | None = Non
         return outcome is SignInOutcome.SUCCESS
 
     return check
+
+
+# ---------------------------------------------------------------------------------------------- sessions
+
+#: How long a sign-in lasts (a working day); after that the browser signs in again.
+SESSION_HOURS = 12.0
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def start_session(session: Session, *, username: str, hours: float = SESSION_HOURS, token: str | None = None) -> str:
+    """Sign a doctor in: store the hash of a new (or given) cookie token, valid for `hours`; returns the token.
+
+    Raises:
+        AccountError: no enabled account of that name.
+    """
+    doctor = active_doctor(session, username)
+    if doctor is None:
+        raise AccountError(f"No enabled doctor account '{username}'.")
+    token = token or secrets.token_urlsafe(32)
+    crud.create_sign_in_session(
+        session, doctor=doctor, token_sha256=_token_hash(token), expires_at=utcnow() + timedelta(hours=hours)
+    )
+    return token
+
+
+def session_username(session: Session, *, token: str | None) -> str | None:
+    """The doctor signed in with this cookie token (unexpired, not signed out, account enabled), or None."""
+    if not token:
+        return None
+    doctor = crud.active_session_doctor(session, token_sha256=_token_hash(token), now=utcnow())
+    return None if doctor is None else doctor.username
+
+
+def end_session(session: Session, *, token: str | None) -> bool:
+    """Sign one browser out (its token stops working on every app process); returns whether it was signed in."""
+    if not token:
+        return False
+    return crud.revoke_sign_in_sessions(session, token_sha256=_token_hash(token), now=utcnow()) > 0
+
+
+def end_all_sessions(session: Session, *, username: str) -> int:
+    """Sign a doctor out everywhere (after a password reset or when the account is disabled)."""
+    doctor = crud.get_doctor(session, username=normalize_username(username))
+    return 0 if doctor is None else crud.revoke_sign_in_sessions(session, doctor=doctor, now=utcnow())
+
+
+def session_cookie_id(database_url: str) -> str:
+    """The suffix of the sign-in cookie's name, the same for every process on one database.
+
+    Gradio names its cookie `access-token-<cookie_id>` with a random id per process, so a restart or a second
+    replica would not even read the cookie. Derived from the database URL, two apps on one host with different
+    databases still keep their cookies apart. Not a secret: the token inside the cookie is.
+    """
+    return hashlib.sha256(f"xray-session:{database_url}".encode()).hexdigest()[:32]
+
+
+class DatabaseTokens(MutableMapping[str, str]):
+    """Gradio's `app.tokens` (cookie token -> user name), kept in the database instead of process memory.
+
+    Gradio's `/login` stores a new token with `tokens[token] = username` and every request looks the cookie up
+    with `tokens.get(token)`; here both go to the `signinsession` table, hashed, with an expiry. Raw tokens are
+    never stored, so the mapping cannot be listed (iteration yields nothing); sign-out goes through `del`.
+    """
+
+    def __init__(self, engine: Engine, *, hours: float = SESSION_HOURS) -> None:
+        self.engine = engine
+        self.hours = hours
+
+    def __getitem__(self, token: str) -> str:
+        with Session(self.engine) as session:
+            username = session_username(session, token=token)
+        if username is None:
+            raise KeyError("unknown, expired or signed-out session")
+        return username
+
+    def __setitem__(self, token: str, username: str) -> None:
+        with Session(self.engine) as session:
+            start_session(session, username=username, hours=self.hours, token=token)
+
+    def __delitem__(self, token: str) -> None:
+        with Session(self.engine) as session:
+            if not end_session(session, token=token):
+                raise KeyError("not signed in")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        with Session(self.engine) as session:
+            return crud.count_active_sessions(session, now=utcnow())
+

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import delete, func, or_, update
 from sqlmodel import Session, col, select
 
-from xray.records.db import Doctor, Record, SignInEvent, utcnow
+from xray.records.db import Doctor, Record, SignInEvent, SignInSession, utcnow
 
 #: Record columns a caller may set at creation (the owner and id are set here, never by the caller).
 _RECORD_FIELDS = frozenset(Record.model_fields) - {"id", "doctor_id", "created_at", "updated_at"}
@@ -276,3 +276,61 @@ def last_sign_in_event(session: Session, *, username: str, outcome: str) -> Sign
         .order_by(col(SignInEvent.at).desc(), col(SignInEvent.id).desc())
     )
     return session.exec(statement).first()
+
+
+# ---------------------------------------------------------------------------------------------- sign-in sessions
+
+
+def create_sign_in_session(
+    session: Session, *, doctor: Doctor, token_sha256: str, expires_at: datetime
+) -> SignInSession:
+    """Store a new signed-in browser (by the hash of its token)."""
+    row = SignInSession(token_sha256=token_sha256, doctor_id=_owner_id(doctor), expires_at=expires_at)
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return row
+
+
+def active_session_doctor(session: Session, *, token_sha256: str, now: datetime) -> Doctor | None:
+    """The enabled doctor of an unexpired, unrevoked session with this token hash, or None."""
+    statement = (
+        select(Doctor)
+        .join(SignInSession, SignInSession.doctor_id == Doctor.id)
+        .where(SignInSession.token_sha256 == token_sha256)
+        .where(SignInSession.revoked_at.is_(None))  # type: ignore[union-attr]
+        .where(SignInSession.expires_at > now)
+        .where(Doctor.is_active == True)  # noqa: E712 (SQL expression)
+    )
+    return session.exec(statement).first()
+
+
+def revoke_sign_in_sessions(
+    session: Session, *, now: datetime, token_sha256: str | None = None, doctor: Doctor | None = None
+) -> int:
+    """Revoke one session (by token hash) or every session of a doctor; returns how many were revoked."""
+    if token_sha256 is None and doctor is None:
+        raise ValueError("give a token hash or a doctor")
+    statement = select(SignInSession).where(SignInSession.revoked_at.is_(None))  # type: ignore[union-attr]
+    if token_sha256 is not None:
+        statement = statement.where(SignInSession.token_sha256 == token_sha256)
+    if doctor is not None:
+        statement = statement.where(SignInSession.doctor_id == _owner_id(doctor))
+    rows = list(session.exec(statement))
+    for row in rows:
+        row.revoked_at = now
+        session.add(row)
+    session.commit()
+    return len(rows)
+
+
+def count_active_sessions(session: Session, *, now: datetime) -> int:
+    """How many sessions are signed in now (unexpired, unrevoked)."""
+    statement = (
+        select(func.count())
+        .select_from(SignInSession)
+        .where(SignInSession.revoked_at.is_(None))  # type: ignore[union-attr]
+        .where(SignInSession.expires_at > now)
+    )
+    return int(session.exec(statement).one())
+

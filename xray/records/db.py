@@ -1,8 +1,9 @@
 """Database tables (SQLModel) and the engine: SQLite by default (WAL), PostgreSQL through psycopg.
 
-Three tables: `doctor` (accounts), `record` (one saved prediction each, owned by one doctor) and `signinevent`
-(every sign-in attempt, for throttling and audit). Nothing touches the database at import; call
-`make_engine` and `init_db` at start-up.
+Four tables: `doctor` (accounts), `record` (one saved prediction each, owned by one doctor), `signinevent`
+(every sign-in attempt, for throttling and audit) and `signinsession` (signed-in browsers, by token hash, so
+that a restart signs nobody out and replicas on one database accept each other's sessions). Nothing touches the
+database at import; call `make_engine` and `init_db` at start-up.
 """
 
 from __future__ import annotations
@@ -94,6 +95,17 @@ class SignInEvent(SQLModel, table=True):
     username: str = Field(index=True, max_length=200)
     address: str = Field(default="", index=True, max_length=100)
     outcome: str = Field(max_length=20)
+
+
+class SignInSession(SQLModel, table=True):
+    """A signed-in browser. Only the SHA-256 of its cookie token is stored, so a database leak yields no session."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_sha256: str = Field(index=True, unique=True, max_length=64)
+    doctor_id: int = Field(foreign_key="doctor.id", index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime = Field(index=True)
+    revoked_at: datetime | None = Field(default=None)
 
 
 def normalize_database_url(url: str) -> str:

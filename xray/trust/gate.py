@@ -12,10 +12,17 @@ Image statistics and DICOM header (`check_image`; thresholds set on the training
 - `modality`, `view`, `body_part`: the DICOM header says CT/MR/ultrasound/..., a lateral (or oblique,
   decubitus) view, or another body part.
 
+Learned view check (`xray.trust.view`): a class-balanced multinomial logistic regression on the same features
+the OOD score uses (no extra forward pass) tells a frontal chest X-ray from a lateral view (`lateral_view`) and
+from an image that is not a chest X-ray (`not_chest_xray`), by the most probable class. Stored as `view.npz`
+(`config.json` key `view_check`) and loaded with the OOD statistics by `ood_stats_for` (`OodStats.view_check`),
+so every caller of `verdict` applies it; fitted and measured by `scripts/eval_gate.py --fit` (see that module).
+
 Out-of-distribution score (`ood_score`): Mahalanobis distance of the model's penultimate features to the
 training features (class-conditional means, one shared Ledoit-Wolf shrinkage covariance; Lee et al. 2018),
 flagged above the `quantile` (default 99%) of the distances of the validation images. The statistics live
-in the model folder (`ood.npz`, and `config.json` key `ood`), written by `fit_model_ood` after training.
+in the model folder (`ood.npz`, and `config.json` key `ood`), written by `fit_model_ood` after training, or
+by `scripts/eval_gate.py --fit` on the training and validation images of every in-scope source (`sources`).
 Two choices, both measured with scripts/eval_gate.py on a trained EfficientNet-Lite0 (Kermany):
 - Features are taken from a canonical copy of the image (`ood_view`: whole image resized to the model input
   size, saved as JPEG quality 75, as the Kermany training copies were). Without it, resolution and
@@ -53,6 +60,7 @@ import cv2
 import numpy as np
 
 from xray.errors import OodStatsError
+from xray.trust import view as viewcheck
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +151,7 @@ class GateFinding:
 
     Attributes:
         code: short identifier (`too_small`, `color`, `blank`, `inverted`, `circular_field`, `modality`,
-            `view`, `body_part`, `out_of_distribution`).
+            `view`, `body_part`, `lateral_view`, `not_chest_xray`, `out_of_distribution`).
         reason: the sentence shown to the doctor.
         value: the measured statistic behind it, when there is one (for logs and evaluation).
     """
@@ -163,6 +171,7 @@ class GateResult:
         findings: the findings themselves.
         ood_distance: Mahalanobis distance of the image's features (None when the model has no OOD statistics).
         ood_threshold: the distance above which an image counts as far from the training data.
+        view_probabilities: the view check's class probabilities (None when the model has no view check).
     """
 
     in_scope: bool
@@ -170,6 +179,7 @@ class GateResult:
     findings: list[GateFinding] = field(default_factory=list)
     ood_distance: float | None = None
     ood_threshold: float | None = None
+    view_probabilities: dict[str, float] | None = None
 
     @property
     def codes(self) -> list[str]:
@@ -326,6 +336,9 @@ class OodStats:
         in_scope_flagged: how many in-scope test images this score flagged when measured
             (`{"set": ..., "flagged": ..., "n": ...}`, written by `record_in_scope_flagged`), quoted with each flag
             so that the doctor can weigh it; None when not measured since the last fit.
+        sources: names of the data folders the statistics were fitted on (empty when not recorded).
+        view_check: the model's learned view check, which scores the same features (`xray.trust.view`); attached
+            by `ood_stats_for`, None when the model has none.
     """
 
     means: np.ndarray
@@ -338,6 +351,8 @@ class OodStats:
     l2_normalized: bool = False
     view: bool = False
     in_scope_flagged: dict[str, Any] | None = None
+    sources: tuple[str, ...] = ()
+    view_check: viewcheck.ViewCheck | None = None
 
     @property
     def feature_dim(self) -> int:
@@ -430,7 +445,7 @@ def ood_score(stats: OodStats, features: np.ndarray) -> np.ndarray:
     return mahalanobis(stats.means, stats.precision, x)
 
 
-def save_ood(stats: OodStats, model_dir: str | Path, *, half: bool = False) -> Path:
+def save_ood(stats: OodStats, model_dir: str | Path, *, half: bool = False, sources: Sequence[str] = ()) -> Path:
     """Write `ood.npz` into a model folder and record it under `config.json` key `ood`.
 
     Args:
@@ -438,6 +453,7 @@ def save_ood(stats: OodStats, model_dir: str | Path, *, half: bool = False) -> P
         model_dir: the model folder (with config.json).
         half: store the D x D precision in float16, scaled by its largest entry (halves the file; check the
             distances it gives against float32 before shipping it: tiny entries lose precision).
+        sources: names of the data folders the statistics were fitted on (default: those of `stats`).
 
     Returns:
         The path of the written file.
@@ -462,6 +478,7 @@ def save_ood(stats: OodStats, model_dir: str | Path, *, half: bool = False) -> P
         "n_val": stats.n_val,
         "l2_normalized": stats.l2_normalized,
         "view": f"resized to the model input, JPEG quality {OOD_JPEG_QUALITY}" if stats.view else None,
+        "sources": list(sources or stats.sources),
     }})
     return path
 
@@ -498,7 +515,8 @@ def load_ood(model_dir: str | Path) -> OodStats | None:
                     quantile=float(entry.get("quantile", math.nan)), shrinkage=float(entry.get("shrinkage", math.nan)),
                     n_train=int(entry.get("n_train", 0)), n_val=int(entry.get("n_val", 0)),
                     l2_normalized=bool(entry.get("l2_normalized", False)), view=bool(entry.get("view")),
-                    in_scope_flagged=_flag_count(entry.get("in_scope_flagged")))
+                    in_scope_flagged=_flag_count(entry.get("in_scope_flagged")),
+                    sources=tuple(str(s) for s in entry.get("sources") or ()))
 
 
 def _flag_count(value: Any) -> dict[str, Any] | None:
@@ -529,20 +547,51 @@ def record_in_scope_flagged(model_dir: str | Path, *, set_name: str, flagged: in
                                                                                       "n": int(n)}}})
 
 
-_CACHE: dict[tuple[str, float, str], OodStats | None] = {}
+_CACHE: dict[tuple[str, float, str, float, float], OodStats | None] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.is_file() else -1.0
+
+
 def ood_stats_for(loaded: Any) -> OodStats | None:
-    """The OOD statistics of a loaded model, read once per folder (again when ood.npz or its config entry changes)."""
+    """The OOD statistics of a loaded model with its view check attached, read once per folder.
+
+    Read again when ood.npz, view.npz or config.json change.
+
+    Raises:
+        OodStatsError: either file is unreadable, or the view check was fitted on other features than the OOD
+            statistics (then both must be refitted).
+    """
     path = Path(loaded.path)
     entry = (loaded.config or {}).get(OOD_CONFIG_KEY) or {}
-    file = path / str(entry.get("file", OOD_FILE))
-    key = (str(path), file.stat().st_mtime if file.is_file() else -1.0, json.dumps(entry, sort_keys=True))
+    key = (str(path), _mtime(path / str(entry.get("file", OOD_FILE))), json.dumps(entry, sort_keys=True),
+           _mtime(path / viewcheck.VIEW_FILE), _mtime(path / "config.json"))
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = load_ood(path)
+            stats = load_ood(path)
+            if stats is not None:
+                stats.view_check = _matching_view_check(path, stats)
+            _CACHE[key] = stats
         return _CACHE[key]
+
+
+def _matching_view_check(path: Path, stats: OodStats) -> viewcheck.ViewCheck | None:
+    check = viewcheck.load_view_check(path)
+    if check is not None and (check.view != stats.view or check.feature_dim != stats.feature_dim):
+        raise OodStatsError(
+            f"The view check in {path} was fitted on other features than its OOD statistics (view copy "
+            f"{check.view} / {stats.view}, D {check.feature_dim} / {stats.feature_dim}); refit both "
+            "(scripts/eval_gate.py --fit)."
+        )
+    return check
+
+
+def view_check_for(loaded: Any) -> viewcheck.ViewCheck | None:
+    """The loaded model's view check (None without one, or without OOD statistics: it scores their features)."""
+    stats = ood_stats_for(loaded)
+    return stats.view_check if stats is not None else None
 
 
 def penultimate_features(loaded: Any, images: Sequence[Any]) -> np.ndarray:
@@ -568,15 +617,31 @@ def ood_view(image: Any, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(jpeg_round_trip(picture, quality=OOD_JPEG_QUALITY).convert("RGB"))
 
 
+def feature_view(loaded: Any) -> bool:
+    """Whether a fit for this model takes features from `ood_view` copies (else from the images as given).
+
+    False for a model whose own transform already makes that copy (config.json `input_jpeg_quality`): its gate
+    then scores the prediction's own features.
+    """
+    from xray.inference.models import INPUT_JPEG_KEY
+
+    return not (loaded.config or {}).get(INPUT_JPEG_KEY)
+
+
+def check_features(loaded: Any, images: Sequence[Any], view: bool) -> np.ndarray:
+    """(N, D) the features the gate's OOD score and view check read: of `ood_view` copies when `view`."""
+    if not view:
+        return penultimate_features(loaded, images)
+    size = tuple(loaded.data_config["input_size"][1:])
+    return penultimate_features(loaded, [ood_view(image, size) for image in images])
+
+
 def ood_features(loaded: Any, images: Sequence[Any], stats: OodStats | None = None) -> np.ndarray:
     """(N, D) features for the OOD score: penultimate features of each image's `ood_view`.
 
     With `stats` fitted on the images as given (`stats.view` False), the images' own features instead.
     """
-    if stats is not None and not stats.view:
-        return penultimate_features(loaded, images)
-    size = tuple(loaded.data_config["input_size"][1:])
-    return penultimate_features(loaded, [ood_view(image, size) for image in images])
+    return check_features(loaded, images, view=stats is None or stats.view)
 
 
 def fit_model_ood(
@@ -599,11 +664,9 @@ def fit_model_ood(
     float16 (see `save_ood`; on the EfficientNet-Lite0 statistics it changed distances by at most 0.02% and
     halved ood.npz to 3.3 MB).
     """
-    from xray.inference.models import INPUT_JPEG_KEY
-
-    view = not (loaded.config or {}).get(INPUT_JPEG_KEY)
-    features_train = ood_features(loaded, train_images) if view else penultimate_features(loaded, train_images)
-    features_val = ood_features(loaded, val_images) if view else penultimate_features(loaded, val_images)
+    view = feature_view(loaded)
+    features_train = check_features(loaded, train_images, view)
+    features_val = check_features(loaded, val_images, view)
     stats = fit_ood(features_train, features_val, labels_train=train_targets, quantile=quantile)
     stats.view = view
     if out_dir is not None:
@@ -611,11 +674,43 @@ def fit_model_ood(
     return stats
 
 
+def fit_model_view_check(
+    loaded: Any,
+    images: Sequence[Any],
+    labels: Sequence[str],
+    groups: Sequence[str],
+    out_dir: str | Path | None = None,
+    *,
+    originals: np.ndarray | None = None,
+    c_grid: Sequence[float] = viewcheck.C_GRID,
+    **info: Any,
+) -> viewcheck.ViewCheck:
+    """Extract the gate's features of labelled images, fit the view check (`xray.trust.view`), save it to `out_dir`.
+
+    Args:
+        loaded: the model whose features the check reads.
+        images: frontal chest X-rays, lateral views and other images (never a test split).
+        labels: `frontal`, `lateral` or `other` per image.
+        groups: patient (or source image) per image; augmented copies share their image's group.
+        out_dir: the model folder to write `view.npz` into (None: do not save).
+        originals: False for augmented copies (see `xray.trust.view.fit_view_check`).
+        c_grid: C values for the grouped cross-validation.
+        **info: more facts for the config entry.
+    """
+    view = feature_view(loaded)
+    features = check_features(loaded, images, view)
+    check = viewcheck.fit_view_check(features, labels, groups, originals=originals, c_grid=c_grid)
+    check.view = view
+    if out_dir is not None:
+        viewcheck.save_view_check(check, out_dir, **info)
+    return check
+
+
 # ---------------------------------------------------------------- both
 
 
 def assess(loaded: Any, image: Any, features: np.ndarray | None = None) -> GateResult:
-    """Run every check on one image: image statistics, DICOM header and (when the model has them) OOD statistics.
+    """Run every check on one image: image statistics, DICOM header and (when the model has them) view check and OOD.
 
     Args:
         loaded: the `LoadedModel` that will classify the image.
@@ -634,15 +729,23 @@ def assess(loaded: Any, image: Any, features: np.ndarray | None = None) -> GateR
 
 
 def verdict(image: Any, stats: OodStats | None, features: np.ndarray | None) -> GateResult:
-    """Combine the image checks with the OOD score of already computed OOD features (batch evaluation).
+    """Combine the image checks with the view check and OOD score of already computed features (batch evaluation).
 
     Args:
         image: an `XrayImage` (or HxWx3 uint8 array).
-        stats: the model's OOD statistics, or None for image checks only.
+        stats: the model's OOD statistics (with `view_check` attached by `ood_stats_for`), or None for image
+            checks only.
         features: the image's (D,) OOD features (`ood_features(loaded, [image], stats)[0]`); ignored without stats.
     """
     findings = check_image(image)
-    distance = threshold = None
+    distance = threshold = probabilities = None
+    if stats is not None and features is not None and stats.view_check is not None:
+        check = stats.view_check
+        probs = check.probabilities(np.asarray(features).reshape(1, -1))[0]
+        probabilities = {name: float(p) for name, p in zip(check.classes, probs, strict=True)}
+        found = viewcheck.finding(check, probs)
+        if found is not None:
+            findings.append(GateFinding(*found))
     if stats is not None and features is not None:
         distance = float(ood_score(stats, np.asarray(features).reshape(1, -1))[0])
         threshold = stats.threshold
@@ -656,4 +759,4 @@ def verdict(image: Any, stats: OodStats | None, features: np.ndarray | None) -> 
                            f"({measured['flagged'] / measured['n']:.1%}), all of them in scope.")
             findings.append(GateFinding("out_of_distribution", reason, distance))
     return GateResult(in_scope=not findings, reasons=[f.reason for f in findings], findings=findings,
-                      ood_distance=distance, ood_threshold=threshold)
+                      ood_distance=distance, ood_threshold=threshold, view_probabilities=probabilities)

@@ -21,6 +21,11 @@ of official test images, mostly for heat on the hila, heart borders and mediasti
 places to look; the chest rule warned on 8% of them (19% of the 16 full-resolution validation images, 30% of
 adult covid-chestxray images). Measured with scripts/eval_gate.py --lungs.
 
+Cost: the heatmap check works at `SCORE_SIDE` (512 px on the long side, the aspect ratio kept), not at the
+upload's resolution: the lung fields come from a 256-px estimate and Grad-CAM from a 7 x 7 grid, so a full-size
+mask adds nothing but time (a 1776 x 1416 upload spent about 0.2 s dilating its full-size mask). On real X-rays
+the shares change by at most 0.02 (tests/test_lungs.py).
+
 Limits: a heuristic, not a segmentation model. It assumes an upright frontal (PA/AP) view; on lateral views,
 CT slices or photographs the mask is meaningless, which is why the input gate runs first. Checked by eye on
 the 16 full-resolution Kermany validation images and a sample of covid-chestxray images (see
@@ -39,6 +44,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 WORK_SIZE = 256
+#: Long side of the grid the heatmap check scores on (see "Cost" above).
+SCORE_SIDE = 512
 #: Depth threshold as a share of the depth map's 99th percentile (step 3).
 DEPTH_FRACTION = 0.2
 #: Heatmap check: warn when less than this share of the heat lies over the chest (lung fields and the space
@@ -109,15 +116,22 @@ class HeatmapCheck:
                 f"the chest (lung fields cover {self.lung_area_fraction:.0%} of the image).")
 
 
-def _grey(image: Any) -> np.ndarray:
-    """HxW float32 grey pixels from an XrayImage, an HxWx3 / HxW array or a PIL image."""
-    pixels = getattr(image, "pixels", image)
-    arr = np.asarray(pixels)
-    if arr.ndim == 3:
-        arr = arr[..., :3].mean(axis=2)
-    if arr.ndim != 2 or min(arr.shape) < 2:
+def _grey(image: Any, size: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Grey float32 pixels of an XrayImage, HxWx3 / HxW array or PIL image, and the image's own (height, width).
+
+    With `size`, the pixels are first shrunk (area interpolation) to `size` x `size`, so a large upload is never
+    converted to grey at full resolution.
+    """
+    arr = np.asarray(getattr(image, "pixels", image))
+    if arr.ndim not in (2, 3) or min(arr.shape[:2]) < 2:
         raise ValueError(f"expected an HxW or HxWx3 image, got shape {arr.shape}")
-    return arr.astype(np.float32)
+    shape = (int(arr.shape[0]), int(arr.shape[1]))
+    if arr.ndim == 3:
+        arr = np.ascontiguousarray(arr[..., :3])
+    if size is not None:
+        arr = cv2.resize(arr, (size, size), interpolation=cv2.INTER_AREA)
+    arr = arr.astype(np.float32)
+    return (arr.mean(axis=2) if arr.ndim == 3 else arr), shape
 
 
 def _fill_holes(image: np.ndarray) -> np.ndarray:
@@ -141,19 +155,20 @@ def _spine_column(grey: np.ndarray, rows: slice) -> int:
     return lo + int(np.argmax(profile[lo:hi]))
 
 
-def lung_fields(image: Any) -> LungFields:
+def lung_fields(image: Any, *, shape: tuple[int, int] | None = None) -> LungFields:
     """Estimate the lung fields of a frontal chest X-ray (see the module docstring for the method).
 
     Args:
         image: an `XrayImage`, an HxWx3 RGB or HxW grey array.
+        shape: (height, width) of the returned mask; default the image's own resolution.
 
     Returns:
-        The mask at the image's resolution, with its area share and whether it is plausible.
+        The mask, with its area share and whether it is plausible.
     """
-    grey_full = _grey(image)
-    height, width = grey_full.shape
     size = WORK_SIZE
-    grey = cv2.resize(grey_full, (size, size), interpolation=cv2.INTER_AREA)
+    grey, (height, width) = _grey(image, size)
+    if shape is not None:
+        height, width = shape
     grey = cv2.GaussianBlur(grey, (0, 0), 2)
     lo, hi = np.percentile(grey, [1, 99])
     work = np.zeros((size, size), np.uint8)
@@ -243,20 +258,29 @@ def _with_margin(mask: np.ndarray, margin: float) -> np.ndarray:
     return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
 
 
+def score_shape(height: int, width: int, side: int = SCORE_SIDE) -> tuple[int, int]:
+    """(height, width) of the grid a heatmap is scored on: the long side at most `side`, the aspect ratio kept."""
+    scale = min(1.0, side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def assess_heatmap(heatmap: np.ndarray, image: Any, *, fields: LungFields | None = None) -> HeatmapCheck:
     """Check where a heatmap's heat lies: over the lung fields, over the chest, or elsewhere.
 
     Args:
-        heatmap: HxW Grad-CAM (any size; resized to the image).
+        heatmap: HxW Grad-CAM (any size; resized to the scoring grid).
         image: the image it explains (`XrayImage` or array).
-        fields: a lung-field estimate already computed for this image (else computed here).
+        fields: a lung-field estimate already computed for this image, at any resolution (else one is computed
+            at `score_shape` of the image, which is all the check needs).
 
     Returns:
         The shares of heat over the lung fields and over the chest (each with a margin of `HEAT_MARGIN` of the
         image side for the coarse Grad-CAM grid), and a warning when the chest share is below
         `MIN_HEAT_IN_CHEST` (see the module docstring for why the chest and not the lungs alone).
     """
-    fields = fields or lung_fields(image)
+    if fields is None:
+        pixels = np.asarray(getattr(image, "pixels", image))
+        fields = lung_fields(image, shape=score_shape(*pixels.shape[:2]))
     if not fields.plausible:
         return HeatmapCheck(
             heat_in_lungs=None,

@@ -1,0 +1,52 @@
+"""xray.web.operating: the operating point from the validation ROC."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.web_cases import diagnose_upload as _diagnose
+from xray.records import crud
+from xray.trust.operating import operating_point
+from xray.web import operating, registry
+
+# A validation ROC as xray.training.metrics stores it (thresholds decreasing, the first clipped to 1).
+ROC = {"fpr": [0.0, 0.1, 0.3, 1.0], "tpr": [0.0, 0.6, 0.9, 1.0], "thresholds": [1.0, 0.7, 0.4, 0.0]}
+
+
+@pytest.fixture(scope="module")
+def model_with_roc(tiny_model_dir, tmp_path_factory) -> str:
+    """The tiny model with a metrics.json holding a validation ROC and split counts."""
+    folder = tmp_path_factory.mktemp("roc") / "tiny"
+    shutil.copytree(tiny_model_dir, folder)
+    metrics = {"validation": {"roc": ROC}, "data": {"split_counts": {"val": {"NORMAL": 300, "PNEUMONIA": 100}}}}
+    (folder / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    return f"local-dir:{folder}"
+
+
+def test_operating_point_defaults_and_markdown(session, store, doctors, model_with_roc, tiny_model_dir_3class):
+    alice, _ = doctors
+    info = registry.describe_model(model_with_roc)
+    defaults = operating.operating_defaults(info)
+    assert defaults.available and defaults.threshold == 0.5 and defaults.positive_label == "PNEUMONIA"
+    assert defaults.prevalence == pytest.approx(0.25)  # 100 of 400 validation images
+    record = _diagnose(session, store, alice, model_with_roc).record
+    p = record.probabilities["PNEUMONIA"]
+    expected = operating_point(ROC, 0.4, 0.1)
+    text = operating.operating_markdown(info, 0.4, 0.1, record)
+    assert f"sensitivity {expected.sensitivity:.1%}" in text and f"specificity {expected.specificity:.1%}" in text
+    assert f"right {expected.ppv:.1%} of the time (PPV), a negative one {expected.npv:.1%} (NPV)" in text
+    # The verdict follows the slider from the stored probability (just below and just above it).
+    below = operating.operating_markdown(info, max(0.0, p - 0.01), 0.25, record)
+    above = operating.operating_markdown(info, min(1.0, p + 0.01), 0.25, record)
+    assert "current result is PNEUMONIA" in below and "current result is NORMAL" in above
+    assert crud.get_record(session, doctor=alice, record_id=record.id).predicted_label == record.predicted_label
+    with pytest.raises(Exception, match="between 0 and 1"):
+        operating.operating_markdown(info, 1.5, 0.25, record)
+    # Not offered without a validation ROC, nor for three-class models.
+    assert not operating.operating_defaults(registry.describe_model(f"local-dir:{tiny_model_dir_3class}")).available
+    bare = operating.operating_defaults(registry.ModelInfo(name="x", label_names=["A", "B"], threshold=0.5,
+                                                      positive_label="B"))  # fmt: skip
+    assert not bare.available and "no validation ROC" in bare.reason

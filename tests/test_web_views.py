@@ -1,0 +1,18 @@
+"""xray.web.views: Markdown of a result."""
+
+from __future__ import annotations
+
+from xray.web import views
+
+
+def test_markdown_escape_keeps_patient_names_literal():
+    assert views.md_escape("*Roe* [x](http://y) #1") == "\\*Roe\\* \\[x\\]\\(http://y\\) \\#1"
+    assert views.md_escape("Jane Roe") == "Jane Roe"
+
+
+def test_trust_heat_markdown_warns_when_low():
+    low = views.heat_markdown(0.2, 0.3)
+    assert "Only 30% of the heatmap lies over the chest (20% over the lung fields)" in low and "⚠️" in low
+    high = views.heat_markdown(0.45, 0.8)
+    assert "45% of the heat lies inside the estimated lung fields, 80% over the chest." == high
+    assert "not checked" in views.heat_markdown(None)

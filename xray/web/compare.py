@@ -1,0 +1,124 @@
+"""The Compare tab: every registered model on one image, side by side. Nothing is saved.
+
+This is the researchers' view of the backbones, not a patient's record: each model's prediction, heatmap,
+latency, test metrics, its own input check and its caveat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xray.errors import InvalidInputError, XrayError
+from xray.web.diagnose import check_method
+from xray.web.forms import load_image, read_upload
+from xray.web.registry import ModelInfo, describe_model, format_headline
+from xray.web.views import HeatmapView, make_view
+
+COMPARE_COLUMNS = ["Model", "Architecture", "Version", "Output", "Probabilities", "Latency (ms)", "Test metrics",
+                   "Input check", "Caveat"]  # fmt: skip
+
+
+@dataclass
+class Comparison:
+    """One model's answer on the shared image in the Compare tab."""
+
+    info: ModelInfo
+    version: str = ""
+    label: str | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    latency_ms: float | None = None
+    view: HeatmapView | None = None
+    error: str | None = None
+    gate: Any = None  # xray.trust.gate.GateResult
+    gate_note: str | None = None
+
+
+def compare_models(
+    source: str | Path | bytes | None,
+    *,
+    filename: str | None,
+    model_names: Sequence[str],
+    method: str | None = "gradcam",
+    max_upload_bytes: int,
+    max_pixels: int,
+) -> list[Comparison]:
+    """Run every model on one image (prediction + heatmap each); a failing model reports its error in its row.
+
+    Each model's input gate runs too (its own OOD statistics), outside the timed prediction. Nothing is saved:
+    this is the researchers' view of the backbones, not a patient's record.
+    """
+    from xray.analysis.pipeline import analyse
+    from xray.inference.models import load_model
+
+    method = check_method(method)
+    if not model_names:
+        raise InvalidInputError("No model is installed to compare.")
+    data = read_upload(source, max_bytes=max_upload_bytes)
+    if filename is None and isinstance(source, (str, Path)):
+        filename = Path(source).name
+    image = load_image(data, filename=filename, max_pixels=max_pixels)
+    results = []
+    for name in model_names:
+        info = describe_model(name)
+        try:
+            # each model runs its own input gate on its own features; the heat check is not shown here
+            analysis = analyse(loaded := load_model(name), image, method=method)
+        except XrayError as exc:
+            results.append(Comparison(info=info, error=str(exc)))
+            continue
+        results.append(
+            Comparison(
+                info=info,
+                gate=analysis.gate,
+                gate_note=analysis.gate_note,
+                version=str(loaded.version),
+                label=analysis.label,
+                probabilities=dict(analysis.probabilities),
+                latency_ms=analysis.latency_ms,
+                view=make_view(
+                    image.pixels,
+                    analysis.heatmap,
+                    target_label=analysis.explanation.target_label,
+                    method=method,
+                    record_id=None,
+                ),
+            )
+        )
+    return results
+
+
+def comparison_rows(results: Sequence[Comparison]) -> list[list[Any]]:
+    """Table rows in `COMPARE_COLUMNS` order."""
+    from xray.analysis.pipeline import input_check_text
+
+    rows = []
+    for c in results:
+        probs = ", ".join(f"{k} {v:.3f}" for k, v in c.probabilities.items())
+        rows.append(
+            [
+                c.info.name,
+                c.info.architecture,
+                c.version,
+                c.label if c.error is None else f"error: {c.error}",
+                probs,
+                None if c.latency_ms is None else round(c.latency_ms, 1),
+                format_headline(c.info.headline) or "none",
+                input_check_text(c.gate, c.gate_note),
+                c.info.caveat or "",
+            ]
+        )
+    return rows
+
+
+def comparison_gallery(results: Sequence[Comparison], alpha: float = 0.4) -> list[tuple[np.ndarray, str]]:
+    """(overlay, `name: label (p)`) for each model that answered, for the heatmap gallery."""
+    return [
+        (c.view.overlay(alpha), f"{c.info.name}: {c.label} ({c.probabilities.get(c.label or '', 0):.3f})")
+        for c in results
+        if c.view is not None
+    ]

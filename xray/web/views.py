@@ -1,0 +1,155 @@
+"""What a doctor sees of a result: images at display size, the heatmap overlay, and the Markdown around them.
+
+Shared by every tab: the notice, the model-output sentence, the input-gate and heat-in-lungs boxes, Markdown
+escaping of patient text, and spreadsheet-safe CSV cells.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from xray.records.db import Record
+from xray.web.forms import parse_opacity
+
+NOTICE = (
+    "Decision support only, not a diagnosis. This research model has not been cleared as a medical device; "
+    "the reading physician makes the diagnosis."
+)
+#: Longest side of images sent to the browser (the model always sees the full image).
+DISPLAY_MAX_SIDE = 1024
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+
+def display_size(width: int, height: int, max_side: int = DISPLAY_MAX_SIDE) -> tuple[int, int]:
+    """(width, height) scaled down so the long side is at most `max_side`."""
+    scale = min(1.0, max_side / max(width, height, 1))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def shrink(pixels: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
+    """An RGB/gray image resized (area-averaged) so its long side is at most `max_side`."""
+    import cv2
+
+    height, width = pixels.shape[:2]
+    new_w, new_h = display_size(width, height, max_side)
+    if (new_w, new_h) == (width, height):
+        return pixels
+    return cv2.resize(pixels, (new_w, new_h), interpolation=cv2.INTER_AREA)
+
+
+@dataclass
+class HeatmapView:
+    """An image and a heatmap at display size: everything the opacity slider needs, kept per browser session."""
+
+    pixels: np.ndarray
+    heatmap: np.ndarray
+    target_label: str
+    method: str
+    record_id: int | None = None
+
+    def overlay(self, alpha: float) -> np.ndarray:
+        """The heatmap blended onto the image with opacity `alpha`."""
+        from xray.inference.explain import overlay_heatmap
+
+        return overlay_heatmap(self.pixels, self.heatmap, parse_opacity(alpha))
+
+
+def make_view(
+    pixels: np.ndarray, heatmap: np.ndarray, *, target_label: str, method: str, record_id: int | None
+) -> HeatmapView:
+    """Shrink an image and its heatmap to display size."""
+    import cv2
+
+    small = shrink(pixels)
+    heat = cv2.resize(heatmap.astype(np.float32), (small.shape[1], small.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return HeatmapView(
+        pixels=small, heatmap=np.clip(heat, 0, 1), target_label=target_label, method=method, record_id=record_id
+    )
+
+
+# ---------------------------------------------------------------------------------------------- text
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+
+
+def md_escape(text: str) -> str:
+    """Text shown literally inside Markdown (a patient called `*Roe*` stays `*Roe*`, not italics)."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def result_summary(record: Record) -> str:
+    """One Markdown sentence stating the model's output against its operating threshold."""
+    probs = record.probabilities
+    label = record.predicted_label
+    if record.threshold is not None and record.positive_label:
+        p_pos = probs.get(record.positive_label, float("nan"))
+        relation = "at or above" if p_pos >= record.threshold else "below"
+        return (
+            f"**Model output: {label}**: P({record.positive_label}) = {p_pos:.3f}, {relation} the model's operating "
+            f"threshold {record.threshold:.3f}."
+        )
+    return f"**Model output: {label}** (most probable class, P = {probs.get(label, float('nan')):.3f})."
+
+
+def model_line(record: Record) -> str:
+    """`model pneumonia · mobilenetv3_large_100 · version 1a2b3c`."""
+    return f"Model `{record.model_name}` · {record.architecture} · version `{record.model_version}`"
+
+
+def gate_warning(reasons: Sequence[str] | None) -> str | None:
+    """The out-of-scope warning for stored gate reasons, or None when there were none."""
+    if not reasons:
+        return None
+    return (
+        "This image may be outside what the model was made for (frontal chest X-rays): "
+        + " ".join(reasons)
+        + " Any result for it is unreliable."
+    )
+
+
+def gate_markdown(reasons: Sequence[str] | None, note: str | None = None) -> str:
+    """The warning box shown instead of the result for an out-of-scope image (empty when in scope)."""
+    if not reasons:
+        return f"ℹ️ {note}" if note else ""
+    lines = ["### ⚠️ Out of scope: the prediction is hidden", ""]
+    lines += [f"- {md_escape(r)}" for r in reasons]
+    lines += [
+        "",
+        "The model was made for frontal chest X-rays; any result for this image is unreliable. The record is "
+        "saved. Click **Show the prediction anyway** to see it under this warning.",
+    ]
+    if note:
+        lines += ["", f"ℹ️ {note}"]
+    return "\n".join(lines)
+
+
+def heat_markdown(heat_in_lungs: float | None, heat_in_chest: float | None = None) -> str:
+    """`62% of the heat lies inside the estimated lung fields`, with `xray.trust.lungs`' warning when it applies."""
+    from xray.trust.lungs import heat_warning
+
+    if heat_in_lungs is None:
+        return "Where the heatmap lies relative to the lungs was not checked (the lung fields could not be outlined)."
+    text = f"{heat_in_lungs:.0%} of the heat lies inside the estimated lung fields"
+    if heat_in_chest is None:
+        return text + "."
+    text += f", {heat_in_chest:.0%} over the chest."
+    warning = heat_warning(heat_in_lungs, heat_in_chest)
+    return text + (f"\n\n⚠️ **{warning}**" if warning else "")
+
+
+_CSV_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV value a spreadsheet will not run: text starting with `=`, `+`, `-`, `@`... gets a leading quote."""
+    # A spreadsheet would run a cell starting with '=' etc. as a formula (CSV injection): quote it as text.
+    if isinstance(value, str) and value.startswith(_CSV_FORMULA):
+        return "'" + value
+    return value

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run user test lint bench install install-dev clean
+.PHONY: run user test lint bench install install-dev install-ray clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,14 @@ $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
 	$(BIN)/pip install -r requirements-dev.txt
 	touch $@
 
+# Optional Ray Data batch scoring (`python -m xray predict ... --ray`): tests need it, the app does not.
+$(VENV)/.ray: requirements-ray.txt $(VENV)/.runtime
+	$(BIN)/pip install -r requirements-ray.txt
+	touch $@
+
 install: $(VENV)/.runtime
-install-dev: $(VENV)/.dev
+install-dev: $(VENV)/.dev $(VENV)/.ray
+install-ray: $(VENV)/.ray
 
 ## Start the app on the bundled model with a local SQLite file in ./data
 run: install

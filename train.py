@@ -5,10 +5,16 @@ Examples:
     python train.py --data ../shared/data/kermany-224 --data ../shared/data/covid-chestxray \\
         --labels NORMAL,PNEUMONIA,COVID-19 --init local-dir:runs/pneu --out runs/covid
     python train.py --export runs/pneu --out models/pneumonia --half --data ../shared/data/kermany-224
+    torchrun --standalone --nproc_per_node=4 train.py --data ../shared/data/kermany-224 --batch-size 128 --out runs/ddp
 
 The output folder holds config.json (label_names, temperature, threshold), model.safetensors, metrics.json,
 plots (roc, reliability, confusion, curves) and a README.md model card; `--push-to-hub org/name` uploads it.
 Training and inference share `xray.imaging.transforms.build_transform`; the test split never chooses anything.
+
+Under `torchrun` (WORLD_SIZE > 1) the same command trains with DistributedDataParallel: NCCL on CUDA (one GPU per
+process, cuda:LOCAL_RANK), gloo on CPU. `--batch-size` stays the global batch; every rank draws the run's global
+sample (the same seeded sampler as one process) and takes its own share, so each optimiser step sees the batch one
+process would; time-budget and early-stopping decisions are rank 0's; rank 0 alone writes the output folder.
 """
 
 from __future__ import annotations
@@ -18,12 +24,15 @@ import copy
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +170,171 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- distributed (torchrun)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job; the default (world size 1) is a plain single-process run.
+
+    Every collective helper returns its input unchanged in a single-process run, so the training loop reads the same
+    either way.
+    """
+
+    device: torch.device
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this run is one of several DistributedDataParallel processes."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that decides, logs and writes files."""
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls, device: str | None = None) -> Distributed:
+        """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU); else a plain run.
+
+        Args:
+            device: --device (cpu, cuda; default cuda when available). Under torchrun a CUDA run uses
+                cuda:LOCAL_RANK, one GPU per process.
+        """
+        default = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size <= 1:
+            return cls(device=default)
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        if default.type == "cuda":
+            if local_rank >= torch.cuda.device_count():
+                raise SystemExit(
+                    f"LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} CUDA devices: start at "
+                    "most one process per GPU (torchrun --nproc_per_node)."
+                )
+            run_device, backend = torch.device("cuda", local_rank), "nccl"
+            torch.cuda.set_device(run_device)
+        else:
+            run_device, backend = default, "gloo"
+        torch.distributed.init_process_group(backend=backend, device_id=run_device if backend == "nccl" else None)
+        return cls(device=run_device, world_size=world_size, rank=rank, local_rank=local_rank, backend=backend)
+
+    def local_batch(self, batch_size: int) -> int:
+        """Each rank's share of the global --batch-size; refuses a batch that the processes cannot share evenly."""
+        if batch_size % self.world_size:
+            raise SystemExit(
+                f"--batch-size {batch_size} is the global batch and must be divisible by the {self.world_size} "
+                f"processes (WORLD_SIZE); try {max(1, batch_size // self.world_size) * self.world_size}."
+            )
+        return batch_size // self.world_size
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's value (any picklable object) on every rank."""
+        if not self.enabled:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def flag(self, value: bool) -> bool:
+        """Rank 0's decision on every rank (one small tensor broadcast: cheap enough for every step)."""
+        if not self.enabled:
+            return value
+        tensor = torch.tensor([int(value)], device=self.device)
+        torch.distributed.broadcast(tensor, src=0)
+        return bool(tensor.item())
+
+    def sum(self, values: Sequence[float]) -> list[float]:
+        """Element-wise sums over the ranks."""
+        if not self.enabled:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(tensor)
+        return tensor.tolist()
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's value (picklable), in rank order, on every rank."""
+        if not self.enabled:
+            return [value]
+        values: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(values, value)
+        return values
+
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        """Copy rank 0's buffers (BatchNorm running statistics) to every rank, so all replicas are identical."""
+        if self.enabled:
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer.data, src=0)
+
+    def close(self) -> None:
+        """Leave the process group (a no-op in a single-process run)."""
+        if self.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+class ShardSampler(torch.utils.data.Sampler[int]):
+    """One rank's share of the global training sample, for DistributedDataParallel.
+
+    Every rank runs the same single-process sampler (`sampler`: the WeightedRandomSampler of the class/source
+    weighting, or a RandomSampler), seeded alike and drawn in the same order, so all ranks hold the same global
+    sample each epoch: exactly what one process draws, epoch after epoch, and restored with the loader generator on
+    --resume. That sample is cut to whole global batches (the single-process loader drops the last partial batch
+    too) and rank r takes every world_size-th index from r: the union of the ranks' k-th batches is the global
+    sample's k-th batch of `batch_size`, the batch one process would train on at that step.
+    """
+
+    def __init__(self, sampler: torch.utils.data.Sampler[int], *, batch_size: int, rank: int, world_size: int):
+        """Shard `sampler`'s draws for `rank` of `world_size`; `batch_size` is the global batch."""
+        self.sampler, self.batch_size, self.rank, self.world_size = sampler, batch_size, rank, world_size
+
+    def _kept(self) -> int:
+        n = len(self.sampler)
+        if n > self.batch_size:  # whole global batches only, as the single-process loader's drop_last
+            return n // self.batch_size * self.batch_size
+        return math.ceil(n / self.world_size) * self.world_size  # one short batch, padded to an equal share
+
+    def __len__(self) -> int:
+        """Indices per rank and epoch."""
+        return self._kept() // self.world_size
+
+    def __iter__(self) -> Iterator[int]:
+        """This rank's indices of this epoch's global sample."""
+        drawn = list(self.sampler)
+        kept = self._kept()
+        drawn = (drawn * math.ceil(kept / max(1, len(drawn))))[:kept]
+        return iter(drawn[self.rank :: self.world_size])
+
+
+def _seed_worker(worker_id: int, rank: int) -> None:
+    """DataLoader worker seeding under DDP: ranks share the loader generator, so mix the rank into the seed.
+
+    Without this every rank's worker k would draw the same augmentations (rotation, shift, ...) in the same order.
+    """
+    seed = (torch.initial_seed() + 1_000_003 * rank) % 2**63
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _distributed_loss(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, dist: Distributed):
+    """One rank's share of the global batch's (class-weighted) mean cross-entropy.
+
+    DDP averages gradients over ranks, so each rank returns world_size * sum(w_i * loss_i) / sum over the global
+    batch of w_i: the average of these is the single-process loss on the whole global batch. (The per-rank weighted
+    mean would weigh ranks equally whatever their class mix.)
+    """
+    losses = torch.nn.functional.cross_entropy(logits, y, weight=weight, reduction="none")
+    if weight is None:
+        total = float(len(y) * dist.world_size)  # equal shares: the global count is known
+    else:
+        total = dist.sum([float(weight[y].sum())])[0]
+    return losses.sum() * (dist.world_size / total)
 
 
 # ---------------------------------------------------------------- data
@@ -343,18 +517,56 @@ def validate(model: torch.nn.Module, loader, device: torch.device) -> tuple[floa
     return sum(losses) / max(1, len(y_all)), np.concatenate(logits), y_all
 
 
+def validate_distributed(
+    model: torch.nn.Module, dataset, dist: Distributed, **loader_kw: Any
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """`validate` over the whole validation set, shared out between the ranks; every rank gets the same result.
+
+    Rank r scores images r, r + world_size, ...; the logits are gathered back into the dataset's order, so every
+    rank computes the same metrics and takes the same early-stopping decision. `model` is the unwrapped module (a
+    DDP forward would expect every rank to run the same number of batches); its buffers are rank 0's first.
+    """
+    dist.sync_buffers(model)
+    indices = list(range(dist.rank, len(dataset), dist.world_size))
+    logits, targets = np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    if indices:
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=64, **loader_kw)
+        _, logits, targets = validate(model, loader, dist.device)
+    shares = dist.gather((logits, targets))
+    num_classes = max(share[0].shape[1] for share in shares)
+    all_logits = np.zeros((len(dataset), num_classes), dtype=np.float32)
+    all_targets = np.zeros(len(dataset), dtype=np.int64)
+    for rank, (share_logits, share_targets) in enumerate(shares):
+        if len(share_targets):
+            all_logits[rank :: dist.world_size] = share_logits
+            all_targets[rank :: dist.world_size] = share_targets
+    loss = torch.nn.functional.cross_entropy(
+        torch.from_numpy(all_logits), torch.from_numpy(all_targets), reduction="sum"
+    ).item()
+    return loss / max(1, len(all_targets)), all_logits, all_targets
+
+
 # ---------------------------------------------------------------- training
 
 
-def train(args: argparse.Namespace, splits, out: Path) -> tuple[torch.nn.Module, list[dict[str, float]], dict]:
-    """Train with early stopping on validation AUC; returns the best model, the history and run facts."""
+def train(
+    args: argparse.Namespace, splits, out: Path, dist: Distributed | None = None
+) -> tuple[torch.nn.Module, list[dict[str, float]], dict]:
+    """Train with early stopping on validation AUC; returns the best model, the history and run facts.
+
+    With `dist` from torchrun (world size > 1) the model trains under DistributedDataParallel: every rank takes
+    `--batch-size // world_size` images of each global batch (`ShardSampler`), rank 0 decides the time-budget
+    schedule and writes the checkpoint, and the returned model is the unwrapped module (the same on every rank).
+    """
     from tqdm.auto import tqdm
 
     from xray.imaging.transforms import build_transform, data_config_for
     from xray.training import metrics as M
     from xray.training.data import ImageDataset, load_pixels
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dist = dist or Distributed(torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    device = dist.device
+    batch_size = dist.local_batch(args.batch_size)
     num_classes = len(splits.label_names)
     model = create_model(args, num_classes)
     data_config = data_config_for(model)
@@ -362,8 +574,8 @@ def train(args: argparse.Namespace, splits, out: Path) -> tuple[torch.nn.Module,
     interpolation = str(data_config.get("interpolation", "bilinear"))
     logger.info("data config %s", data_config)
     t0 = time.perf_counter()
-    train_px = load_pixels(splits.train, size, interpolation, progress=True)
-    val_px = load_pixels(splits.val, size, interpolation, progress=True)
+    train_px = load_pixels(splits.train, size, interpolation, progress=dist.is_main)
+    val_px = load_pixels(splits.val, size, interpolation, progress=dist.is_main)
     logger.info("decoded %d + %d images in %.0f s", len(train_px), len(val_px), time.perf_counter() - t0)
     y_train, y_val = splits.targets("train"), splits.targets("val")
     train_tf = build_transform(
@@ -384,16 +596,26 @@ def train(args: argparse.Namespace, splits, out: Path) -> tuple[torch.nn.Module,
     if weights is not None:
         sampler = torch.utils.data.WeightedRandomSampler(weights, len(y_train), replacement=True, generator=generator)
     loader_kw = {"num_workers": args.workers, "persistent_workers": False}
+    worker_init = None
+    if dist.enabled:
+        # every rank draws the single-process sample from the same seeded generator and keeps its own share
+        sampler = ShardSampler(
+            sampler or torch.utils.data.RandomSampler(train_ds, generator=generator),
+            batch_size=args.batch_size, rank=dist.rank, world_size=dist.world_size,
+        )  # fmt: skip
+        worker_init = partial(_seed_worker, rank=dist.rank) if args.workers else None
     train_loader = torch.utils.data.DataLoader(
         train_ds,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         shuffle=sampler is None,
         sampler=sampler,
-        drop_last=len(train_ds) > args.batch_size,
+        drop_last=not dist.enabled and len(train_ds) > args.batch_size,  # ShardSampler keeps whole batches only
         generator=generator,
+        worker_init_fn=worker_init,
         **loader_kw,
     )
-    val_loader = torch.utils.data.DataLoader(ImageDataset(val_px, y_val, eval_tf), batch_size=64, **loader_kw)
+    val_ds = ImageDataset(val_px, y_val, eval_tf)
+    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=64, **loader_kw)
     loss_weight = None
     if args.balance == "loss":
         # class weights for the class mix the sampler actually draws (source balancing changes it)
@@ -404,6 +626,7 @@ def train(args: argparse.Namespace, splits, out: Path) -> tuple[torch.nn.Module,
     if frozen:
         logger.info("froze %.2f M parameters (stem + %d stages)", frozen / 1e6, args.freeze)
     model.to(device).to(memory_format=torch.channels_last)
+    net = model  # the unwrapped module: what is checkpointed, validated and returned
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=args.weight_decay
     )
@@ -419,30 +642,47 @@ def train(args: argparse.Namespace, splits, out: Path) -> tuple[torch.nn.Module,
         "finished": False,
     }
     ckpt_path = out / CHECKPOINT_NAME
-    if args.resume and ckpt_path.is_file():
+    found = dist.gather(args.resume and ckpt_path.is_file())
+    if len(set(found)) > 1:
+        raise SystemExit(
+            f"--resume: {ckpt_path} is readable on ranks {[r for r, f in enumerate(found) if f]} only; every "
+            "process loads it, so a multi-node run needs --out on a filesystem that every node shares."
+        )
+    if found[0]:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         state.update(ckpt["state"])
-        torch.set_rng_state(ckpt["torch_rng"])
+        rngs = ckpt.get("rank_rngs") or []
+        # each rank's own augmentation streams when the checkpoint has them (same world size), else rank 0's
+        own = rngs[dist.rank] if len(rngs) == dist.world_size else ckpt
+        torch.set_rng_state(own["torch_rng"])
         generator.set_state(ckpt["loader_rng"])
-        np.random.set_state(ckpt["numpy_rng"])
-        random.setstate(ckpt["python_rng"])
+        np.random.set_state(own["numpy_rng"])
+        random.setstate(own["python_rng"])
         logger.info("resumed from %s at epoch %d (best AUC %.4f)", ckpt_path, state["epoch"], state["best_auc"])
+    if dist.enabled:
+        # after the resume: DDP starts every rank from rank 0's weights and buffers
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
     budget_s = args.time_budget * 60 if args.time_budget else None
     bad_epochs = state["epoch"] - state["best_epoch"]
     while not state["finished"] and state["epoch"] < args.epochs:
         epoch_start = time.perf_counter()
         model.train()
         running, seen = 0.0, 0
-        bar = tqdm(train_loader, desc=f"epoch {state['epoch'] + 1}/{args.epochs}", mininterval=5, file=sys.stderr)
+        bar = tqdm(
+            train_loader, desc=f"epoch {state['epoch'] + 1}/{args.epochs}", mininterval=5, file=sys.stderr,
+            disable=not dist.is_main,
+        )  # fmt: skip
         for x, y in bar:
             lr = lr_at(state["step"], state["total_steps"], args.lr, args.warmup_steps, args.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(device)
-            loss = criterion(model(x), y)
+            loss = _distributed_loss(model(x), y, loss_weight, dist) if dist.enabled else criterion(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -455,7 +695,7 @@ def train(args: argparse.Namespace, splits, out: Path) -> tuple[torch.nn.Module,
             if budget_s and state["step"] == 12 and not args.resume:
                 # fit the learning-rate schedule to the steps the time budget allows (10% kept for validation);
                 # timed from step 3: the first steps (worker start-up, first allocations) run several times slower
-                step_s = (time.perf_counter() - timing_start) / 10
+                step_s = dist.broadcast((time.perf_counter() - timing_start) / 10)  # rank 0's timing decides
                 fit = int(0.9 * budget_s / step_s)
                 if fit < state["total_steps"]:
                     state["total_steps"] = max(fit, 13)
@@ -468,15 +708,19 @@ def train(args: argparse.Namespace, splits, out: Path) -> tuple[torch.nn.Module,
                     )
             if state["step"] >= state["total_steps"]:
                 break
-            if budget_s and state["train_seconds"] + time.perf_counter() - epoch_start > budget_s:
+            if budget_s and dist.flag(state["train_seconds"] + time.perf_counter() - epoch_start > budget_s):
                 logger.info("time budget reached in epoch %d after %d steps", state["epoch"] + 1, state["step"])
                 break
-        val_loss, val_logits, val_y = validate(model, val_loader, device)
+        running, seen = dist.sum([running, seen])  # the global batches' loss, as one process would log it
+        if dist.enabled:
+            val_loss, val_logits, val_y = validate_distributed(net, val_ds, dist, **loader_kw)
+        else:
+            val_loss, val_logits, val_y = validate(model, val_loader, device)
         val_probs = M.softmax(val_logits)
         val_auc = M.roc_auc(val_y, val_probs)["auc"] if len(val_y) else float("nan")
         val_acc = float((val_probs.argmax(1) == val_y).mean()) if len(val_y) else float("nan")
         state["epoch"] += 1
-        seconds = time.perf_counter() - epoch_start
+        seconds = dist.broadcast(time.perf_counter() - epoch_start)  # rank 0's clock: the same budget everywhere
         state["train_seconds"] += seconds
         record = {
             "epoch": state["epoch"],
@@ -492,7 +736,7 @@ def train(args: argparse.Namespace, splits, out: Path) -> tuple[torch.nn.Module,
         if improved or state["best_state"] is None:
             state["best_auc"] = val_auc if not math.isnan(val_auc) else state["best_auc"]
             state["best_epoch"] = state["epoch"]
-            state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            state["best_state"] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             bad_epochs = 0
         else:
             bad_epochs += 1
@@ -513,23 +757,26 @@ def train(args: argparse.Namespace, splits, out: Path) -> tuple[torch.nn.Module,
             stop = f"time budget of {args.time_budget:g} min"
         elif state["step"] >= state["total_steps"]:
             stop = "learning-rate schedule finished"
+        stop = dist.broadcast(stop)  # the same inputs on every rank already; rank 0's word makes it certain
         if stop or state["epoch"] >= args.epochs:
             state["finished"] = True
             state["stop_reason"] = stop or f"{args.epochs} epochs"
             logger.info("stopping: %s", state["stop_reason"])
-        torch.save(
-            {
-                "model": model.state_dict(),
+        rngs = {"torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
+        rank_rngs = dist.gather(rngs) if dist.enabled else None
+        if dist.is_main:
+            checkpoint = {
+                "model": net.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "state": state,
-                "torch_rng": torch.get_rng_state(),
+                **rngs,
                 "loader_rng": generator.get_state(),
-                "numpy_rng": np.random.get_state(),
-                "python_rng": random.getstate(),
                 "args": vars(args),
-            },
-            ckpt_path,
-        )
+            }
+            if rank_rngs:
+                checkpoint.update(rank_rngs=rank_rngs, world_size=dist.world_size)
+            torch.save(checkpoint, ckpt_path)
+    model = net
     model.load_state_dict(state["best_state"])
     # safetensors stores contiguous tensors only, so leave channels_last before saving
     model.cpu().eval().to(memory_format=torch.contiguous_format)
@@ -542,7 +789,7 @@ def train(args: argparse.Namespace, splits, out: Path) -> tuple[torch.nn.Module,
         "stop_reason": state.get("stop_reason"),
         "train_seconds": state["train_seconds"],
         "seconds_per_epoch": state["train_seconds"] / max(1, state["epoch"]),
-        "device": str(device),
+        "device": f"{dist.world_size} x {device.type} (DDP, {dist.backend})" if dist.enabled else str(device),
         "threads": torch.get_num_threads(),
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
     }
@@ -753,13 +1000,35 @@ def push_to_hub(folder: Path, repo_id: str, *, private: bool = False) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Run training (or --export) and return the output folder."""
+    """Run training (or --export) and return the output folder.
+
+    Under torchrun (WORLD_SIZE > 1) every process runs this; each trains its share, rank 0 alone writes the
+    output folder (checkpoint, model files, metrics, plots, OOD statistics, card) and pushes it.
+    """
     args = build_arg_parser().parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and (args.reevaluate or args.export):
+        raise SystemExit("--reevaluate and --export run in one process: start them with python, not torchrun.")
+    dist = Distributed.from_environment(args.device)
+    try:
+        return _run(args, dist)
+    finally:
+        dist.close()
+
+
+def _run(args: argparse.Namespace, dist: Distributed) -> Path:
+    """`main` once the process group (if any) is up."""
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO if dist.is_main else logging.WARNING,  # rank 0 speaks for the run
+            format="%(asctime)s %(levelname)s %(name)s"
+            + (f" [rank {dist.rank}/{dist.world_size}]" if dist.enabled else "")
+            + ": %(message)s",
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
+    dist.local_batch(args.batch_size)  # refuse an uneven global batch before any data is read
+    # rank 0 seeds as a single process does; the other ranks' augmentations differ (DDP copies rank 0's weights)
+    seed_everything(args.seed + dist.rank)
     out = Path(args.out)
     if args.reevaluate:
         reevaluate(args, Path(args.reevaluate), out)
@@ -779,12 +1048,19 @@ def main(argv: Sequence[str] | None = None) -> Path:
             )
         export_model(Path(args.export), out, half=args.half, images=images)
         return out
-    out.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     splits = load_splits(args)
     logger.info("splits %s", json.dumps(splits.summary()))
-    model, history, facts = train(args, splits, out)
-    finish(args, model, splits, history, facts, out)
-    logger.info("model folder written: %s", out)
+    if dist.enabled:
+        logger.info(
+            "DistributedDataParallel: %d processes (%s, %s), %d images per process of each global batch of %d",
+            dist.world_size, dist.backend, dist.device, dist.local_batch(args.batch_size), args.batch_size,
+        )  # fmt: skip
+    model, history, facts = train(args, splits, out, dist)
+    if dist.is_main:
+        finish(args, model, splits, history, facts, out)
+        logger.info("model folder written: %s", out)
     return out
 
 

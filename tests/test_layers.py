@@ -23,7 +23,7 @@ LAYERS: dict[str, int] = {
     "xray.records": 5,
     "xray.web": 6,
 }
-ENTRY_POINTS = {"xray.__main__", "xray.bench"}
+ENTRY_POINTS = {"xray.__main__", "xray.bench", "xray.bench_request"}
 
 
 def module_names() -> list[str]:

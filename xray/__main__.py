@@ -25,16 +25,47 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="classify image files or folders")
-    p.add_argument("paths", nargs="+", help="image/DICOM files or folders (searched recursively)")
+    p.add_argument("paths", nargs="*", help="image/DICOM files or folders (searched recursively); with --ray also "
+                   "fsspec URLs (s3://bucket/prefix/, globs)")
     p.add_argument("--model", default=None, help="model name (default: XRAY_DEFAULT_MODEL)")
     p.add_argument("--cam", metavar="DIR", default=None, help="write a Grad-CAM overlay PNG per image to DIR")
     p.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
     p.add_argument("--csv", metavar="FILE", default=None, help="also write the results as CSV ('-' for stdout)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", metavar="FILE", default=None,
+                   help="write one row per file to FILE.parquet or FILE.csv (a local path or an fsspec URL)")
+    ray = p.add_argument_group("Ray (pip install -r requirements-ray.txt)")
+    ray.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                     help="score on a Ray cluster: ADDRESS (ray://host:10001, auto), or without one the cluster in "
+                     "RAY_ADDRESS or started on this machine, else a new local one; needs --out")
+    ray.add_argument("--workers", type=int, default=1, help="scoring actors, each holding the model once")
+    ray.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs Ray reserves per scoring actor")
+    ray.add_argument("--threads-per-worker", type=int, default=None,
+                     help="torch threads per actor (default: --cpus-per-worker rounded up)")
+    ray.add_argument("--decode-cpus", type=float, default=0.5, help="CPUs Ray reserves per decode task")
+    ray.add_argument("--dataset", default=None, metavar="NAME",
+                     help="score a Hugging Face dataset (hub id or local folder), streamed; its labels are written "
+                     "as true_label")
+    ray.add_argument("--split", default="test", help="the --dataset split to score ('' for every split)")
     p.set_defaults(func=_run_predict)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    if args.ray is not None or args.dataset:
+        from xray.analysis.distributed import run_ray_predict_command
+
+        if args.dataset and args.ray is None:
+            logging.getLogger("xray").error("--dataset is scored on Ray: add --ray (a local cluster is started).")
+            return 2
+        items = None
+        if args.dataset:
+            import functools
+
+            from xray.training.data import load_hf_dataset
+
+            items = functools.partial(load_hf_dataset, args.dataset, streaming=True, split=args.split or None,
+                                      decode=False)  # fmt: skip
+        return run_ray_predict_command(args, items=items)
     from xray.analysis.batch import run_predict_command
 
     return run_predict_command(args)
@@ -77,7 +108,7 @@ def _run_users(args: argparse.Namespace) -> int:
     from xray.config import get_settings
     from xray.errors import AccountError
     from xray.records import auth, crud
-    from xray.web.service import open_database
+    from xray.web.startup import open_database
 
     engine = open_database(get_settings(), hint_first_account=False)
     try:

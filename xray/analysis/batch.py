@@ -125,7 +125,7 @@ def run_predict_command(args: argparse.Namespace) -> int:
 
     files = list(iter_image_files(args.paths))
     if not files:
-        logger.error("No image or DICOM files found in %s", ", ".join(args.paths))
+        logger.error("No image or DICOM files found in %s", ", ".join(args.paths) or "(no paths given)")
         return 2
     loaded = load_model(args.model or get_settings().default_model)
     results = predict_files(
@@ -145,4 +145,18 @@ def run_predict_command(args: argparse.Namespace) -> int:
     elif args.csv:
         with open(args.csv, "w", newline="", encoding="utf-8") as stream:
             write_csv(results, loaded.label_names, stream)
+    if getattr(args, "out", None):
+        write_table(results, loaded, args.out)
     return 1 if any(r.error for r in results) else 0
+
+
+def write_table(results: list[FileResult], loaded: LoadedModel, out: str) -> None:
+    """Write `--out` (.parquet or .csv, local or fsspec URL): the table `python -m xray predict --ray` writes."""
+    from xray.analysis.results import ResultsWriter, result_row
+
+    with ResultsWriter(out, loaded.label_names) as writer:
+        writer.write(
+            result_row(r.file, r.model, loaded.version, loaded.label_names, label=r.label,
+                       probabilities=r.probabilities, in_scope=r.in_scope, reasons=r.reasons, error=r.error)
+            for r in results
+        )  # fmt: skip

@@ -87,13 +87,18 @@ def batches(loaded: LoadedModel, images: Sequence[Any], batch_size: int = 32) ->
 
 @torch.inference_mode()
 def extract_features(loaded: LoadedModel, images: Sequence[Any], *, batch_size: int = 32) -> np.ndarray:
-    """Penultimate features (N, D): `forward_head(forward_features(x), pre_logits=True)`, for the input gate."""
+    """Penultimate features (N, D): `forward_head(forward_features(x), pre_logits=True)`, for the input gate.
+
+    The feature map comes from ONNX Runtime when the model is accelerated, as for predictions.
+    """
+    from xray.inference.accel import forward_features
+
     loaded.model.eval()
     model = loaded.model
-    out = [
-        model.forward_head(model.forward_features(batch), pre_logits=True).flatten(1).float().numpy()
-        for batch in batches(loaded, images, batch_size)
-    ]
+    out = []
+    for batch in batches(loaded, images, batch_size):
+        feature_map = forward_features(loaded, batch) if loaded.accelerated else model.forward_features(batch)
+        out.append(model.forward_head(feature_map, pre_logits=True).flatten(1).float().numpy())
     width = getattr(model, "head_hidden_size", None) or model.num_features
     return np.concatenate(out) if out else np.zeros((0, width), dtype=np.float32)
 

@@ -21,7 +21,7 @@ import csv
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,28 +262,59 @@ def source_weights(samples: Sequence[Sample], power: float) -> np.ndarray:
     return weights / weights.sum()
 
 
-def load_hf_dataset(name: str) -> list[Sample]:
-    """Samples of a Hugging Face dataset: its `test` split is kept as test, the others are pooled for training."""
+def load_hf_dataset(
+    name: str, *, streaming: bool = False, split: str | None = None, decode: bool = True
+) -> list[Sample] | Iterator[Sample]:
+    """Samples of a Hugging Face dataset: its `test` split is kept as test, the others are pooled for training.
+
+    `name` is a hub id or a local folder `datasets.load_dataset` reads (parquet files as on the hub, an image
+    folder). The dataset needs an Image column and a ClassLabel column; a `patient_id` (or `patientid`, `patient`,
+    `group`) column groups the samples by patient.
+
+    Args:
+        name: dataset id or folder.
+        streaming: return a lazy iterator instead of a list: `datasets` streams the rows (`streaming=True`,
+            an `IterableDataset`), so a dataset larger than memory or disk can be scored or evaluated sample by
+            sample (`python -m xray predict --dataset NAME --ray`, or a loop over `read_pixels`).
+        split: only this split (e.g. `test`); default every split.
+        decode: False leaves each image undecoded: `Sample.source` is then the file's bytes (or its path or URL
+            when the dataset stores no bytes), for `xray.imaging.io.read_image`, the app's own reader.
+
+    Returns:
+        A list of samples, or with `streaming` an iterator over them (the dataset is opened on the first `next`).
+    """
+    samples = _hf_samples(name, streaming=streaming, split=split, decode=decode)
+    return samples if streaming else list(samples)
+
+
+def _hf_samples(name: str, *, streaming: bool, split: str | None, decode: bool) -> Iterator[Sample]:
     import datasets
 
     try:
-        dataset = datasets.load_dataset(name)
+        dataset = datasets.load_dataset(name, split=split, streaming=streaming)
     except Exception as exc:  # datasets raises many types (connection, missing config, missing files)
         raise DatasetError(f"Cannot load Hugging Face dataset '{name}': {exc}") from exc
-    samples = []
-    for split_name, part in dataset.items():
+    parts = {split: dataset} if split is not None else dict(dataset.items())
+    for split_name, part in parts.items():
         features = part.features
+        if features is None:  # some streamed datasets only know their columns once read
+            part = part._resolve_features()
+            features = part.features
         image_col = next((k for k, v in features.items() if isinstance(v, datasets.Image)), None)
         label_col = next((k for k, v in features.items() if isinstance(v, datasets.ClassLabel)), None)
         if image_col is None or label_col is None:
             raise DatasetError(f"Dataset '{name}' needs an Image column and a ClassLabel column; it has {features}.")
+        if not decode:
+            part = part.cast_column(image_col, datasets.Image(decode=False))
         names = features[label_col].names
         group_col = next((k for k in ("patient_id", "patientid", "patient", "group") if k in features), None)
-        split = TEST if split_name == TEST else TRAIN
+        kept = TEST if split_name == TEST else TRAIN
         for i, row in enumerate(part):
             group = str(row[group_col]) if group_col else f"{name}:{split_name}:{i}"
-            samples.append(Sample(row[image_col], names[row[label_col]], group, split, name))
-    return samples
+            image = row[image_col]
+            if not decode:
+                image = image.get("bytes") or image.get("path")
+            yield Sample(image, names[row[label_col]], group, kept, name)
 
 
 def load_samples(source: str | Path) -> list[Sample]:

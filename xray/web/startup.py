@@ -35,8 +35,9 @@ def open_database(settings: Settings, *, hint_first_account: bool = True) -> Eng
 
 
 def image_store(settings: Settings) -> ImageStore:
-    """The file store for uploads and heatmaps, inside the data directory."""
-    return ImageStore(settings.data_dir / "images")
+    """The file store for uploads and heatmaps: `XRAY_STORAGE_URL` (a shared folder or fsspec URL, for replicas),
+    else `images/` inside the data directory."""
+    return ImageStore(settings.storage_url or settings.data_dir / "images")
 
 
 def require_doctor(session: Session, username: str | None) -> Doctor:

@@ -35,8 +35,10 @@ def open_database(settings: Settings, *, hint_first_account: bool = True) -> Eng
 
 
 def image_store(settings: Settings) -> ImageStore:
-    """The file store for uploads and heatmaps: `XRAY_STORAGE_URL` (a shared folder or fsspec URL, for replicas),
-    else `images/` inside the data directory."""
+    """The file store for uploads and heatmaps.
+
+    `XRAY_STORAGE_URL` (a folder shared by replicas, or an fsspec URL), else `images/` inside the data directory.
+    """
     return ImageStore(settings.storage_url or settings.data_dir / "images")
 
 

@@ -983,20 +983,12 @@ def reevaluate(args: argparse.Namespace, run_dir: Path, out: Path) -> dict:
 
 
 def push_to_hub(folder: Path, repo_id: str, *, private: bool = False) -> str:
-    """Upload a model folder to the Hugging Face hub (needs a token: `huggingface-cli login` or HF_TOKEN)."""
-    from huggingface_hub import HfApi
+    """Upload a finished run folder to the Hugging Face hub, as `python -m xray publish` does (no checkpoint)."""
+    from xray.inference.models import publish_model, publish_plan
 
-    api = HfApi()
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    info = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        repo_type="model",
-        ignore_patterns=[CHECKPOINT_NAME],
-        commit_message="Upload chest X-ray classifier (train.py)",
-    )
-    logger.info("pushed %s to https://huggingface.co/%s", folder, repo_id)
-    return str(getattr(info, "commit_url", info))
+    plan = publish_plan(folder, repo_id, private=private)
+    logger.info("%s", plan.describe())
+    return publish_model(plan, message="Upload chest X-ray classifier (train.py)")
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

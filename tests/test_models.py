@@ -1,4 +1,5 @@
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -148,3 +149,62 @@ def test_bundled_models_load_within_the_size_limit_and_read_the_examples(name: s
         assert loaded.config["input_jpeg_quality"] == 75
         # the age / source confound measured in model_card.md ships with every prediction
         assert loaded.caveat and "not a COVID-19 test" in loaded.caveat and "age and image source" in loaded.caveat
+
+
+def test_publish_dry_run_checks_the_folder_and_lists_the_files(tiny_model_dir: Path, tmp_path: Path):
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "run")
+    (folder / "checkpoint.pt").write_bytes(b"optimizer state")  # never published
+    (folder / "train.log").write_text("log")
+    done = _run_cli(["publish", str(folder), "my-lab/tiny-pneumonia", "--dry-run"], {"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "https://huggingface.co/my-lab/tiny-pneumonia (public)" in done.stdout
+    assert "config.json" in done.stdout and "model.safetensors" in done.stdout
+    assert "checkpoint.pt" not in done.stdout and "train.log" not in done.stdout
+    assert "load it as hf-hub:my-lab/tiny-pneumonia" in done.stdout and "dry run: nothing uploaded" in done.stdout
+    bad = _run_cli(["publish", str(folder), "no-slash", "--dry-run"], {})
+    assert bad.returncode == 2 and "is not of the form org/name" in bad.stderr
+    empty = _run_cli(["publish", str(tmp_path), "my-lab/x", "--dry-run"], {})
+    assert empty.returncode == 2 and "config.json" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def test_publish_without_the_hub_says_what_to_do(tiny_model_dir: Path):
+    done = _run_cli(["publish", str(tiny_model_dir), "my-lab/tiny-pneumonia"], {"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "Could not publish to https://huggingface.co/my-lab/tiny-pneumonia" in done.stderr
+    assert "hf auth login" in done.stderr
+
+
+def test_published_files_load_as_the_apps_default_model_offline(tiny_model_dir: Path, tmp_path: Path, kermany_fullres):
+    """What `publish` uploads, placed in a real HF cache, is what the app loads at start with HF_HUB_OFFLINE=1."""
+    from xray.inference.models import publish_plan
+
+    plan = publish_plan(tiny_model_dir, "xray-demo/published")
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    for name in plan.files:
+        shutil.copyfile(tiny_model_dir / name, staged / name)
+    populate_hf_cache(tmp_path / "hub", plan.repo_id, staged)
+    script = (
+        "import json, sys\n"
+        "from sqlmodel import Session\n"
+        "from xray.config import Settings\n"
+        "from xray.records import auth\n"
+        "from xray.web import diagnose, registry, startup\n"
+        "settings = Settings()\n"  # XRAY_* from the environment, as app.main() reads them
+        "models = registry.registered_models(settings)\n"
+        "engine = startup.open_database(settings)\n"
+        "with Session(engine) as s:\n"
+        "    doctor = auth.add_doctor(s, username='alice', password='correct horse battery')\n"
+        "    result = diagnose.diagnose(s, startup.image_store(settings), doctor=doctor, source=sys.argv[1],\n"
+        "        filename=None, patient_name='P', exam_date='2025-01-02', model_name=models[0], allowed_models=models,\n"
+        "        max_upload_bytes=2**26, max_pixels=10**8)\n"
+        "print(json.dumps({'models': models, 'record_model': result.record.model_name, 'label': result.label}))\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
+           "XRAY_DEFAULT_MODEL": plan.model_name, "XRAY_DATA_DIR": str(tmp_path / "data"), "XRAY_EXTRA_MODELS": ""}
+    done = subprocess.run([sys.executable, "-c", script, str(kermany_fullres[0])], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["models"][0] == "hf-hub:xray-demo/published" and out["record_model"] == "hf-hub:xray-demo/published"
+    assert out["label"] in {"NORMAL", "PNEUMONIA"}

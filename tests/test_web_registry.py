@@ -52,6 +52,9 @@ def test_registered_models_put_the_default_first(tmp_path, tiny_model_dir):
     settings = Settings(models_dir=models, default_model="pneumonia", extra_models="local-dir:/x, covid")
     assert registry.registered_models(settings) == ["pneumonia", "covid", "local-dir:/x"]
     assert registry.registered_models(Settings(models_dir=tmp_path / "none", extra_models="")) == []
+    # a Space that loads its default from the hub offers it without listing it again in XRAY_EXTRA_MODELS
+    hub = Settings(models_dir=models, default_model="hf-hub:org/pneu", extra_models="")
+    assert registry.registered_models(hub) == ["hf-hub:org/pneu", "covid", "pneumonia"]
 
 
 def test_example_files_are_the_four_samples():

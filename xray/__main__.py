@@ -20,7 +20,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(subparsers)
     _add_evaluate(subparsers)
     _add_users(subparsers)
+    _add_publish(subparsers)
     return parser
+
+
+def _add_publish(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("publish", help="upload a model folder to a Hugging Face hub model repository")
+    p.add_argument("folder", help="model folder (e.g. models/pneumonia or a train.py output)")
+    p.add_argument("repo_id", help="hub repository, org/name")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--dry-run", action="store_true", help="check the folder and list what would be uploaded")
+    p.add_argument("--message", default="Upload chest X-ray classifier", help="commit message")
+    p.set_defaults(func=_run_publish)
+
+
+def _run_publish(args: argparse.Namespace) -> int:
+    from xray.errors import XrayError
+    from xray.inference.models import publish_model, publish_plan
+
+    try:
+        plan = publish_plan(args.folder, args.repo_id, private=args.private)
+        print(plan.describe())
+        if args.dry_run:
+            print("dry run: nothing uploaded")
+            return 0
+        print(f"published: {publish_model(plan, message=args.message)}")
+    except XrayError as exc:
+        logging.getLogger("xray").error("%s", exc)
+        return 2
+    return 0
 
 
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:

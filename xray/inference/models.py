@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
@@ -336,3 +337,93 @@ def update_config(path: str | Path, **values: Any) -> None:
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config.update(values)
     config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------- publishing
+
+#: Files a model folder may hold that never go to the hub: training checkpoints and logs.
+UNPUBLISHED = ("checkpoint.pt", "*.log", ".*")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class PublishPlan:
+    """What `publish_model` uploads: the repository, the files (name -> bytes) and where it will live."""
+
+    repo_id: str
+    folder: Path
+    files: dict[str, int]
+    private: bool = False
+
+    @property
+    def url(self) -> str:
+        """The model's page on the hub."""
+        return f"https://huggingface.co/{self.repo_id}"
+
+    @property
+    def model_name(self) -> str:
+        """How the app and the CLI load it once published (`XRAY_DEFAULT_MODEL`, `--model`)."""
+        return f"{HF_PREFIX}{self.repo_id}"
+
+    def describe(self) -> str:
+        """A few lines for the terminal: target, files with sizes, total."""
+        lines = [f"{self.folder} -> {self.url} ({'private' if self.private else 'public'})"]
+        lines += [f"  {name:<24} {size / 1e6:8.2f} MB" for name, size in self.files.items()]
+        total = sum(self.files.values()) / 1e6
+        lines.append(f"  {len(self.files)} files, {total:.2f} MB; load it as {self.model_name}")
+        return "\n".join(lines)
+
+
+def publish_plan(folder: str | Path, repo_id: str, *, private: bool = False) -> PublishPlan:
+    """Check that a model folder loads as a model and list what would be uploaded (no network).
+
+    Raises:
+        ModelConfigError / ModelNotFoundError: the folder is not a loadable model (config.json with label_names
+            and weights), or the repository id is not `org/name`.
+    """
+    from fnmatch import fnmatch
+
+    if not _REPO_ID.match(repo_id):
+        raise ModelConfigError(f"Hub repository '{repo_id}' is not of the form org/name (e.g. my-lab/pneumonia-cxr).")
+    path = Path(folder).expanduser().resolve()
+    if not path.is_dir():
+        raise ModelNotFoundError(f"Model folder '{folder}' does not exist.")
+    read_config(path)  # label_names and architecture present, or a specific error
+    if not (path / WEIGHTS_NAME).is_file():
+        raise ModelNotFoundError(f"Model folder '{path}' has no {WEIGHTS_NAME}; nothing to publish.")
+    files = {
+        p.name: p.stat().st_size
+        for p in sorted(path.iterdir())
+        if p.is_file() and not any(fnmatch(p.name, pattern) for pattern in UNPUBLISHED)
+    }
+    return PublishPlan(repo_id=repo_id, folder=path, files=files, private=private)
+
+
+def publish_model(plan: PublishPlan, *, message: str = "Upload chest X-ray classifier") -> str:
+    """Upload a checked folder to the hub with `huggingface_hub` (token from `hf auth login` or HF_TOKEN).
+
+    Returns:
+        The commit URL.
+
+    Raises:
+        ModelNotFoundError: the hub cannot be reached or refused the upload, with what to do about it.
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        api.create_repo(plan.repo_id, repo_type="model", private=plan.private, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=plan.repo_id,
+            folder_path=str(plan.folder),
+            repo_type="model",
+            allow_patterns=list(plan.files),
+            commit_message=message,
+        )
+    except Exception as exc:  # huggingface_hub raises HTTP, offline-mode and auth errors of many types
+        raise ModelNotFoundError(
+            f"Could not publish to {plan.url}: {exc}. Check the network, HF_HUB_OFFLINE, and that you are signed in "
+            f"with write access (`hf auth login` or HF_TOKEN)."
+        ) from exc
+    logger.info("published %s to %s", plan.folder, plan.url)
+    return str(getattr(info, "commit_url", info))

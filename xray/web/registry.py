@@ -20,15 +20,19 @@ EXAMPLES_DIR = PROJECT_ROOT / "examples"
 
 
 def registered_models(settings: Settings) -> list[str]:
-    """Bundled models plus `settings.extra_models`, the default model first, without duplicates."""
-    from xray.inference.models import CONFIG_NAME
+    """Bundled models plus `settings.extra_models`, the default model first, without duplicates.
+
+    A default given as `hf-hub:org/name` or `local-dir:PATH` (a Space loading its model from the hub) is offered
+    even when XRAY_EXTRA_MODELS does not list it.
+    """
+    from xray.inference.models import CONFIG_NAME, HF_PREFIX, LOCAL_PREFIX
 
     root = settings.models_dir
     bundled = sorted(p.name for p in root.iterdir() if (p / CONFIG_NAME).is_file()) if root.is_dir() else []
     names = bundled + [n.strip() for n in settings.extra_models.split(",") if n.strip()]
-    if settings.default_model in names:
-        names.remove(settings.default_model)
-        names.insert(0, settings.default_model)
+    default = settings.default_model.strip()
+    if default in names or default.startswith((HF_PREFIX, LOCAL_PREFIX)):
+        names = [default] + [n for n in names if n != default]
     return list(dict.fromkeys(names))
 
 

@@ -1,6 +1,6 @@
 import json
-import shutil
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -196,7 +196,8 @@ def test_published_files_load_as_the_apps_default_model_offline(tiny_model_dir: 
         "with Session(engine) as s:\n"
         "    doctor = auth.add_doctor(s, username='alice', password='correct horse battery')\n"
         "    result = diagnose.diagnose(s, startup.image_store(settings), doctor=doctor, source=sys.argv[1],\n"
-        "        filename=None, patient_name='P', exam_date='2025-01-02', model_name=models[0], allowed_models=models,\n"
+        "        filename=None, patient_name='P', exam_date='2025-01-02', model_name=models[0],\n"
+        "        allowed_models=models,\n"
         "        max_upload_bytes=2**26, max_pixels=10**8)\n"
         "print(json.dumps({'models': models, 'record_model': result.record.model_name, 'label': result.label}))\n"
     )

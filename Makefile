@@ -42,8 +42,10 @@ test: install-dev
 lint: install-dev
 	$(BIN)/ruff check .
 
+## Model-only speed per architecture, then what one Diagnose upload costs stage by stage
 bench: install
 	$(BIN)/python -m xray.bench
+	$(BIN)/python -m xray.bench_request
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

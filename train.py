@@ -411,6 +411,7 @@ def sampling_rule(args: argparse.Namespace) -> str:
 def create_model(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
     """A fresh model: ImageNet / scratch init of --arch, or a copy of one of our checkpoints (--init NAME)."""
     from xray.training import pretrained
+
     if args.init in ("imagenet", "scratch"):
         return pretrained.create_model(args.arch, num_classes, init=args.init)
     from xray.inference.models import load_model

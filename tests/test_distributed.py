@@ -124,6 +124,30 @@ def _colour_png() -> bytes:
     return buffer.getvalue()
 
 
+def test_fsspec_urls_are_listed_decoded_and_written(inputs, tmp_path):
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from xray.analysis.distributed import decode_batch, list_inputs, unpack_image
+    from xray.analysis.results import ResultsWriter, result_row
+    from xray.imaging.io import read_image
+
+    files, odd = inputs
+    folder = Path(files[0]).parent
+    urls = list_inputs([f"file://{folder}", f"file://{odd}/*.png"])
+    assert urls[0].startswith("file://") and len(urls) == len(list(folder.glob("*.jpeg"))) + 3
+    table = pa.Table.from_pylist([{"index": i, "file": u} for i, u in enumerate(urls[:2] + urls[-3:])])
+    decoded = decode_batch(table).to_pylist()
+    np.testing.assert_array_equal(unpack_image(decoded[0]).pixels, read_image(urls[0][len("file://"):]).pixels)
+    assert [d["error"] is None for d in decoded] == [True, True, True, False, False]  # colour, empty, truncated
+    # results go to any fsspec URL (here the in-memory file system)
+    with ResultsWriter("memory://bench/results.parquet", ["NORMAL", "PNEUMONIA"]) as writer:
+        writer.write([result_row("a.png", "m", "v", ["NORMAL", "PNEUMONIA"], error="broken")])
+    with fsspec.open("memory://bench/results.parquet", "rb") as handle:
+        assert pq.read_table(handle).to_pylist()[0]["error"] == "broken"
+
+
 def test_ray_rows_equal_the_single_process_path(ray_cluster, inputs, tiny_model_dir, tmp_path):
     import pyarrow.parquet as pq
 

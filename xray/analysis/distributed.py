@@ -69,8 +69,6 @@ class ScoreSummary:
         seconds: wall time of the job, from listing the inputs to the last row written (starting or connecting to
             Ray and loading the model on the driver excluded; starting the actors included).
         out: where the table was written.
-        first_rows_seconds: time until the first rows came back (actor start-up and model loading, first batch).
-        first_rows: how many rows came back then.
     """
 
     files: int
@@ -78,8 +76,6 @@ class ScoreSummary:
     out_of_scope: int
     seconds: float
     out: str
-    first_rows_seconds: float = float("nan")
-    first_rows: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -191,8 +187,11 @@ def decode_batch(batch: Any) -> Any:
         file = row["file"]
         packed: dict[str, Any] = {"index": row["index"], "file": file, "true_label": row.get("true_label")}
         try:
-            data = row.get("data") or _read_bytes(file)
-            packed.update(pack_image(read_image(data, filename=Path(file.split("?", 1)[0]).name)))
+            data = row.get("data")
+            if data is None:
+                data = _read_bytes(file)
+            name = Path(file.split("?", 1)[0] if is_url(file) else file).name
+            packed.update(pack_image(read_image(data, filename=name)))
         except Exception as exc:  # noqa: BLE001  (any unreadable input is a row with its error, never a failed job)
             packed["error"] = str(exc) or type(exc).__name__
             logger.warning("%s: %s", file, packed["error"])
@@ -383,18 +382,14 @@ def score(
             batch_format="pyarrow", batch_size=batch_size, num_cpus=cpus_per_worker,
             compute=ray.data.ActorPoolStrategy(size=workers),  # a fixed pool: `concurrency=workers` before Ray 2.51
         )  # fmt: skip
-        errors = out_of_scope = first_rows = 0
-        first_seconds = float("nan")
+        errors = out_of_scope = 0
         with ResultsWriter(out, label_names, true_label=items is not None) as writer:
             for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
                 rows_out = table.to_pylist()
-                if not first_rows:
-                    first_seconds, first_rows = time.perf_counter() - start, len(rows_out)
                 errors += sum(r["error"] is not None for r in rows_out)
                 out_of_scope += sum(r["in_scope"] is False for r in rows_out)
                 writer.write(rows_out)
-        seconds = time.perf_counter() - start
-        return ScoreSummary(writer.rows, errors, out_of_scope, seconds, str(out), first_seconds, first_rows)
+        return ScoreSummary(writer.rows, errors, out_of_scope, time.perf_counter() - start, str(out))
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars = saved[0], saved[1]
         context.target_max_block_size = saved[2]

@@ -3,8 +3,13 @@
 Run `python app.py` (or `make run`). Doctors sign in with accounts from `python -m xray users add NAME`;
 every handler takes the doctor from the server-side session (`gr.Request.username`), never from a form field.
 The logic lives in `xray.web` (one module per tab); this file only lays out components, binds events and turns
-exceptions into messages. `build_demo` assembles the tabs; each `_..._tab` function builds one tab's components
-and events; the handlers below take the `AppContext` first and the components' values after it.
+exceptions into messages. `build_demo` assembles the doctors' tabs; each `_..._tab` function builds one tab's
+components and events; the handlers below take the `AppContext` first and the components' values after it.
+
+Two Gradio apps share one server (`create_app`): with the public demo on (`XRAY_PUBLIC_DEMO`, default on a
+Hugging Face Space) `build_public` (demo and Models page, no sign-in, no database) is mounted at `/` and the
+doctors' app at `/doctor/`; with it off the doctors' app alone is served at `/`, as before. The doctors' app is
+always mounted with the keyword arguments of `doctor_app_options` (sign-in, routes, middleware, limits).
 """
 
 from __future__ import annotations
@@ -24,21 +29,35 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlmodel import Session
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
 
 import xray
-from xray.config import Settings, get_settings
+from xray.config import Settings, get_settings, on_space
 from xray.errors import XrayError
 from xray.imaging.io import IMAGE_EXTENSIONS
 from xray.records import auth
 from xray.records.db import Doctor
 from xray.records.storage import ImageStore
-from xray.web import batch, compare, diagnose, forms, history, operating, registry, review, startup, views
+from xray.web import (
+    batch,
+    compare,
+    demo,
+    diagnose,
+    forms,
+    history,
+    models_page,
+    operating,
+    registry,
+    review,
+    startup,
+    views,
+)
 from xray.web.registry import ModelInfo
 from xray.web.views import HeatmapView
 
@@ -49,18 +68,34 @@ CSS = """
 .xray-notice {border-left: 4px solid #d97706; background: #fffbeb; padding: 8px 12px; border-radius: 4px;}
 .xray-notice p {margin: 0; color: #78350f;}
 .xray-gate {border: 2px solid #b91c1c; background: #fef2f2; padding: 8px 12px; border-radius: 4px;}
+.xray-thumbs {display: flex; gap: 8px; flex-wrap: wrap;}
+.xray-thumbs figure {margin: 0; width: 110px; text-align: center; font-size: 0.75em; line-height: 1.2;}
+.xray-thumbs img {width: 100%; height: 90px; object-fit: cover; border-radius: 4px;}
+.xray-demo-images {display: flex; gap: 12px; flex-wrap: wrap;}
+.xray-demo-images figure {margin: 0; flex: 1 1 300px; text-align: center; font-size: 0.85em;}
+.xray-demo-images img {max-width: 100%; border-radius: 4px;}
 """
 NOTICE_HTML = f'<div class="xray-notice" role="note"><p><strong>{views.NOTICE}</strong></p></div>'
+#: Where the doctors' app is served while the public demo has `/`.
+DOCTOR_PATH = "/doctor"
+#: Where the public demo's uploads go, inside Gradio's upload folder (which its checks require) but apart from
+#: the doctors' uploads, so that deleting a visitor's file can never touch a doctor's.
+PUBLIC_UPLOAD_FOLDER = "xray-public-demo"
 
 
 def _on_space() -> bool:
     # The test Gradio itself uses (gradio.utils.get_space) to tell a Hugging Face Space.
-    return os.environ.get("SYSTEM") == "spaces" and bool(os.environ.get("SPACE_ID"))
+    return on_space()
 
 
 def _oauth_enabled() -> bool:
     # A Space with `hf_oauth: true` in its README metadata gets OAUTH_CLIENT_ID and friends.
     return _on_space() and bool(os.environ.get("OAUTH_CLIENT_ID"))
+
+
+def doctor_path(settings: Settings) -> str:
+    """The doctors' app's URL prefix: `/doctor` while the public demo is served at `/`, else `` (the root)."""
+    return DOCTOR_PATH if settings.public_demo_enabled else ""
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -90,19 +125,12 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @dataclass
-class AppContext:
-    """What every tab and handler shares: settings, database, image store and the registered models."""
+class ModelsContext:
+    """What the doctors' and the public app share: settings and the registered models."""
 
     settings: Settings
-    engine: Engine
-    store: ImageStore
     models: list[str]
     infos: dict[str, ModelInfo]
-
-    @property
-    def max_bytes(self) -> int:
-        """Upload size limit in bytes."""
-        return int(self.settings.max_upload_mb * 2**20)
 
     @property
     def max_pixels(self) -> int:
@@ -129,10 +157,6 @@ class AppContext:
         """File extensions the upload fields accept."""
         return sorted(IMAGE_EXTENSIONS)
 
-    def doctor(self, session: Session, request: gr.Request | None) -> Doctor:
-        """The signed-in doctor of this request (`NotSignedInError` without an enabled account)."""
-        return startup.require_doctor(session, getattr(request, "username", None))
-
     def handler(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """`fn(ctx, *inputs)` as an event handler on the inputs alone, with errors shown as messages.
 
@@ -149,16 +173,61 @@ class AppContext:
         return _friendly(bound)
 
 
-def _context(settings: Settings | None, engine: Engine | None, model_names: list[str] | None) -> AppContext:
-    settings = settings or get_settings()
-    engine = engine or startup.open_database(settings)
+@dataclass
+class AppContext(ModelsContext):
+    """The doctors' app: the shared context plus the database and the image store."""
+
+    engine: Engine
+    store: ImageStore
+
+    @property
+    def max_bytes(self) -> int:
+        """Upload size limit in bytes."""
+        return int(self.settings.max_upload_mb * 2**20)
+
+    def doctor(self, session: Session, request: gr.Request | None) -> Doctor:
+        """The signed-in doctor of this request (`NotSignedInError` without an enabled account)."""
+        return startup.require_doctor(session, getattr(request, "username", None))
+
+
+@dataclass
+class PublicContext(ModelsContext):
+    """The public demo: the shared context, the samples and the rate limit. No database, no image store."""
+
+    samples: list[demo.Sample]
+    limiter: demo.RateLimiter
+    upload_root: str
+
+    @property
+    def max_bytes(self) -> int:
+        """The demo's upload size limit in bytes (XRAY_DEMO_MAX_UPLOAD_MB)."""
+        return int(self.settings.demo_max_upload_mb * 2**20)
+
+    def address(self, request: gr.Request | None) -> str:
+        """The caller's address for the rate limit (X-Forwarded-For only behind a Space's proxy)."""
+        client = getattr(request, "client", None)
+        headers = getattr(request, "headers", None) or {}
+        return demo.client_address(
+            getattr(client, "host", None), headers.get("x-forwarded-for"), trust_forwarded=_on_space()
+        )
+
+
+def _models(settings: Settings, model_names: list[str] | None) -> tuple[list[str], dict[str, ModelInfo]]:
     models = list(model_names) if model_names is not None else registry.registered_models(settings)
     if not models:
         logger.warning(
-            "No model is installed in %s and XRAY_EXTRA_MODELS is empty; Diagnose will say so.", settings.models_dir
+            "No model is installed in %s and XRAY_EXTRA_MODELS is empty; the app will say so.", settings.models_dir
         )
-    infos = {name: registry.describe_model(name) for name in models}
-    return AppContext(settings, engine, startup.image_store(settings), models, infos)
+    return models, {name: registry.describe_model(name) for name in models}
+
+
+def _context(settings: Settings | None, engine: Engine | None, model_names: list[str] | None) -> AppContext:
+    settings = settings or get_settings()
+    engine = engine or startup.open_database(settings)
+    models, infos = _models(settings, model_names)
+    return AppContext(
+        settings=settings, models=models, infos=infos, engine=engine, store=startup.image_store(settings)
+    )
 
 
 def build_demo(
@@ -186,6 +255,154 @@ def build_demo(
     return demo
 
 
+def build_public(settings: Settings | None = None, *, model_names: list[str] | None = None) -> gr.Blocks:
+    """Build the public app: the demo (samples or an upload, nothing stored) and the Models page; no sign-in.
+
+    It has no database engine and no image store, so nothing it does can create a record. Its images go back
+    inline, so `public_app_options` can refuse every file download, and its uploads are deleted once read.
+
+    Args:
+        settings: application settings (default: from the environment).
+        model_names: the models offered (default: bundled models plus XRAY_EXTRA_MODELS).
+    """
+    settings = settings or get_settings()
+    models, infos = _models(settings, model_names)
+    pctx = PublicContext(
+        settings=settings, models=models, infos=infos, samples=demo.samples(),
+        limiter=demo.RateLimiter(settings.demo_rate), upload_root=public_upload_root(),
+    )  # fmt: skip
+    # abandoned uploads (uploaded, never analysed) are swept after two minutes
+    with gr.Blocks(title=f"{TITLE}: public demo", delete_cache=(60, 120)) as public:
+        with gr.Row():
+            gr.Markdown(f"# {TITLE}: public demo", scale=4)
+            with gr.Column(scale=1, min_width=200):
+                gr.Button(
+                    "Doctors: sign in", link=f"{DOCTOR_PATH}/", size="sm", variant="secondary",
+                    elem_id="xray-doctor-link",
+                )  # fmt: skip
+        gr.HTML(NOTICE_HTML)
+        with gr.Tabs():
+            with gr.Tab("Try the model", id="demo"):
+                _public_demo_tab(pctx)
+            with gr.Tab("Models", id="models"):
+                _models_tab(models)
+    return public
+
+
+def public_upload_root() -> str:
+    """The public demo's upload folder: a folder of its own inside Gradio's upload folder."""
+    from gradio.utils import get_upload_folder
+
+    return str(Path(get_upload_folder()) / PUBLIC_UPLOAD_FOLDER)
+
+
+def _public_demo_tab(pctx: PublicContext) -> None:
+    """A sample or an upload in; probabilities, Grad-CAM, input check and caveat out."""
+    limit_mb = f"{pctx.settings.demo_max_upload_mb:g}"
+    gr.Markdown(
+        "Try the model without an account: pick a sample X-ray, or upload a frontal chest X-ray of your own "
+        f"(PNG, JPEG or DICOM, up to {limit_mb} MiB). **Nothing is stored**: no record is made, the upload is deleted "
+        "as soon as it is read, and the result exists only in this page. Please do not upload identifiable patient "
+        f"images. Each address may run {pctx.settings.demo_rate} analyses per minute."
+    )
+    if not pctx.models:
+        gr.Markdown("⚠️ **No model is installed** on this server, so the demo cannot answer.")
+    with gr.Row():
+        with gr.Column(scale=1):
+            if pctx.samples:
+                gr.HTML(demo.thumbnails_html(pctx.samples))
+            sample = gr.Radio(
+                choices=[(s.label, s.name) for s in pctx.samples], value=None, elem_id="xray-demo-samples",
+                label="Sample X-rays (Kermany et al. 2018, CC BY 4.0): pick one to analyse it",
+            )  # fmt: skip
+            upload = gr.File(
+                label=f"Or upload a chest X-ray (up to {limit_mb} MiB)", file_types=pctx.upload_types, type="filepath"
+            )
+            run = gr.Button("Analyse the upload", variant="primary")
+            model = gr.Dropdown(choices=pctx.model_choices, value=pctx.default_model, label="Model (test metrics)")
+        with gr.Column(scale=2):
+            probabilities = gr.Label(
+                label="Probabilities (calibrated)", num_top_classes=5, elem_id="xray-demo-probabilities"
+            )
+            summary = gr.Markdown(elem_id="xray-demo-summary")
+            check = gr.Markdown(elem_id="xray-demo-check")
+            caveat = gr.Markdown(elem_id="xray-demo-caveat")
+            images = gr.HTML(elem_id="xray-demo-images")
+            heat = gr.Markdown()
+            info = gr.Markdown()
+            gr.HTML(NOTICE_HTML)
+    outputs = [probabilities, summary, check, caveat, images, heat, info]
+    sample.input(
+        pctx.handler(run_demo_sample), [sample, model], outputs, api_name="demo_sample",
+        concurrency_limit=2, concurrency_id="demo",
+    )  # fmt: skip
+    run.click(
+        pctx.handler(run_demo_upload), [upload, model], outputs, api_name="demo", concurrency_limit=2,
+        concurrency_id="demo",
+    )  # fmt: skip
+
+
+def run_demo_sample(pctx: PublicContext, name: str | None, model_name: str | None, request: gr.Request) -> tuple:
+    """Analyse a bundled sample (counted against the caller's rate limit)."""
+    demo.find_sample(name, pctx.samples)
+    pctx.limiter.hit(pctx.address(request))
+    result = demo.analyse_sample(
+        name, offered=pctx.samples, model_name=model_name, allowed_models=pctx.models, max_pixels=pctx.max_pixels
+    )
+    return _demo_outputs(result)
+
+
+def run_demo_upload(pctx: PublicContext, file: str | None, model_name: str | None, request: gr.Request) -> tuple:
+    """Analyse an upload (counted against the caller's rate limit); its temporary copy is deleted first."""
+    demo.check_own_upload(file, pctx.upload_root)
+    try:
+        data = demo.read_demo_upload(file, max_bytes=pctx.max_bytes)
+    finally:
+        demo.discard_upload(file, pctx.upload_root)
+    pctx.limiter.hit(pctx.address(request))
+    result = demo.analyse_bytes(
+        data, filename=Path(str(file)).name, model_name=model_name, allowed_models=pctx.models,
+        max_pixels=pctx.max_pixels,
+    )  # fmt: skip
+    return _demo_outputs(result)
+
+
+def _demo_outputs(result: demo.DemoResult) -> tuple:
+    """Probabilities, summary, input check, caveat, images, heat check, model line; out of scope: no prediction."""
+    if not result.in_scope:
+        return None, "", result.gate_text, result.caveat_text, result.images_html(), "", result.model_text
+    return (
+        result.probabilities, result.summary, result.gate_text, result.caveat_text, result.images_html(),
+        result.heat_text, result.model_text,
+    )  # fmt: skip
+
+
+def _models_tab(names: list[str]) -> None:
+    """Every registered model side by side from its metrics.json: table, chart, per-source figures, cards."""
+    entries = models_page.read_entries(names)
+    gr.Markdown(
+        "Every model this server offers, side by side. Every figure is read from the model folder's "
+        "`metrics.json` (written by the evaluation) and its `README.md` card; 95% confidence intervals in "
+        "parentheses; calibration as expected calibration error (ECE, test set) before and after temperature "
+        "scaling."
+    )
+    gr.Dataframe(
+        value={"headers": models_page.OVERVIEW_COLUMNS, "data": models_page.overview_rows(entries)},
+        interactive=False, wrap=True, elem_id="xray-models-overview", label="Models",
+    )  # fmt: skip
+    gr.Plot(value=models_page.auc_latency_figure(entries), format="png", label="Test AUC against CPU latency")
+    gr.Dataframe(
+        value={"headers": models_page.METRIC_COLUMNS, "data": models_page.metric_rows(entries)},
+        interactive=False, wrap=True, elem_id="xray-models-metrics", label="Test metrics, pooled and per data source",
+    )  # fmt: skip
+    notes = models_page.missing_notes(entries)
+    if notes:
+        gr.Markdown("Not recorded:\n" + "\n".join(f"- {note}" for note in notes))
+    for entry in entries:
+        with gr.Accordion(f"Model card: {entry.name}", open=False):
+            gr.Markdown(entry.card if not entry.error else f"**{entry.name}** cannot be read: {entry.error}")
+
+
 # ---------------------------------------------------------------------------------------------- sign-in
 
 
@@ -195,7 +412,7 @@ def _header(ctx: AppContext, demo: gr.Blocks) -> None:
         gr.Markdown(f"# {TITLE}", scale=4)
         with gr.Column(scale=2, min_width=220):
             greeting = gr.Markdown()
-            gr.Button("Log out", link="/logout", size="sm", variant="secondary")
+            gr.Button("Log out", link=f"{doctor_path(ctx.settings)}/logout", size="sm", variant="secondary")
         if _oauth_enabled():
             # Its presence makes Gradio add the Hugging Face OAuth routes used by the sign-in page link.
             gr.LoginButton(visible=False)
@@ -901,7 +1118,8 @@ def _hub_signin(engine: Engine) -> Callable[[Request], Response]:
         app = request.app
         token = secrets.token_urlsafe(16)
         app.tokens[token] = doctor.username
-        response = RedirectResponse(url="./", status_code=302)
+        # ../ is the doctors' app from <app>/xray/hub-signin, at / or at /doctor/ alike
+        response = RedirectResponse(url="../", status_code=302)
         # The same cookies Gradio's own /login sets, so gr.Request.username is the doctor's name.
         response.set_cookie(f"access-token-{app.cookie_id}", token, httponly=True, samesite="none", secure=True)
         response.set_cookie(f"access-token-unsecure-{app.cookie_id}", token, httponly=True)
@@ -911,23 +1129,33 @@ def _hub_signin(engine: Engine) -> Callable[[Request], Response]:
     return handler
 
 
-def launch_options(settings: Settings, engine: Engine) -> dict[str, Any]:
-    """Keyword arguments for `demo.launch`: database-backed sign-in, upload limit, routes, theme."""
+def doctor_app_options(settings: Settings, engine: Engine) -> dict[str, Any]:
+    """Keyword arguments for `gr.mount_gradio_app` of the doctors' app: the one place they are built.
+
+    Database-backed sign-in (every route of the doctors' app refuses a caller without a session), the sign-in
+    page's message, /logout, the Hugging Face sign-in route on a Space, the client-address middleware for sign-in
+    throttling, the upload limit and the data folder kept out of file downloads.
+    """
     check = auth.make_password_checker(engine)
 
     async def password_check(username: str, password: str) -> bool:
         # Argon2 is deliberately slow: keep it off the event loop (the context carries the client address).
         return await asyncio.to_thread(check, username, password)
 
-    oauth = _oauth_enabled()
+    prefix = doctor_path(settings)
     message = (
         "Sign in with your doctor account. Accounts are created by the administrator "
         "(<code>python -m xray users add NAME</code>). Repeated failed attempts are paused for 15 minutes."
     )
     routes = [Route("/logout", _logout, methods=["GET"])]
-    if oauth:
-        message += ' Or <a href="/login/huggingface?_target_url=/xray/hub-signin">sign in with Hugging Face</a>.'
+    if _oauth_enabled():
+        message += (
+            f' Or <a href="{prefix}/login/huggingface?_target_url={prefix}/xray/hub-signin">sign in with Hugging '
+            "Face</a>."
+        )
         routes.append(Route("/xray/hub-signin", _hub_signin(engine), methods=["GET"]))
+    if settings.public_demo_enabled:
+        message += ' No account? The <a href="/">public demo</a> needs none.'
     return {
         "auth": password_check,
         "auth_message": message,
@@ -943,11 +1171,100 @@ def launch_options(settings: Settings, engine: Engine) -> dict[str, Any]:
         "footer_links": ["api", "settings"],
         "css": CSS,
         "theme": gr.themes.Soft(),
+        "show_error": False,
+        "ssr_mode": False,
     }
+
+
+def _no_files(request: Request) -> Response:
+    """The public app's file route: it sends every image inline, so it serves no file at all."""
+    return PlainTextResponse("The public demo serves no files.", status_code=403)
+
+
+def public_app_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for `gr.mount_gradio_app` of the public app: its upload limits, no file downloads.
+
+    Gradio's file route would serve anything in Gradio's shared temporary folders (where the doctors' app also
+    keeps its heatmaps, reports and exports); the public app sends its images inline and refuses that route.
+    """
+    trust = _on_space()
+    return {
+        "max_file_size": int(settings.demo_max_upload_mb * 2**20),
+        "server_name": settings.host,
+        "server_port": settings.port,
+        "blocked_paths": [str(settings.data_dir.resolve())],
+        "app_kwargs": {
+            "routes": [Route("/gradio_api/file={path:path}", _no_files, methods=["GET", "HEAD"])],
+            "middleware": [
+                Middleware(demo.UploadRateLimit, limiter=demo.RateLimiter(settings.demo_rate), trust_forwarded=trust)
+            ],
+        },
+        "footer_links": ["api", "settings"],
+        "css": CSS,
+        "theme": gr.themes.Soft(),
+        "show_error": False,
+        "ssr_mode": False,
+    }
+
+
+def _mounted(server: FastAPI, path: str) -> Any:
+    """The Gradio app `gr.mount_gradio_app` mounted at `path` ("" for the root)."""
+    for route in server.router.routes:
+        if isinstance(route, Mount) and route.path == path.rstrip("/"):
+            return route.app
+    raise LookupError(f"nothing is mounted at {path!r}")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    model_names: list[str] | None = None,
+    warm_up: bool = True,
+) -> FastAPI:
+    """The web server: the doctors' app alone at `/`, or with the public demo on, the public app there too.
+
+    With the public demo on, the public app is at `/` and the doctors' app at `/doctor/`. Both are Gradio apps
+    mounted with `gr.mount_gradio_app`, each with its own queue, upload folder and sign-in rule.
+
+    Args:
+        settings: application settings (default: from the environment).
+        engine: database engine with tables created (default: `startup.open_database(settings)`).
+        model_names: the models offered (default: bundled models plus XRAY_EXTRA_MODELS).
+        warm_up: with the public demo on, run the default model once on a sample before serving.
+    """
+    settings = settings or get_settings()
+    engine = engine or startup.open_database(settings)
+    models = list(model_names) if model_names is not None else registry.registered_models(settings)
+    doctors = build_demo(settings, engine=engine, model_names=models)
+    doctors.queue(default_concurrency_limit=8)
+    server = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    prefix = doctor_path(settings)
+    if not prefix:
+        return gr.mount_gradio_app(server, doctors, "/", **doctor_app_options(settings, engine))
+
+    def to_doctors(request: Request) -> Response:
+        return RedirectResponse(url=f"{prefix}/", status_code=307)
+
+    server.add_route(prefix, to_doctors, methods=["GET", "HEAD"])
+    gr.mount_gradio_app(server, doctors, prefix, **doctor_app_options(settings, engine))
+    if _oauth_enabled():
+        # A Space sends every Hugging Face sign-in back to /login/callback at its root (gradio.oauth): pass it to
+        # the doctors' app, whose session it belongs to. Matched before the public app's mount below.
+        server.add_route("/login/callback", _mounted(server, prefix), methods=["GET"])
+    public = build_public(settings, model_names=models)
+    public.queue(default_concurrency_limit=2)
+    gr.mount_gradio_app(server, public, "/", **public_app_options(settings))
+    _mounted(server, "").uploaded_file_dir = public_upload_root()
+    if warm_up:
+        demo.warm_up(models[0] if models else None, models, demo.samples(), settings.max_image_pixels)
+    return server
 
 
 def main() -> None:
     """Start the app on the settings from the environment (creates the data folder and tables)."""
+    import uvicorn
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up probes
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -957,9 +1274,13 @@ def main() -> None:
 
         torch.set_num_threads(settings.num_threads)
     engine = startup.open_database(settings)
-    demo = build_demo(settings, engine=engine)
-    demo.queue(default_concurrency_limit=8)
-    demo.launch(**launch_options(settings, engine))
+    server = create_app(settings, engine=engine)
+    url = f"http://{'localhost' if settings.host == '0.0.0.0' else settings.host}:{settings.port}"
+    if settings.public_demo_enabled:
+        logger.info("public demo and Models page at %s/, doctors' app at %s%s/", url, url, DOCTOR_PATH)
+    else:
+        logger.info("doctors' app at %s/ (public demo off: XRAY_PUBLIC_DEMO=1 serves it)", url)
+    uvicorn.run(server, host=settings.host, port=settings.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,11 +20,35 @@ def free_port() -> int:
 
 
 @contextmanager
+def serving(server_app: Any, port: int, *, timeout: float = 120.0) -> Iterator[None]:
+    """Run an ASGI app with uvicorn (lifespan included, as `app.main` does) in a thread until the block ends."""
+    import uvicorn
+    from gradio.http_server import Server  # uvicorn's server without signal handlers, fit for a thread
+
+    server = Server(uvicorn.Config(server_app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() - started > timeout:
+            raise RuntimeError(f"the app did not start on port {port}")
+        time.sleep(0.02)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@contextmanager
 def running_app(root: Path, *, model_names: list[str], doctors: dict[str, str], **settings: Any) -> Iterator[dict]:
-    """Start `app.build_demo` + `app.launch_options` exactly as `main()` does, with the given doctor accounts.
+    """Start `app.create_app` as `main()` does (uvicorn, same mounts and options), with the given doctor accounts.
+
+    `public_demo` defaults to off (a local clinic install: the doctors' app at `/`); with `public_demo=True` the
+    public app is at `/` and the doctors' app at `/doctor/`.
 
     Yields:
-        {"url", "engine", "settings", "root"} of the running app.
+        {"url" (the doctors' app), "public_url" (None when off), "base", "engine", "settings", "root"}.
     """
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from sqlmodel import Session
@@ -32,6 +58,7 @@ def running_app(root: Path, *, model_names: list[str], doctors: dict[str, str], 
     from xray.records import auth
     from xray.web import startup
 
+    settings.setdefault("public_demo", False)
     config = Settings(data_dir=root / "data", port=free_port(), extra_models="", **settings)
     engine = startup.open_database(config)
     with Session(engine) as session:
@@ -40,11 +67,17 @@ def running_app(root: Path, *, model_names: list[str], doctors: dict[str, str], 
                 auth.add_doctor(
                     session, username=name, password=password, display_name=f"Dr {name.split('.')[-1].title()}"
                 )
-    demo = app.build_demo(config, engine=engine, model_names=model_names)
-    demo.queue(default_concurrency_limit=8)
-    demo.launch(**app.launch_options(config, engine), prevent_thread_lock=True, quiet=True)
+    server_app = app.create_app(config, engine=engine, model_names=model_names)
+    base = f"http://127.0.0.1:{config.port}/"
     try:
-        yield {"url": f"http://127.0.0.1:{config.port}/", "engine": engine, "settings": config, "root": root}
+        with serving(server_app, config.port):
+            yield {
+                "url": base + app.doctor_path(config).lstrip("/") + ("/" if app.doctor_path(config) else ""),
+                "public_url": base if config.public_demo_enabled else None,
+                "base": base,
+                "engine": engine,
+                "settings": config,
+                "root": root,
+            }
     finally:
-        demo.close()
         engine.dispose()

@@ -75,6 +75,20 @@ class Settings(BaseSettings):
     admin_password: str | None = Field(default=None, description="Its password, from a secret; never in code.")
     host: str = Field(default_factory=_default_host, description="Listen address; default GRADIO_SERVER_NAME or local.")
     port: int = Field(default_factory=_default_port, description="Listen port; default GRADIO_SERVER_PORT or 7860.")
+    public_demo: bool | None = Field(
+        default=None,
+        description="Serve the public demo and Models page at / without sign-in, the doctors' app at /doctor/ "
+        "(XRAY_PUBLIC_DEMO=0|1); default on on a Hugging Face Space, off elsewhere (doctors' app at /).",
+    )
+    demo_max_upload_mb: float = Field(default=10.0, gt=0, description="Largest upload the public demo takes, in MiB.")
+    demo_rate: int = Field(
+        default=10, ge=1, description="Analyses per minute the public demo allows one client address."
+    )
+
+    @property
+    def public_demo_enabled(self) -> bool:
+        """Whether the public demo is served: `public_demo` when set, else only on a Hugging Face Space."""
+        return on_space() if self.public_demo is None else self.public_demo
 
     @property
     def records_survive_restart(self) -> bool:

@@ -16,4 +16,6 @@ Modules (each imports only those above it in this list):
     review     the doctor's final read, agreement with the model, one-page PDF report
     batch      Batch tab: files and zips (with limits) through `diagnose`, results table and CSV
     compare    Compare tab: every model on one image, side by side, nothing saved
+    demo       public demo: a sample or an upload through the pipeline without a doctor, rate limit, nothing stored
+    models_page  public Models page: every registered model side by side from its metrics.json and card
 """

@@ -61,6 +61,19 @@ class HeatmapView:
         return overlay_heatmap(self.pixels, self.heatmap, parse_opacity(alpha))
 
 
+def image_data_uri(pixels: np.ndarray, *, quality: int = 90) -> str:
+    """An RGB/gray image as a `data:image/jpeg;base64,...` URI, for an `<img>` that needs no file on the server."""
+    import base64
+
+    import cv2
+
+    bgr = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR) if pixels.ndim == 3 and pixels.shape[2] == 3 else pixels
+    ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(bgr), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("the image could not be encoded as JPEG")
+    return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode("ascii")
+
+
 def make_view(
     pixels: np.ndarray, heatmap: np.ndarray, *, target_label: str, method: str, record_id: int | None
 ) -> HeatmapView:
@@ -86,16 +99,21 @@ def md_escape(text: str) -> str:
 
 def result_summary(record: Record) -> str:
     """One Markdown sentence stating the model's output against its operating threshold."""
-    probs = record.probabilities
-    label = record.predicted_label
-    if record.threshold is not None and record.positive_label:
-        p_pos = probs.get(record.positive_label, float("nan"))
-        relation = "at or above" if p_pos >= record.threshold else "below"
+    return prediction_summary(record.predicted_label, record.probabilities, record.threshold, record.positive_label)
+
+
+def prediction_summary(
+    label: str, probabilities: dict[str, float], threshold: float | None, positive_label: str | None
+) -> str:
+    """`result_summary` for a prediction that is not a record (the public demo)."""
+    if threshold is not None and positive_label:
+        p_pos = probabilities.get(positive_label, float("nan"))
+        relation = "at or above" if p_pos >= threshold else "below"
         return (
-            f"**Model output: {label}**: P({record.positive_label}) = {p_pos:.3f}, {relation} the model's operating "
-            f"threshold {record.threshold:.3f}."
+            f"**Model output: {label}**: P({positive_label}) = {p_pos:.3f}, {relation} the model's operating "
+            f"threshold {threshold:.3f}."
         )
-    return f"**Model output: {label}** (most probable class, P = {probs.get(label, float('nan')):.3f})."
+    return f"**Model output: {label}** (most probable class, P = {probabilities.get(label, float('nan')):.3f})."
 
 
 def model_line(record: Record) -> str:

@@ -1,0 +1,411 @@
+"""The public demo: a bundled sample or a visitor's image through the analysis pipeline, and nothing stored.
+
+No doctor, no database, no image store: the upload is read into memory and its temporary copy deleted
+(`discard_upload`), the images go back inline (`data:` URIs, so no file is written for them either), and the log
+says which model answered what, never anything about the pixels or the file. `RateLimiter` caps analyses per client
+address; its error says when to try again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xray.errors import InvalidInputError, XrayError
+from xray.web.forms import load_image, read_upload
+from xray.web.registry import caveat_warnings, example_files, load_registered_model
+from xray.web.views import heat_markdown, image_data_uri, make_view, md_escape, prediction_summary, shrink
+
+logger = logging.getLogger(__name__)
+
+#: Seconds over which `XRAY_DEMO_RATE` analyses are allowed.
+RATE_WINDOW_S = 60.0
+#: Long side of the sample thumbnails on the demo page.
+THUMBNAIL_SIDE = 160
+#: Heatmap opacity of the demo's overlay (the doctors' app has a slider).
+DEMO_OPACITY = 0.4
+
+
+# ---------------------------------------------------------------------------------------------- samples
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A bundled sample X-ray (`examples/`), offered by name: a client never names a path."""
+
+    number: int
+    path: Path
+
+    @property
+    def name(self) -> str:
+        """The file name, which is what the demo's API takes."""
+        return self.path.name
+
+    @property
+    def dataset_label(self) -> str:
+        """NORMAL or PNEUMONIA: the Kermany file names start with NORMAL or personN_bacteria/virus."""
+        return "NORMAL" if self.name.upper().startswith("NORMAL") else "PNEUMONIA"
+
+    @property
+    def label(self) -> str:
+        """`Sample 1 (dataset label: NORMAL)`."""
+        return f"Sample {self.number} (dataset label: {self.dataset_label})"
+
+
+def samples() -> list[Sample]:
+    """The bundled samples, numbered from 1 in file-name order."""
+    return [Sample(i, path) for i, path in enumerate(example_files(), 1)]
+
+
+def find_sample(name: str | None, offered: Sequence[Sample]) -> Sample:
+    """The offered sample called `name` (`InvalidInputError` for anything else, paths included)."""
+    for sample in offered:
+        if name == sample.name:
+            return sample
+    if not name:
+        raise InvalidInputError("Pick one of the sample X-rays.")
+    raise InvalidInputError(f"Unknown sample '{name}'. Choose one of: {', '.join(s.name for s in offered)}.")
+
+
+def thumbnails_html(offered: Sequence[Sample]) -> str:
+    """A row of small inline thumbnails of the samples, captioned like the sample choices."""
+    from xray.imaging.io import read_image
+
+    cells = []
+    for sample in offered:
+        pixels = shrink(read_image(sample.path.read_bytes(), filename=sample.name).pixels, THUMBNAIL_SIDE)
+        cells.append(
+            f'<figure class="xray-thumb"><img src="{image_data_uri(pixels, quality=80)}" alt="{sample.label}">'
+            f"<figcaption>{sample.label}</figcaption></figure>"
+        )
+    return f'<div class="xray-thumbs">{"".join(cells)}</div>'
+
+
+# ---------------------------------------------------------------------------------------------- rate limit
+
+
+class RateLimitedError(XrayError):
+    """A client address made more analyses than the public demo allows per minute."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        """Keep how long the client has to wait."""
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RateLimiter:
+    """At most `limit` calls per client address in any `window_s` seconds (a sliding window; thread-safe).
+
+    Only recent call times are kept, in memory: nothing about a client outlives its window.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        window_s: float = RATE_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        """Allow `limit` calls per `window_s` seconds; the clocks are replaceable for tests."""
+        if limit < 1:
+            raise ValueError(f"the demo rate must be at least 1 call per window, got {limit}")
+        self.limit = limit
+        self.window_s = window_s
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._calls: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def hit(self, address: str) -> None:
+        """Count one call from `address`, or refuse it.
+
+        Raises:
+            RateLimitedError: the address used up its calls; the message says in how many seconds, and at what
+                time (UTC), the next one is allowed.
+        """
+        now = self._clock()
+        with self._lock:
+            self._forget_before(now - self.window_s)
+            calls = self._calls.setdefault(address, deque())
+            if len(calls) >= self.limit:
+                wait = max(1, math.ceil(calls[0] + self.window_s - now))
+                at = (self._wall_clock() + timedelta(seconds=wait)).strftime("%H:%M:%S")
+                raise RateLimitedError(
+                    f"The public demo takes {self.limit} analyses per minute from one address, and yours has had "
+                    f"them. Try again in {wait} s (at {at} UTC).",
+                    retry_after_s=wait,
+                )
+            calls.append(now)
+
+    def _forget_before(self, cutoff: float) -> None:
+        for address in list(self._calls):
+            calls = self._calls[address]
+            while calls and calls[0] <= cutoff:
+                calls.popleft()
+            if not calls:
+                del self._calls[address]
+
+    @property
+    def clients(self) -> int:
+        """How many addresses have calls in the current window (memory held)."""
+        with self._lock:
+            self._forget_before(self._clock() - self.window_s)
+            return len(self._calls)
+
+
+def client_address(host: str | None, forwarded_for: str | None, *, trust_forwarded: bool) -> str:
+    """The caller's address: the socket peer, or the first X-Forwarded-For hop behind a proxy that sets it.
+
+    Trust X-Forwarded-For only where a proxy sets it (a Hugging Face Space): anywhere else a client could pick a new
+    address for every call and escape the rate limit (as `xray.records.auth.address_from_scope` does for sign-in).
+    """
+    if trust_forwarded and forwarded_for:
+        first = forwarded_for.split(",")[0].strip()
+        if first:
+            return first[:100]
+    return (host or "unknown")[:100]
+
+
+class UploadRateLimit:
+    """Pure ASGI middleware for the public app: at most `limiter`'s uploads per client address (HTTP 429 after).
+
+    Gradio stores an upload before any handler sees it, so the analyses' limit alone would not stop a client
+    from filling the disk with uploads it never analyses; this one counts the uploads themselves.
+    """
+
+    def __init__(
+        self, app: Callable[..., Any], *, limiter: RateLimiter, trust_forwarded: bool = False, route: str = "/upload"
+    ) -> None:
+        """Wrap `app`; POSTs whose path ends with `route` are counted."""
+        self.app = app
+        self.limiter = limiter
+        self.trust_forwarded = trust_forwarded
+        self.route = route
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        """Refuse an upload over the limit with 429, a Retry-After header and the message; pass the rest."""
+        if scope.get("type") == "http" and scope.get("method") == "POST":
+            if str(scope.get("path", "")).rstrip("/").endswith(self.route):
+                from xray.records.auth import address_from_scope
+
+                try:
+                    self.limiter.hit(address_from_scope(scope, trust_forwarded=self.trust_forwarded))
+                except RateLimitedError as exc:
+                    body = json.dumps({"detail": str(exc).replace("analyses", "uploads")}).encode()
+                    headers = [(b"content-type", b"application/json"), (b"retry-after", b"%d" % exc.retry_after_s)]
+                    await send({"type": "http.response.start", "status": 429, "headers": headers})
+                    await send({"type": "http.response.body", "body": body})
+                    return
+        await self.app(scope, receive, send)
+
+
+# ---------------------------------------------------------------------------------------------- analysis
+
+
+@dataclass
+class DemoResult:
+    """What the demo shows for one image: the model's answer, the input check, the caveat, the images."""
+
+    model_name: str
+    architecture: str
+    version: str
+    label: str
+    probabilities: dict[str, float]
+    summary: str
+    in_scope: bool
+    reasons: list[str] = field(default_factory=list)
+    gate_note: str | None = None
+    caveat: str | None = None
+    heat_text: str = ""
+    original: np.ndarray | None = None
+    overlay: np.ndarray | None = None
+    latency_ms: float = 0.0
+
+    @property
+    def gate_text(self) -> str:
+        """The input check: the out-of-scope box with its reasons, or a one-line verdict."""
+        if not self.in_scope:
+            lines = ["### ⚠️ Out of scope: the prediction is not shown", ""]
+            lines += [f"- {md_escape(reason)}" for reason in self.reasons]
+            lines += ["", "The model was made for frontal chest X-rays; any result for this image would be unreliable."]
+            if self.gate_note:
+                lines += ["", f"ℹ️ {self.gate_note}"]
+            return "\n".join(lines)
+        text = "**Input check:** in scope (looks like a frontal chest X-ray to this model)."
+        return text + (f"\n\nℹ️ {self.gate_note}" if self.gate_note else "")
+
+    @property
+    def caveat_text(self) -> str:
+        """The model's caveat as shown with each of its predictions ("" without one)."""
+        return "\n\n".join(f"⚠️ {warning}" for warning in caveat_warnings(self.caveat))
+
+    @property
+    def model_text(self) -> str:
+        """`Model pneumonia · efficientnet_lite0 · version ab12cd · 312 ms · nothing was stored.`."""
+        return (
+            f"Model `{self.model_name}` · {self.architecture} · version `{self.version}` · "
+            f"{self.latency_ms:.0f} ms · nothing was stored."
+        )
+
+    def images_html(self) -> str:
+        """The image and (in scope only) its Grad-CAM overlay side by side, inline."""
+        figures = []
+        if self.original is not None:
+            figures.append(("Image", self.original, "xray-demo-original"))
+        if self.overlay is not None and self.in_scope:
+            figures.append(("Grad-CAM heatmap (where the model looked; not where disease is)", self.overlay,
+                            "xray-demo-heatmap"))  # fmt: skip
+        cells = [
+            f'<figure id="{elem_id}"><img src="{image_data_uri(pixels)}" alt="{caption}">'
+            f"<figcaption>{caption}</figcaption></figure>"
+            for caption, pixels, elem_id in figures
+        ]
+        return f'<div class="xray-demo-images">{"".join(cells)}</div>'
+
+
+def analyse_bytes(
+    data: bytes,
+    *,
+    filename: str | None,
+    model_name: str | None,
+    allowed_models: Sequence[str],
+    max_pixels: int,
+) -> DemoResult:
+    """Decode the image, run the pipeline once (prediction, Grad-CAM, input gate, heat check), keep nothing.
+
+    Raises:
+        XrayError subclasses with a message for the visitor.
+    """
+    from xray.analysis.pipeline import analyse
+
+    image = load_image(data, filename=filename, max_pixels=max_pixels)
+    loaded = load_registered_model(model_name, allowed_models)
+    analysis = analyse(loaded, image)
+    explanation = analysis.explanation
+    view = make_view(
+        image.pixels, explanation.heatmap, target_label=explanation.target_label, method="gradcam", record_id=None
+    )
+    probabilities = {k: float(v) for k, v in analysis.probabilities.items()}
+    check = analysis.heatmap_check
+    result = DemoResult(
+        model_name=loaded.name,
+        architecture=loaded.architecture,
+        version=str(loaded.version),
+        label=analysis.label,
+        probabilities=probabilities,
+        summary=prediction_summary(analysis.label, probabilities, loaded.threshold, loaded.positive_label),
+        in_scope=analysis.in_scope,
+        reasons=analysis.reasons,
+        gate_note=analysis.gate_note,
+        caveat=analysis.caveat,
+        heat_text=heat_markdown(check.heat_in_lungs, check.heat_in_chest) if check is not None else "",
+        original=view.pixels,
+        overlay=view.overlay(DEMO_OPACITY),
+        latency_ms=analysis.latency_ms,
+    )
+    # what answered, never what was sent: no file name, no pixels, no address
+    logger.info("public demo: %s answered %s (%s) in %.0f ms", loaded.name, analysis.label,
+                "in scope" if analysis.in_scope else "out of scope", analysis.latency_ms)  # fmt: skip
+    return result
+
+
+def analyse_sample(
+    name: str | None,
+    *,
+    offered: Sequence[Sample],
+    model_name: str | None,
+    allowed_models: Sequence[str],
+    max_pixels: int,
+) -> DemoResult:
+    """`analyse_bytes` on one of the bundled samples, read from `examples/` (nothing uploaded, nothing written)."""
+    sample = find_sample(name, offered)
+    return analyse_bytes(
+        sample.path.read_bytes(),
+        filename=sample.name,
+        model_name=model_name,
+        allowed_models=allowed_models,
+        max_pixels=max_pixels,
+    )
+
+
+def read_demo_upload(source: str | Path | None, *, max_bytes: int) -> bytes:
+    """The upload's bytes under the demo's own size limit (its message names XRAY_DEMO_MAX_UPLOAD_MB)."""
+    if source and Path(source).is_file() and Path(source).stat().st_size > max_bytes:
+        size = Path(source).stat().st_size
+        raise InvalidInputError(
+            f"The file is {size / 2**20:.1f} MiB; the public demo takes up to {max_bytes / 2**20:g} MiB "
+            "(XRAY_DEMO_MAX_UPLOAD_MB)."
+        )
+    return read_upload(source, max_bytes=max_bytes)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return root in path.resolve().parents
+
+
+def check_own_upload(source: str | Path | None, upload_root: str | Path) -> None:
+    """Refuse a file that is not one of the demo's own uploads (a client can name any path in an API call).
+
+    Gradio accepts any file in its upload folder, which the doctors' app shares; the demo reads only its own
+    subfolder, so a visitor can never have the demo read, show or delete a doctor's upload.
+
+    Raises:
+        InvalidInputError: outside the demo's upload folder, or already deleted after its analysis.
+    """
+    if not source:
+        return
+    path, root = Path(source), Path(upload_root).resolve()
+    if not _inside(path, root):
+        raise InvalidInputError("Upload the image through this page's upload field.")
+    if not path.is_file():
+        raise InvalidInputError("Each upload is deleted once it has been read: upload the file again to analyse it.")
+
+
+def discard_upload(source: str | Path | None, upload_root: str | Path) -> bool:
+    """Delete an uploaded file's temporary copy (and its folder when that is left empty); True if one was deleted.
+
+    Only files inside `upload_root` (the demo's own upload folder) are touched, whatever path a client sent.
+    """
+    if not source:
+        return False
+    root = Path(upload_root).resolve()
+    path = Path(source).resolve()
+    if not _inside(path, root) or not path.is_file():
+        return False
+    path.unlink(missing_ok=True)
+    folder = path.parent
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            break
+        folder = folder.parent
+    return True
+
+
+def warm_up(model_name: str | None, allowed_models: Sequence[str], offered: Sequence[Sample], max_pixels: int) -> None:
+    """Load the model and run it once on a sample, so that the first visitor does not wait for either."""
+    if not model_name or not offered:
+        return
+    started = time.perf_counter()
+    try:
+        analyse_sample(
+            offered[0].name, offered=offered, model_name=model_name, allowed_models=allowed_models,
+            max_pixels=max_pixels,
+        )  # fmt: skip
+    except XrayError as exc:
+        logger.warning("public demo warm-up with %s failed: %s", model_name, exc)
+        return
+    logger.info("public demo warmed up with %s in %.1f s", model_name, time.perf_counter() - started)

@@ -64,6 +64,11 @@ from xray.web.views import HeatmapView
 logger = logging.getLogger("xray.app")
 
 TITLE = "Chest X-ray decision support"
+STORAGE_WARNING = (
+    "Records and images on this Space are NOT kept: it has no persistent storage and no external database, so "
+    "everything saved here is lost when the Space restarts. Ask the administrator to attach persistent storage "
+    "(/data) or set XRAY_DATABASE_URL."
+)
 CSS = """
 .xray-notice {border-left: 4px solid #d97706; background: #fffbeb; padding: 8px 12px; border-radius: 4px;}
 .xray-notice p {margin: 0; color: #78350f;}
@@ -417,6 +422,8 @@ def _header(ctx: AppContext, demo: gr.Blocks) -> None:
             # Its presence makes Gradio add the Hugging Face OAuth routes used by the sign-in page link.
             gr.LoginButton(visible=False)
     gr.HTML(NOTICE_HTML)
+    if not ctx.settings.records_survive_restart:
+        gr.HTML(f'<div class="xray-gate" role="alert"><p><strong>{html.escape(STORAGE_WARNING)}</strong></p></div>')
     demo.load(ctx.handler(greet), None, greeting, api_visibility="private")
 
 
@@ -1048,7 +1055,9 @@ def _about_tab(ctx: AppContext, demo: gr.Blocks, diagnose_model: gr.Dropdown) ->
         card = gr.Markdown()
         gr.Markdown(
             f"App version **{xray.__version__}** · Gradio {gr.__version__}. {views.NOTICE} "
-            "Images and records stay on this server; see the README for data handling."
+            "Images and records stay on this server; see the README for data handling.\n\n"
+            f"Records are kept in: {views.md_escape(ctx.settings.records_location)}. Images: "
+            f"{views.md_escape(str(ctx.settings.storage_url or (ctx.settings.data_dir / 'images').resolve()))}."
         )
     show_card = ctx.handler(model_card)
     demo.load(show_card, model, card, api_name="model_card_on_load", api_visibility="private")
@@ -1167,6 +1176,7 @@ def doctor_app_options(settings: Settings, engine: Engine) -> dict[str, Any]:
             # Routes given here are matched before Gradio's own, so /logout clears both kinds of session.
             "routes": routes,
             "middleware": [Middleware(auth.ClientAddressMiddleware, trust_forwarded=_on_space())],
+            "lifespan": sessions_in_database(settings, engine),
         },
         "footer_links": ["api", "settings"],
         "css": CSS,
@@ -1174,6 +1184,25 @@ def doctor_app_options(settings: Settings, engine: Engine) -> dict[str, Any]:
         "show_error": False,
         "ssr_mode": False,
     }
+
+
+def sessions_in_database(settings: Settings, engine: Engine) -> Callable[[Any], Any]:
+    """A lifespan for the doctors' app that keeps its sign-ins in the database instead of process memory.
+
+    Gradio keeps sign-in tokens in `app.tokens` (a dict) under a cookie named with a random id per process, so a
+    restart signs every doctor out and a second replica knows nobody. At start-up, before the first request, the
+    tokens become `xray.records.auth.DatabaseTokens` (hashed, expiring, revoked at log-out) and the cookie name one
+    derived from the database URL: every process on one database accepts the same cookie.
+    """
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        app.tokens = auth.DatabaseTokens(engine, hours=settings.session_hours)
+        app.cookie_id = auth.session_cookie_id(settings.resolved_database_url)
+        yield
+
+    return lifespan
 
 
 def _no_files(request: Request) -> Response:
@@ -1274,6 +1303,9 @@ def main() -> None:
 
         torch.set_num_threads(settings.num_threads)
     engine = startup.open_database(settings)
+    if not settings.records_survive_restart:
+        logger.warning("%s", STORAGE_WARNING)
+    logger.info("records: %s", settings.records_location)
     server = create_app(settings, engine=engine)
     url = f"http://{'localhost' if settings.host == '0.0.0.0' else settings.host}:{settings.port}"
     if settings.public_demo_enabled:

@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     cache_dir: Path | None = Field(default=None, description="Cache for exported ONNX graphs; default ~/.cache/xray.")
     admin_username: str | None = Field(default=None, description="Bootstrap a doctor account at start (hosted Space).")
     admin_password: str | None = Field(default=None, description="Its password, from a secret; never in code.")
+    session_hours: float = Field(default=12.0, description="How long a doctor's sign-in lasts (hours).")
     host: str = Field(default_factory=_default_host, description="Listen address; default GRADIO_SERVER_NAME or local.")
     port: int = Field(default_factory=_default_port, description="Listen port; default GRADIO_SERVER_PORT or 7860.")
     public_demo: bool | None = Field(

@@ -1,4 +1,5 @@
-"""scripts/eval_gate.py: which covid-chestxray images count as in scope for a model, and the --cost timing."""
+"""scripts/eval_gate.py: which covid-chestxray and adult-cxr images count as in scope, the lateral rows, the fit on
+every in-scope source (no test image), `--fit` end to end, and the --cost timing."""
 
 from __future__ import annotations
 
@@ -97,6 +98,7 @@ def test_fit_view_needs_ood_statistics(eval_gate, tiny_model_dir: Path) -> None:
         eval_gate.main(["--model", f"local-dir:{tiny_model_dir}", "--fit-view"])
 
 
+@pytest.mark.slow  # about 1.5 min on 2 busy cores: every gate row on a few images, after a fit
 def test_fit_then_measure_end_to_end(eval_gate, tiny_model_dir: Path, shared_data: Path, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """`--fit` on a few in-scope images: ood.npz and view.npz saved, and the held-out lateral patients measured."""

@@ -517,9 +517,13 @@ def view_model(shared_data: Path, lateral_paths: list[Path], tmp_path_factory: p
         images += [photo, eval_gate._grey_copy(photo)]
         labels += ["other"] * 2
         groups += [path.name] * 2
-    check = gate.fit_model_view_check(load_model(f"local-dir:{folder}"), images, labels, groups, folder,
-                                      c_grid=(0.1,), lateral={"held_out_files": [p.name for p in held]})
-    assert check.view and check.info["n"]["lateral"]["rows"] == 3 * len(fit)
+    loaded = load_model(f"local-dir:{folder}")
+    check = gate.fit_model_view_check(loaded, images, labels, groups, folder, c_grid=(0.1,),
+                                      lateral={"held_out_files": [p.name for p in held]})
+    # the same features as the OOD statistics: ood_view copies, or the images as given for a model whose own
+    # transform makes that copy (input JPEG step)
+    assert check.view == gate.feature_view(loaded) == gate.load_ood(folder).view
+    assert check.info["n"]["lateral"]["rows"] == 3 * len(fit)
     return load_model(f"local-dir:{folder}"), held
 
 
@@ -566,6 +570,7 @@ def test_view_check_fitted_on_other_features_is_refused(view_model, tmp_path: Pa
     loaded, _ = view_model
     folder = shutil.copytree(loaded.path, tmp_path / "mismatch")
     entry = json.loads((folder / "config.json").read_text())["view_check"]
-    update_config(folder, view_check={**entry, "view": None})  # fitted on the images as given, unlike ood.npz
+    # claim the other kind of features than the OOD statistics' (ood_view copies vs the images as given)
+    update_config(folder, view_check={**entry, "view": None if entry["view"] else "resized, JPEG 75"})
     with pytest.raises(OodStatsError, match="refit both"):
         gate.ood_stats_for(load_model(f"local-dir:{folder}"))

@@ -483,7 +483,7 @@ def _diagnose_tab(ctx: AppContext) -> gr.Dropdown:
             view_state, shown_state, record_id_out,
         ],
         api_name="diagnose",
-        concurrency_limit=4,
+        concurrency_limit=ctx.settings.inference_concurrency,
         concurrency_id="inference",
     ).then(show_operating, op_inputs, op_text, api_name="operating_after_diagnose", api_visibility="private")
     reveal_btn.click(

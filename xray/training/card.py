@@ -43,12 +43,12 @@ DATA_PROVENANCE = {
 
 LIMITATIONS = [
     "Kermany's NORMAL and PNEUMONIA images are children aged 1-5 from one hospital in Guangzhou, while the "
-    "COVID-19 images are mostly adults from many hospitals and publications. A model can learn age, body size, "
-    "hospital, scanner or image-processing differences instead of disease; high test scores on these data sets "
-    "do not show that it recognises pneumonia or COVID-19 in a new population.",
-    "The test sets come from the same sources as the training data. Performance on other hospitals, adults "
-    "(for the pneumonia model), portable/ICU films, lateral views, or images with devices and annotations is "
-    "unknown and probably lower.",
+    "COVID-19 images are all adults (covid-chestxray from publications, adult-cxr's radiography source). A model "
+    "can learn age, body size, hospital, scanner or image-processing differences instead of disease; read the "
+    "per-source table and shortcut probe before trusting a pooled figure.",
+    "The test sets come from the same sources as the training data, and the adult sources are small (61-108 test "
+    "images each, wide intervals). Performance on other hospitals, portable/ICU films, or images with devices "
+    "and annotations is unknown and probably lower; lateral views are out of scope (the input gate flags them).",
     "Kermany's labels come from expert graders without CT or laboratory confirmation; covid-chestxray images are "
     "taken from publications and websites (often cropped, annotated or compressed) and its labels are as "
     "reported by their sources.",
@@ -63,8 +63,9 @@ GATE_SETS_TEXT = (
     "Out-of-scope sets are real files that ship with installed packages (scikit-learn, matplotlib, gradio and "
     "scikit-image sample photographs; scikit-image's fundus, histology and microscopy samples; pydicom's CT/MR "
     "test files and matplotlib's MR slice), plus every official test image "
-    "with its grey levels inverted; nothing generated is counted as a photograph or a slice. No lateral chest "
-    "views are available offline, so that goal is not measured. The OOD variant (a 224-px JPEG copy of the "
+    "with its grey levels inverted; nothing generated is counted as a photograph or a slice. Lateral views come "
+    "from ../shared/data/lateral: the view check is fitted on two thirds of its patients and measured on the "
+    "others (held-out patients). The OOD variant (a 224-px JPEG copy of the "
     "image like the training images, unit-length features) was chosen while looking at the validation and "
     "these out-of-scope sets, so their figures are not an independent check. A flagged image still gets its "
     "prediction on request, behind the warning."

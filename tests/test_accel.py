@@ -76,3 +76,14 @@ def test_int8_graph_is_quantised_and_computes_the_same_feature_map_shape(
     reference = accel.forward_features(loaded, pixels)
     assert features.shape == reference.shape and features.dtype == torch.float32
     assert torch.isfinite(features).all()
+
+
+@pytest.mark.parametrize("pinning", [True, False])
+def test_openvino_fp32_candidate_matches_the_current_path(
+    study, tiny_model_dir: Path, kermany_fullres, pinning
+) -> None:
+    pytest.importorskip("openvino", reason="openvino is optional (pip install openvino==2026.4.1)")
+    loaded = load_model_dir(tiny_model_dir, accelerated=True)
+    pixels = preprocess(loaded, [read_image(p) for p in kermany_fullres[:3]])
+    features = study.openvino_features(study.onnx_path(loaded), "f32", pinning=pinning)
+    torch.testing.assert_close(features(pixels), accel.forward_features(loaded, pixels), rtol=1e-4, atol=1e-4)

@@ -1298,10 +1298,11 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up probes
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     settings = get_settings()
-    if settings.num_threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(settings.num_threads)
+    # Concurrent inferences share the cores: measured with scripts/load_test.py (README, Performance), 2 at once
+    # with 1 thread each served 20 doctors best on 2 cores. XRAY_NUM_THREADS overrides.
+    torch.set_num_threads(settings.num_threads or max(1, (os.cpu_count() or 1) // settings.inference_concurrency))
     engine = startup.open_database(settings)
     if not settings.records_survive_restart:
         logger.warning("%s", STORAGE_WARNING)

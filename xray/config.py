@@ -69,9 +69,11 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=80_000_000, description="Largest accepted image, in pixels.")
     max_upload_mb: float = Field(default=50.0, description="Largest accepted upload, in MiB.")
     inference_concurrency: int = Field(
-        default=4, ge=1, description="Model requests (diagnose, batch, compare) the app runs at once; others queue."
+        default=2, ge=1, description="Model requests (diagnose, batch, compare) the app runs at once; others queue."
     )
-    num_threads: int | None = Field(default=None, description="torch intra-op threads; default: torch's choice.")
+    num_threads: int | None = Field(
+        default=None, description="torch intra-op threads; default: the cores split between concurrent inferences."
+    )
     onnx: bool = Field(default=True, description="Run the feature extractor with ONNX Runtime (exported once, cached).")
     cache_dir: Path | None = Field(default=None, description="Cache for exported ONNX graphs; default ~/.cache/xray.")
     admin_username: str | None = Field(default=None, description="Bootstrap a doctor account at start (hosted Space).")

@@ -7,7 +7,6 @@ What a metrics.json lacks (per-source results, a single-image latency) is said t
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,13 +175,11 @@ def _decision(threshold: Any, binary: bool) -> str:
 
 def read_entry(name: str) -> ModelEntry:
     """A registered model's metrics.json, config.json caveat and README.md card (weights are not loaded)."""
-    from xray.inference.models import METRICS_NAME, config_caveat, read_config, resolve_model_dir
+    from xray.inference.models import config_caveat
+    from xray.web.registry import model_files
 
     try:
-        folder, _revision = resolve_model_dir(name)
-        config = read_config(folder)
-        metrics_path = folder / METRICS_NAME
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+        folder, config, metrics = model_files(name)
         card_path = folder / "README.md"
         card = strip_front_matter(card_path.read_text(encoding="utf-8")) if card_path.is_file() else ""
     except (XrayError, OSError, ValueError) as exc:

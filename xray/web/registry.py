@@ -94,17 +94,29 @@ def format_headline(headline: dict[str, float]) -> str:
     return ", ".join(f"{short} {headline[key]:.3f}" for key, short in _HEADLINE_KEYS if key in headline)
 
 
-def describe_model(name: str) -> ModelInfo:
-    """Read a model's config.json and metrics.json (not its weights); errors end up in `.error`."""
+def model_files(name: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """A registered model's folder, config.json and metrics.json ({} when absent), without loading its weights.
+
+    Raises:
+        XrayError, OSError or ValueError: the model cannot be found or its files are unreadable.
+    """
     import json
 
-    from xray.inference.models import METRICS_NAME, config_caveat, read_config, resolve_model_dir
+    from xray.inference.models import METRICS_NAME, read_config, resolve_model_dir
+
+    path, _revision = resolve_model_dir(name)
+    config = read_config(path)
+    metrics_path = path / METRICS_NAME
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+    return path, config, metrics
+
+
+def describe_model(name: str) -> ModelInfo:
+    """Read a model's config.json and metrics.json (not its weights); errors end up in `.error`."""
+    from xray.inference.models import config_caveat
 
     try:
-        path, _revision = resolve_model_dir(name)
-        config = read_config(path)
-        metrics_path = path / METRICS_NAME
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+        path, config, metrics = model_files(name)
     except (XrayError, OSError, ValueError) as exc:
         return ModelInfo(name=name, error=str(exc))
     labels = list(config["label_names"])

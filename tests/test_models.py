@@ -127,13 +127,15 @@ def test_bundled_models_load_within_the_size_limit_and_read_the_examples(name: s
     # The shipped defaults, through the same loading path as the app: labels, calibration and the input gate's
     # statistics travel in the folder, which stays under the 25 MB the project allows per bundled model.
     from xray.imaging.io import read_image
-    from xray.trust.gate import ood_stats_for
+    from xray.trust.gate import ood_stats_for, view_check_for
 
     folder = REPO_ROOT / "models" / name
     assert sum(p.stat().st_size for p in folder.iterdir()) <= 25_000_000
     loaded = load_model(name)
     assert loaded.path == folder and loaded.label_names[:2] == ["NORMAL", "PNEUMONIA"]
     assert loaded.temperature != 1.0 and ood_stats_for(loaded) is not None
+    assert view_check_for(loaded) is not None  # lateral views and non-chest images are flagged by a learned check
+    assert loaded.config["input_jpeg_quality"] == 75  # uploads and 224-px training copies, processed alike
     assert {"test", "validation", "training"} <= set(loaded.metrics)
     if name == "pneumonia":
         assert 0 < loaded.threshold < 1 and loaded.positive_label == "PNEUMONIA"
@@ -142,13 +144,13 @@ def test_bundled_models_load_within_the_size_limit_and_read_the_examples(name: s
     results = predict(loaded, [read_image(p) for p in examples])
     truth = ["NORMAL" if p.name.startswith("NORMAL") else "PNEUMONIA" for p in examples]
     assert sorted(truth) == ["NORMAL", "NORMAL", "PNEUMONIA", "PNEUMONIA"]
-    # full-resolution uploads: the covid model reads them right only through its 224-px JPEG input step
-    # (config input_jpeg_quality; without it the same network called 10 of Kermany's 16 such children COVID-19)
+    # full-resolution uploads, read through the models' 224-px JPEG input step (docs/input-view.md: without it an
+    # earlier three-class network called 10 of Kermany's 16 such children COVID-19)
     assert [r.label for r in results] == truth
     if name == "covid":
-        assert loaded.config["input_jpeg_quality"] == 75
-        # the age / source confound measured in model_card.md ships with every prediction
-        assert loaded.caveat and "not a COVID-19 test" in loaded.caveat and "age and image source" in loaded.caveat
+        # the source effect measured in model_card.md (shortcut probe) ships with every prediction
+        assert loaded.caveat and "not a COVID-19 test" in loaded.caveat
+        assert "where an image comes from" in loaded.caveat and "15 of 98" in loaded.caveat
 
 
 def test_publish_dry_run_checks_the_folder_and_lists_the_files(tiny_model_dir: Path, tmp_path: Path):

@@ -159,3 +159,45 @@ def test_hugging_face_dataset_loader_on_a_local_image_folder(tmp_path, kermany_f
     splits = make_splits([samples], val_fraction=0.5, seed=0)
     assert len(splits.test) == 4 and len(splits.train) + len(splits.val) == 4
     assert read_pixels(splits.test[0], (224, 224)).shape[:2] == (224, 224)
+
+
+def test_adult_cxr_metadata_gives_each_image_its_source_patient_and_split(shared_data: Path):
+    from xray.training.data import load_samples
+
+    samples = load_samples(shared_data / "adult-cxr")
+    by = Counter((s.data_source, s.label, s.split) for s in samples)
+    assert by[("rsna", "NORMAL", "test")] == 68 and by[("nih", "PNEUMONIA", "train")] == 71
+    assert by[("radiography", "COVID-19", "test")] == 71 and len(samples) == 690
+    assert all(s.group.startswith(f"{s.data_source}:") for s in samples)
+
+
+def test_multi_source_validation_holds_every_source_and_no_patient_twice(shared_data: Path):
+    from xray.training.data import load_samples, make_splits, merge_labels, parse_label_map
+
+    mapping = parse_label_map("COVID-19=PNEUMONIA")
+    sources = [merge_labels(load_samples(shared_data / name), mapping)
+               for name in ("kermany-224", "covid-chestxray", "adult-cxr")]  # fmt: skip
+    splits = make_splits(sources, label_names=["NORMAL", "PNEUMONIA"], seed=0)
+    every = {"kermany-224", "covid-chestxray", "rsna", "nih", "radiography"}
+    assert {s.data_source for s in splits.val} == every and {s.data_source for s in splits.test} == every
+    assert {s.label for s in splits.train} == {"NORMAL", "PNEUMONIA"}  # COVID-19 merged into PNEUMONIA
+    # each source gives about 15% of its training patients to validation, a small one as well as Kermany
+    for source in ("nih", "rsna", "radiography"):
+        val = sum(s.data_source == source for s in splits.val)
+        train = sum(s.data_source == source for s in splits.train)
+        assert 0.08 < val / (val + train) < 0.25, source
+    assert not {s.group for s in splits.train} & {s.group for s in splits.val}
+    with pytest.raises(DatasetError, match="not OLD=NEW"):
+        parse_label_map("COVID-19")
+
+
+def test_source_weights_keep_a_small_source_from_being_drowned():
+    from xray.training.data import Sample, source_weights
+
+    samples = [Sample(f"k{i}", "NORMAL", f"k{i}", data_source="big") for i in range(400)]
+    samples += [Sample(f"s{i}", "NORMAL", f"s{i}", data_source="small") for i in range(4)]
+    share = {p: source_weights(samples, p)[400:].sum() for p in (1.0, 0.5, 0.0)}
+    assert share[1.0] == pytest.approx(4 / 404)  # as the data come
+    assert share[0.5] == pytest.approx(2 / (20 + 2))  # sqrt(4) / (sqrt(400) + sqrt(4))
+    assert share[0.0] == pytest.approx(0.5)  # every source equally often
+    assert source_weights(samples, 0.5).sum() == pytest.approx(1.0)

@@ -67,7 +67,7 @@ TITLE = "Chest X-ray decision support"
 STORAGE_WARNING = (
     "Records and images on this Space are NOT kept: it has no persistent storage and no external database, so "
     "everything saved here is lost when the Space restarts. Ask the administrator to attach persistent storage "
-    "(/data) or set XRAY_DATABASE_URL."
+    "(/data), or set XRAY_DATABASE_URL and XRAY_STORAGE_URL."
 )
 CSS = """
 .xray-notice {border-left: 4px solid #d97706; background: #fffbeb; padding: 8px 12px; border-radius: 4px;}

@@ -45,6 +45,8 @@ def test_space_without_persistent_storage_warns(clean_env):
     assert settings.data_dir == Path("data") and not settings.records_survive_restart
     assert "NOT persistent" in settings.records_location
     clean_env.setenv("XRAY_DATABASE_URL", "postgresql+psycopg://doc:secret@db.example/xray")
+    assert not Settings().records_survive_restart  # the records survive, the images in data/images do not
+    clean_env.setenv("XRAY_STORAGE_URL", "s3://bucket/xray")
     external = Settings()
     assert external.records_survive_restart
     assert external.records_location == "postgresql database xray on db.example"

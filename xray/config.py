@@ -98,14 +98,22 @@ class Settings(BaseSettings):
 
     @property
     def records_survive_restart(self) -> bool:
-        """False on a Space whose records would be lost at restart: no persistent storage and no external database.
+        """False on a Space where records or images would be lost at restart.
 
-        Elsewhere the data folder is on the machine's own disk, which a restart keeps.
+        Records survive in an external database or on the Space's persistent storage; images in an fsspec store
+        (`XRAY_STORAGE_URL=s3://...`) or on the persistent storage. Elsewhere the data folder is on the machine's
+        own disk, which a restart keeps.
         """
-        if not on_space() or self.database_url and not self.database_url.startswith("sqlite"):
+        if not on_space():
             return True
         storage = persistent_storage()
-        return storage is not None and _inside(self.data_dir, storage)
+        kept = storage is not None and _inside(self.data_dir, storage)
+        records = kept or bool(self.database_url and not self.database_url.startswith("sqlite"))
+        if self.storage_url:
+            images = "://" in self.storage_url or (storage is not None and _inside(Path(self.storage_url), storage))
+        else:
+            images = kept
+        return records and images
 
     @property
     def records_location(self) -> str:

@@ -490,10 +490,7 @@ def load_ood(model_dir: str | Path) -> OodStats | None:
         OodStatsError: the config names a file that is missing, unreadable or inconsistent.
     """
     folder = Path(model_dir)
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise OodStatsError(f"Cannot read {folder / 'config.json'}: {exc}") from exc
+    config = viewcheck.read_folder_config(folder)
     entry = config.get(OOD_CONFIG_KEY)
     if not entry:
         return None

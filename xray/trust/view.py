@@ -278,6 +278,18 @@ def save_view_check(check: ViewCheck, model_dir: str | Path, **info: Any) -> Pat
     return path
 
 
+def read_folder_config(folder: Path) -> dict[str, Any]:
+    """A model folder's config.json, for the gate's statistics and view check.
+
+    Raises:
+        OodStatsError: it is missing or not JSON (the gate then falls back to image checks and says why).
+    """
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise OodStatsError(f"Cannot read {folder / 'config.json'}: {exc}") from exc
+
+
 def load_view_check(model_dir: str | Path, config: dict[str, Any] | None = None) -> ViewCheck | None:
     """Read a model folder's view check, or None when it has none (`config.json` without key `view_check`).
 
@@ -289,11 +301,7 @@ def load_view_check(model_dir: str | Path, config: dict[str, Any] | None = None)
         OodStatsError: the config names a file that is missing, unreadable or inconsistent.
     """
     folder = Path(model_dir)
-    if config is None:
-        try:
-            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise OodStatsError(f"Cannot read {folder / 'config.json'}: {exc}") from exc
+    config = read_folder_config(folder) if config is None else config
     entry = config.get(VIEW_CONFIG_KEY)
     if not entry:
         return None

@@ -83,6 +83,10 @@ CSS = """
 NOTICE_HTML = f'<div class="xray-notice" role="note"><p><strong>{views.NOTICE}</strong></p></div>'
 #: Where the doctors' app is served while the public demo has `/`.
 DOCTOR_PATH = "/doctor"
+#: How Gradio encodes the display copies it sends to the browser. Its default, WebP, cost 130 ms of CPU per
+#: 1024-px image (two per Diagnose result) against 5 ms for JPEG, at 43-46 dB PSNR on X-ray display copies; the
+#: stored upload is never re-encoded (README, Performance).
+DISPLAY_FORMAT = "jpeg"
 #: Where the public demo's uploads go, inside Gradio's upload folder (which its checks require) but apart from
 #: the doctors' uploads, so that deleting a visitor's file can never touch a doctor's.
 PUBLIC_UPLOAD_FOLDER = "xray-public-demo"
@@ -460,8 +464,10 @@ def _diagnose_tab(ctx: AppContext) -> gr.Dropdown:
                 reveal_btn = gr.Button("Show the prediction anyway", visible=False, variant="secondary")
                 summary = gr.Markdown()
                 with gr.Row():
-                    original = gr.Image(label="Original", interactive=False)
-                    overlay = gr.Image(label="Grad-CAM heatmap", interactive=False, elem_id="xray-heatmap")
+                    original = gr.Image(label="Original", interactive=False, format=DISPLAY_FORMAT)
+                    overlay = gr.Image(
+                        label="Grad-CAM heatmap", interactive=False, elem_id="xray-heatmap", format=DISPLAY_FORMAT
+                    )
                 heat_info = gr.Markdown(elem_id="xray-heat-in-lungs")
                 with gr.Row():
                     opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Heatmap opacity")
@@ -511,7 +517,9 @@ def _diagnose_tab(ctx: AppContext) -> gr.Dropdown:
 def _diagnose_form(ctx: AppContext) -> tuple[gr.File, gr.Textbox, gr.DateTime, gr.Dropdown, gr.Radio, gr.Button]:
     """The upload with its preview, patient fields, model, CAM method, the run button and the sample X-rays."""
     upload = gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", file_types=ctx.upload_types, type="filepath")
-    preview_image = gr.Image(label="Uploaded image", interactive=False, height=260, elem_id="xray-preview")
+    preview_image = gr.Image(
+        label="Uploaded image", interactive=False, height=260, elem_id="xray-preview", format=DISPLAY_FORMAT
+    )
     patient = gr.Textbox(label="Patient name or ID", max_length=forms.MAX_PATIENT_LENGTH)
     exam_date = gr.DateTime(
         value=_today,
@@ -562,7 +570,7 @@ def preview(ctx: AppContext, file: str | None) -> tuple[Any, Any, Any]:
     prefill = forms.prefill_from_metadata(image.metadata)
     patient = gr.update(value=prefill.patient) if prefill.patient else gr.update()
     exam = gr.update(value=prefill.exam_date.isoformat()) if prefill.exam_date else gr.update()
-    return views.shrink(image.pixels), patient, exam
+    return views.display_pixels(image), patient, exam
 
 
 def run_diagnose(
@@ -781,8 +789,10 @@ def _record_panel(ctx: AppContext, listing: _HistoryList) -> None:
             message = gr.Markdown()
         with gr.Column(scale=2):
             with gr.Row():
-                original = gr.Image(label="Image", interactive=False)
-                overlay = gr.Image(label="Saved heatmap", interactive=False, elem_id="xray-saved-heatmap")
+                original = gr.Image(label="Image", interactive=False, format=DISPLAY_FORMAT)
+                overlay = gr.Image(
+                    label="Saved heatmap", interactive=False, elem_id="xray-saved-heatmap", format=DISPLAY_FORMAT
+                )
             opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Heatmap opacity")
     view = gr.State(None)
 
@@ -1026,7 +1036,7 @@ def _compare_tab(ctx: AppContext) -> None:
             method = gr.Radio(list(diagnose.CAM_METHODS), value="gradcam", label="CAM method", scale=1)
         run = gr.Button("Compare models", variant="primary")
         table = gr.Dataframe(headers=compare.COMPARE_COLUMNS, interactive=False, wrap=True)
-        gallery = gr.Gallery(label="Heatmaps (predicted class)", columns=3, height="auto")
+        gallery = gr.Gallery(label="Heatmaps (predicted class)", columns=3, height="auto", format=DISPLAY_FORMAT)
     run.click(
         ctx.handler(run_compare), [upload, method], [table, gallery], api_name="compare", concurrency_id="inference"
     )
@@ -1298,11 +1308,8 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up probes
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     settings = get_settings()
-    import torch
-
-    # Concurrent inferences share the cores: measured with scripts/load_test.py (README, Performance), 2 at once
-    # with 1 thread each served 20 doctors best on 2 cores. XRAY_NUM_THREADS overrides.
-    torch.set_num_threads(settings.num_threads or max(1, (os.cpu_count() or 1) // settings.inference_concurrency))
+    # Concurrent inferences share the cores: measured with scripts/load_test.py (README, Performance).
+    startup.serving_threads(settings)
     engine = startup.open_database(settings)
     if not settings.records_survive_restart:
         logger.warning("%s", STORAGE_WARNING)

@@ -87,3 +87,16 @@ def test_openvino_fp32_candidate_matches_the_current_path(
     pixels = preprocess(loaded, [read_image(p) for p in kermany_fullres[:3]])
     features = study.openvino_features(study.onnx_path(loaded), "f32", pinning=pinning)
     torch.testing.assert_close(features(pixels), accel.forward_features(loaded, pixels), rtol=1e-4, atol=1e-4)
+
+
+def test_feature_session_sleeps_instead_of_spinning_and_uses_torchs_thread_count(tiny_model_dir: Path) -> None:
+    loaded = load_model_dir(tiny_model_dir, accelerated=True)
+    options = accel.feature_session(loaded).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == torch.get_num_threads()
+
+
+def test_onnx_is_looked_up_not_imported(monkeypatch) -> None:
+    assert accel.onnx_available()  # both packages are in requirements.txt
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as when the package is not installed
+    assert not accel.onnx_available()

@@ -127,6 +127,8 @@ def test_diagnose_returns_probabilities_heatmap_and_saves_the_record(server, ali
     assert set(confidences) == {"NORMAL", "PNEUMONIA"} and sum(confidences.values()) == pytest.approx(1.0)
     assert label["label"] in confidences
     assert "operating threshold 0.500" in summary and f"Model output: {label['label']}" in summary
+    # display copies go to the browser as JPEG (WebP cost 130 ms of CPU each); the stored upload is untouched
+    assert Image.open(original).format == "JPEG" and Image.open(overlay).format == "JPEG"
     original_px = np.asarray(Image.open(original).convert("RGB"))
     overlay_px = np.asarray(Image.open(overlay).convert("RGB"))
     assert original_px.shape == overlay_px.shape and max(original_px.shape[:2]) <= 1024

@@ -574,3 +574,15 @@ def test_view_check_fitted_on_other_features_is_refused(view_model, tmp_path: Pa
     update_config(folder, view_check={**entry, "view": None if entry["view"] else "resized, JPEG 75"})
     with pytest.raises(OodStatsError, match="refit both"):
         gate.ood_stats_for(load_model(f"local-dir:{folder}"))
+
+
+def test_image_checks_give_the_same_values_for_an_xray_image_and_its_pixels(
+    kermany_fullres: list[Path], test_images: list[XrayImage]
+) -> None:
+    """The checks start from the image's shared preview; an array goes through the same reduction."""
+    for image in [*(read_image(p) for p in kermany_fullres[:4]), *test_images[:6]]:
+        for candidate in (image, XrayImage(pixels=255 - image.pixels, source_format="JPEG")):
+            by_image = [(f.code, f.value) for f in gate.check_image(candidate)]
+            by_pixels = [(f.code, f.value) for f in gate.check_image(np.array(candidate.pixels))]
+            assert by_image == by_pixels
+    assert any(f.code == "inverted" for f in gate.check_image(255 - read_image(kermany_fullres[0]).pixels))

@@ -28,7 +28,7 @@ from xray.errors import (
     UnsupportedCompressionError,
     ZeroSizeImageError,
 )
-from xray.imaging.io import IMAGE_EXTENSIONS, XrayImage, read_image
+from xray.imaging.io import IMAGE_EXTENSIONS, PREVIEW_MAX_SIDE, XrayImage, preview, read_image
 
 ACCEPTED = "Accepted files: PNG, JPEG"
 
@@ -566,3 +566,45 @@ def test_dicom_rgb() -> None:
     rgb = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
     image = read_image(make_dicom(rgb, photometric="RGB"))
     assert np.array_equal(image.pixels, rgb) and image.is_color is True and image.original_mode == "RGB"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The single grey channel and the preview every check of one upload shares
+
+
+def test_grey_file_keeps_its_decoded_channel_and_preview_is_reduced_once(kermany_fullres: list[Path]) -> None:
+    image = read_image(kermany_fullres[0])
+    assert image.original_mode == "L" and max(image.size) > PREVIEW_MAX_SIDE
+    grey = image.grey()
+    assert grey is not None and grey.shape == image.pixels.shape[:2] and grey.flags.writeable is False
+    assert np.array_equal(grey, image.pixels[..., 0])
+    small = image.preview()
+    assert small.ndim == 2 and max(small.shape) == PREVIEW_MAX_SIDE
+    assert small.shape == (round(image.size[1] * PREVIEW_MAX_SIDE / image.size[0]), PREVIEW_MAX_SIDE)
+    assert image.preview() is small  # computed once, shared by the checks
+    # the same reduction as the function used for arrays, so an array and its XrayImage give the same checks
+    assert np.array_equal(small, preview(image.pixels)[..., 0])
+    assert abs(float(small.mean()) - float(grey.mean())) < 1.0  # area averaging keeps the brightness
+
+
+def test_grey_stored_as_rgb_is_found_once_and_colour_has_no_grey_channel(kermany_fullres: list[Path]) -> None:
+    grey = read_image(kermany_fullres[0]).pixels[..., 0]
+    as_rgb = read_image(encode(Image.fromarray(np.stack([grey] * 3, axis=-1)), "PNG"))
+    assert as_rgb.original_mode == "RGB" and np.array_equal(as_rgb.grey(), grey)
+    colour = np.array(np.stack([grey] * 3, axis=-1))
+    colour[..., 0] = 255 - colour[..., 0]
+    photo = read_image(encode(Image.fromarray(colour), "PNG"))
+    assert photo.grey() is None
+    assert photo.preview().shape[2] == 3 and max(photo.preview().shape[:2]) == PREVIEW_MAX_SIDE
+
+
+def test_small_image_preview_is_the_image_itself() -> None:
+    pixels = np.tile(np.arange(200, dtype=np.uint8), (300, 1))
+    image = read_image(encode(Image.fromarray(pixels), "PNG"))
+    assert np.array_equal(image.preview(), pixels) and image.preview().shape == (300, 200)
+
+
+def test_dicom_grey_channel_is_the_decoded_one() -> None:
+    image = read_image(make_dicom(gradient16(100, 3000), bits_stored=12), filename="chest.dcm")
+    assert np.array_equal(image.grey(), image.pixels[..., 0])
+    assert image.grey().flags.writeable is False

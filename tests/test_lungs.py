@@ -131,3 +131,49 @@ def test_scoring_grid_keeps_the_full_resolution_shares(fullres, fields):
             assert abs(full.heat_in_lungs - fast.heat_in_lungs) <= 0.02
             assert abs(full.heat_in_chest - fast.heat_in_chest) <= 0.02
     assert lungs.score_shape(1416, 1776) == (408, 512) and lungs.score_shape(224, 224) == (224, 224)
+
+
+def _fill_holes_reference(image: np.ndarray) -> np.ndarray:
+    """Reconstruction by erosion in float, one convergence check per sweep (the textbook loop)."""
+    marker = np.full_like(image, image.max())
+    marker[0, :], marker[-1, :], marker[:, 0], marker[:, -1] = image[0, :], image[-1, :], image[:, 0], image[:, -1]
+    while True:
+        grown = np.maximum(cv2.erode(marker, np.ones((3, 3), np.uint8)), image)
+        if np.array_equal(grown, marker):
+            return marker
+        marker = grown
+
+
+def test_hole_filling_matches_the_float_reconstruction_on_real_xrays(fullres) -> None:
+    for image in fullres[:4]:
+        grey, _ = lungs._grey(image, lungs.WORK_SIZE)
+        grey = cv2.GaussianBlur(grey, (0, 0), 2)
+        lo, hi = np.percentile(grey, [1, 99])
+        grey = np.clip((grey - lo) / (hi - lo), 0, 1).astype(np.float32)
+        filled, reference = lungs._fill_holes(grey), _fill_holes_reference(grey)
+        assert np.abs(filled - reference).max() <= 1e-4  # 16-bit levels: steps of 1.5e-5
+        assert float((reference - grey).max()) > 0.1  # real basins were filled, not a flat no-op
+
+
+def test_shares_from_the_preview_match_shrinking_the_full_image_directly(fullres) -> None:
+    """The lung fields start from the upload's 1024-px preview; before, the full image was shrunk to 256 px."""
+    for image in fullres:
+        h, w = image.pixels.shape[:2]
+        shape = lungs.score_shape(h, w)
+        direct = cv2.resize(image.pixels, (lungs.WORK_SIZE, lungs.WORK_SIZE), interpolation=cv2.INTER_AREA)
+        before = lungs.lung_fields(direct, shape=shape)
+        after = lungs.lung_fields(image, shape=shape)
+        heat = _blob((h, w), (int(0.35 * w), int(0.5 * h)), 0.15 * w) + 0.5 * _blob((h, w), (int(0.9 * w), 20), 0.1 * w)
+        old, new = lungs.assess_heatmap(heat, image, fields=before), lungs.assess_heatmap(heat, image, fields=after)
+        assert (old.heat_in_lungs is None) == (new.heat_in_lungs is None)
+        if old.heat_in_lungs is not None:
+            assert abs(old.heat_in_lungs - new.heat_in_lungs) <= 0.02
+            assert abs(old.heat_in_chest - new.heat_in_chest) <= 0.02
+
+
+def test_chest_is_the_hull_of_every_lung_pixel(fields) -> None:
+    for field in fields:
+        points = cv2.findNonZero(field.mask.astype(np.uint8))
+        expected = np.zeros(field.mask.shape, np.uint8)
+        cv2.fillPoly(expected, [cv2.convexHull(points)], 1)
+        assert np.array_equal(field.chest, expected.astype(bool))

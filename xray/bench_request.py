@@ -140,7 +140,7 @@ def bench_request_path(model_name: str, *, repeats: int = 20, warmup: int = 3) -
                         heatmap_sha256=heat_sha, heat_in_lungs=heat.heat_in_lungs,
                     )  # fmt: skip
                 marks.append(time.perf_counter())
-                make_view(image.pixels, explanation.heatmap, target_label=prediction.label, method="gradcam",
+                make_view(image, explanation.heatmap, target_label=prediction.label, method="gradcam",
                           record_id=None)  # fmt: skip
                 marks.append(time.perf_counter())
                 if i >= warmup:
@@ -205,18 +205,22 @@ def to_markdown(rows: list[dict[str, object]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the request-path benchmark and print a Markdown table (milliseconds, p50 unless named)."""
-    import torch
-
     from xray.bench import machine_description
+    from xray.config import get_settings
+    from xray.web.startup import serving_threads
 
     parser = argparse.ArgumentParser(prog="python -m xray.bench_request", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="pneumonia", help="model name (default: the bundled pneumonia model)")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch threads (default: as the app serves, see xray.web.startup.serving_threads)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # the thread pools the app serves with (xray.web.startup.serving_threads), so the figures are the app's
+    settings = get_settings()
+    serving_threads(settings.model_copy(update={"num_threads": args.threads}) if args.threads else settings)
     rows = bench_request_path(args.model, repeats=args.repeats)
     print(f"Machine: {machine_description()}; model {args.model}; request path, ms (p50 of {args.repeats})")
     print(to_markdown(rows))

@@ -72,7 +72,8 @@ class Settings(BaseSettings):
         default=2, ge=1, description="Model requests (diagnose, batch, compare) the app runs at once; others queue."
     )
     num_threads: int | None = Field(
-        default=None, description="torch intra-op threads; default: the cores split between concurrent inferences."
+        default=None,
+        description="torch intra-op threads per request; default: twice the cores' share of each concurrent request.",
     )
     onnx: bool = Field(default=True, description="Run the feature extractor with ONNX Runtime (exported once, cached).")
     cache_dir: Path | None = Field(default=None, description="Cache for exported ONNX graphs; default ~/.cache/xray.")

@@ -148,13 +148,11 @@ def pack_image(image: Any) -> dict[str, Any]:
     import numpy as np
 
     pixels = image.pixels
-    grey = (
-        pixels.ndim == 3
-        and np.array_equal(pixels[..., 0], pixels[..., 1])
-        and np.array_equal(pixels[..., 0], pixels[..., 2])
-    )
-    data = np.ascontiguousarray(pixels[..., 0] if grey else pixels)
-    info = {f.name: getattr(image, f.name) for f in fields(image) if f.name != "pixels"}
+    single = image.grey()
+    grey = single is not None
+    data = np.ascontiguousarray(single if grey else pixels)
+    # the constructor's fields only: the image's cached grey channel and preview are rebuilt on demand
+    info = {f.name: getattr(image, f.name) for f in fields(image) if f.init and f.name != "pixels"}
     return {"pixels": data.tobytes(), "height": pixels.shape[0], "width": pixels.shape[1],
             "channels": 1 if grey else pixels.shape[2], "info": json.dumps(info)}  # fmt: skip
 

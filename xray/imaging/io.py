@@ -14,6 +14,10 @@ One job: bytes in, display-ready pixels out. Every way a file can be unusable ra
   and applied as a lookup table, which is exact and much faster than float maths on every pixel.
 - Image size is checked from the header before any pixel is decoded (decompression-bomb guard).
 
+`XrayImage.grey()` (the single channel of a grey file, kept from decoding) and `XrayImage.preview()` (a copy of
+at most 1024 px, reduced once) let every later step of one upload share that work instead of repeating it on the
+full-size RGB pixels.
+
 The returned `XrayImage.pixels` array is read-only (decoders hand out immutable buffers and copying them
 would cost time on the hot path); copy it before modifying it.
 """
@@ -65,6 +69,9 @@ COLOR_TOLERANCE = 12
 #: coloured annotation on a grey radiograph does not make it a colour photograph.
 COLOR_FRACTION = 0.02
 
+#: Long side of `XrayImage.preview`, the reduced copy that display and whole-image statistics work from.
+PREVIEW_MAX_SIDE = 1024
+
 ACCEPTED = "Accepted files: PNG, JPEG, BMP, TIFF or WebP images and single-frame DICOM (.dcm) radiographs."
 
 _DICOM_MAGIC_OFFSET = 128
@@ -89,6 +96,8 @@ class XrayImage:
             DICOM Photometric Interpretation (e.g. "MONOCHROME1").
         inverted: True when grey levels were inverted for display (DICOM MONOCHROME1).
 
+    `grey()` and `preview()` are computed at most once per image and kept: every check of one upload shares
+    them, so a large upload is reduced once, not once per check.
     """
 
     pixels: np.ndarray
@@ -98,11 +107,73 @@ class XrayImage:
     bit_depth: int = 8
     original_mode: str = "RGB"
     inverted: bool = False
+    _cache: dict[str, np.ndarray | None] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def size(self) -> tuple[int, int]:
         """(width, height) in pixels."""
         return int(self.pixels.shape[1]), int(self.pixels.shape[0])
+
+    def grey(self) -> np.ndarray | None:
+        """The pixels as one HxW uint8 channel when all three channels are identical (a grey file), else None.
+
+        The readers keep the channel they decoded, so this is free for grey PNG, JPEG and DICOM files; for an RGB
+        file it is checked once.
+        """
+        if "grey" not in self._cache:
+            pixels = self.pixels
+            if pixels.ndim == 2:  # built by hand from a grey array
+                self._cache["grey"] = pixels
+                return pixels
+            first = pixels[:, :, 0]
+            same = np.array_equal(first, pixels[:, :, 1]) and np.array_equal(first, pixels[:, :, 2])
+            self._cache["grey"] = _readonly(np.ascontiguousarray(first)) if same else None
+        return self._cache["grey"]
+
+    def preview(self) -> np.ndarray:
+        """A read-only copy with the long side at most `PREVIEW_MAX_SIDE` (area-averaged), made once.
+
+        HxW for grey images (see `grey`), HxWx3 otherwise. The display copy and the image-statistics checks
+        (input gate, lung fields) start from it instead of the full-size upload.
+        """
+        if self._cache.get("preview") is None:
+            grey = self.grey()
+            self._cache["preview"] = _readonly(shrink(self.pixels if grey is None else grey, PREVIEW_MAX_SIDE))
+        return self._cache["preview"]  # type: ignore[return-value]
+
+
+def _with_grey(image: XrayImage, grey: np.ndarray | None) -> XrayImage:
+    """Remember the single channel a reader decoded (see `XrayImage.grey`)."""
+    if grey is not None:
+        image._cache["grey"] = _readonly(grey)
+    return image
+
+
+def preview(image: Any) -> np.ndarray:
+    """`XrayImage.preview` for an XrayImage; the same reduction (not cached) for an HxW / HxWx3 array or PIL image.
+
+    Checks that accept either go through this, so an array and the XrayImage read from it give the same results.
+    """
+    if isinstance(image, XrayImage):
+        return image.preview()
+    return shrink(np.asarray(image), PREVIEW_MAX_SIDE)
+
+
+def fit_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(width, height) scaled down so the long side is at most `max_side` (never up)."""
+    scale = min(1.0, max_side / max(width, height, 1))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def shrink(pixels: np.ndarray, max_side: int) -> np.ndarray:
+    """An HxW or HxWx3 image resized (area-averaged) so its long side is at most `max_side`; as is when it fits."""
+    import cv2
+
+    height, width = pixels.shape[:2]
+    new_w, new_h = fit_size(width, height, max_side)
+    if (new_w, new_h) == (width, height):
+        return pixels
+    return cv2.resize(np.ascontiguousarray(pixels), (new_w, new_h), interpolation=cv2.INTER_AREA)
 
 
 def is_dicom(data: bytes, filename: str | None = None) -> bool:
@@ -196,14 +267,15 @@ def _read_raster(data: bytes, label: str, limit: int) -> XrayImage:
             logger.info("%s has %d frames/pages; using the first", label, n_frames)
         img = _apply_exif_orientation(img, label)
         mode = img.mode
-        rgb, is_color = _pil_to_rgb(img)
-    return XrayImage(
+        rgb, is_color, grey = _pil_to_rgb(img)
+    image = XrayImage(
         pixels=_readonly(rgb),
         source_format=fmt,
         is_color=is_color,
         bit_depth=_PIL_BIT_DEPTH.get(mode, 8),
         original_mode=mode,
     )
+    return _with_grey(image, grey)
 
 
 _PIL_BIT_DEPTH = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
@@ -236,14 +308,18 @@ def _apply_exif_orientation(img: Image.Image, label: str) -> Image.Image:
     return img
 
 
-def _pil_to_rgb(img: Image.Image) -> tuple[np.ndarray, bool]:
-    """Convert a loaded Pillow image of any mode to HxWx3 uint8 RGB and say whether it is colour."""
+def _pil_to_rgb(img: Image.Image) -> tuple[np.ndarray, bool, np.ndarray | None]:
+    """Convert a loaded Pillow image of any mode to HxWx3 uint8 RGB; say whether it is colour; the grey channel.
+
+    The third item is the HxW uint8 channel for grey modes, None for the others.
+    """
     mode = img.mode
     if mode in ("L", "1"):
         gray = np.asarray(img if mode == "L" else img.convert("L"))
-        return _gray_to_rgb(gray), False
+        return _gray_to_rgb(gray), False, gray
     if mode in _PIL_BIT_DEPTH:  # 16-bit integer, 32-bit integer or float grey
-        return _gray_to_rgb(_stretch_to_uint8(np.asarray(img))), False
+        gray = _stretch_to_uint8(np.asarray(img))
+        return _gray_to_rgb(gray), False, gray
     if mode == "P":
         has_alpha = "transparency" in img.info
         img = img.convert("RGBA" if has_alpha else "RGB")
@@ -253,7 +329,7 @@ def _pil_to_rgb(img: Image.Image) -> tuple[np.ndarray, bool]:
     elif mode != "RGB":  # CMYK, YCbCr, LAB, HSV
         img = img.convert("RGB")
     rgb = np.asarray(img)
-    return rgb, color_image(rgb)
+    return rgb, color_image(rgb), None
 
 
 def _composite_on_black(img: Image.Image) -> Image.Image:
@@ -443,14 +519,16 @@ def _read_dicom(data: bytes, label: str, limit: int, *, forced: bool) -> XrayIma
     photometric = photometric.strip().upper()
     arr = _decode_dicom_pixels(ds, label)
     inverted = False
+    grey = None
     if samples == 1 and photometric != "PALETTE COLOR":
         inverted = photometric == "MONOCHROME1"
-        rgb = _gray_to_rgb(_dicom_gray_to_uint8(arr, ds, label, invert=inverted))
+        grey = np.ascontiguousarray(_dicom_gray_to_uint8(arr, ds, label, invert=inverted))
+        rgb = _gray_to_rgb(grey)
         is_color = False
     else:
         rgb = _dicom_color_to_uint8(arr, ds, photometric, label)
         is_color = color_image(rgb)
-    return XrayImage(
+    image = XrayImage(
         pixels=_readonly(np.ascontiguousarray(rgb)),
         source_format="DICOM",
         metadata=dicom_metadata(ds),
@@ -459,6 +537,7 @@ def _read_dicom(data: bytes, label: str, limit: int, *, forced: bool) -> XrayIma
         original_mode=photometric,
         inverted=inverted,
     )
+    return _with_grey(image, grey)
 
 
 def _parse_dicom(data: bytes, label: str, *, forced: bool) -> Dataset:

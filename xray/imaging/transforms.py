@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
+from xray.imaging.io import XrayImage
+
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
              "nearest": Image.Resampling.NEAREST}
 # PIL first shrinks by an integer factor with a box filter, then resamples: ~3x faster on full-resolution
@@ -37,9 +39,9 @@ def _to_pil(image: Any) -> Image.Image:
     Grey images (all three channels equal, as X-rays are) become single-channel "L": resizing one channel
     instead of three gives the same numbers at a third of the cost.
     """
-    pixels = getattr(image, "pixels", None)
-    if pixels is not None:
-        image = pixels
+    if isinstance(image, XrayImage):
+        grey = image.grey()  # known from decoding for grey files: no channel comparison per call
+        image = image.pixels if grey is None else grey
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
     if not isinstance(image, np.ndarray):

@@ -18,6 +18,7 @@ import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
 
+from xray.imaging.io import XrayImage
 from xray.inference.models import LoadedModel
 from xray.inference.predict import Prediction, preprocess, to_prediction
 
@@ -158,7 +159,7 @@ def explain(
     pixels = np.asarray(getattr(image, "pixels", image))
     if pixels.ndim == 2:
         pixels = np.repeat(pixels[:, :, None], 3, axis=2)
-    batch = preprocess(loaded, [pixels])
+    batch = preprocess(loaded, [image if isinstance(image, XrayImage) else pixels])
     target = _DecisionTarget(loaded, target_label)
     layer = cam_target_layer(loaded.model, tuple(loaded.data_config["input_size"]))
     captured: list[torch.Tensor] = []

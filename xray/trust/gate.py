@@ -69,6 +69,8 @@ logger = logging.getLogger(__name__)
 #: Shorter side below which an image is too small: the ribs, vessels and small opacities the model relies on
 #: are lost. The training images are 224 px (Kermany) and at least 156 px (covid-chestxray).
 MIN_SIDE = 128
+#: Long side of the copy the image statistics are computed on (blank, inverted, circular field of view).
+STATS_SIDE = 512
 #: Nearly blank: grey-level spread (99.5th - 0.5th percentile) or standard deviation below these. The lowest
 #: values among the 5216 Kermany / 555 covid-chestxray training images: spread 90 / 69, std 19.9 / 14.8.
 MIN_SPREAD = 32.0
@@ -269,7 +271,7 @@ def check_image(image: Any) -> list[GateFinding]:
     Returns:
         The findings, empty when nothing looks out of scope.
     """
-    from xray.imaging.io import color_image
+    from xray.imaging.io import XrayImage, color_image, fit_size, preview
 
     pixels = np.asarray(getattr(image, "pixels", image))
     metadata = dict(getattr(image, "metadata", None) or {})
@@ -279,17 +281,21 @@ def check_image(image: Any) -> list[GateFinding]:
         findings.append(GateFinding(
             "too_small", f"The image is only {width} x {height} pixels; at least {MIN_SIDE} px on the shorter side "
                          "is needed to show the lungs in enough detail.", float(min(height, width))))
-    colour = bool(getattr(image, "is_color", False)) or (pixels.ndim == 3 and color_image(pixels[..., :3]))
+    # An XrayImage whose channels are identical is grey by construction; anything else is looked at.
+    single = image.grey() if isinstance(image, XrayImage) else None
+    colour = bool(getattr(image, "is_color", False)) or (
+        single is None and pixels.ndim == 3 and color_image(pixels[..., :3])
+    )
     if colour:
         findings.append(GateFinding("color", "This is a colour image (a photograph or screenshot?), not a grey-scale "
                                              "X-ray."))
-    small = pixels
-    if max(height, width) > 512:
-        # statistics of a 512 px copy are the same and much cheaper; shrinking before averaging the channels
-        # saves converting the full-size image to float (60 ms for a 1776 x 1416 upload)
-        scale = 512 / max(height, width)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        small = cv2.resize(pixels if pixels.dtype == np.uint8 else pixels.astype(np.float32), size,
+    # Statistics of a copy of at most STATS_SIDE px are the same and much cheaper. An XrayImage's preview (reduced
+    # once per upload and shared with the display and the lung fields) is the starting point, so a large upload
+    # is never shrunk or converted to float here.
+    small = preview(image if isinstance(image, XrayImage) else pixels)
+    if max(small.shape[:2]) > STATS_SIDE:
+        size = fit_size(small.shape[1], small.shape[0], STATS_SIDE)
+        small = cv2.resize(small if small.dtype == np.uint8 else small.astype(np.float32), size,
                            interpolation=cv2.INTER_AREA)
     grey = _grey(small)
     lo, hi = np.percentile(grey, [0.5, 99.5])

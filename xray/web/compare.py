@@ -81,7 +81,7 @@ def compare_models(
                 probabilities=dict(analysis.probabilities),
                 latency_ms=analysis.latency_ms,
                 view=make_view(
-                    image.pixels,
+                    image,
                     analysis.heatmap,
                     target_label=analysis.explanation.target_label,
                     method=method,

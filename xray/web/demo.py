@@ -25,7 +25,7 @@ import numpy as np
 from xray.errors import InvalidInputError, XrayError
 from xray.web.forms import load_image, read_upload
 from xray.web.registry import caveat_warnings, example_files, load_registered_model
-from xray.web.views import heat_markdown, image_data_uri, make_view, md_escape, prediction_summary, shrink
+from xray.web.views import heat_markdown, image_data_uri, make_view, md_escape, prediction_summary
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def find_sample(name: str | None, offered: Sequence[Sample]) -> Sample:
 
 def thumbnails_html(offered: Sequence[Sample]) -> str:
     """A row of small inline thumbnails of the samples, captioned like the sample choices."""
-    from xray.imaging.io import read_image
+    from xray.imaging.io import read_image, shrink
 
     cells = []
     for sample in offered:
@@ -295,7 +295,7 @@ def analyse_bytes(
     analysis = analyse(loaded, image)
     explanation = analysis.explanation
     view = make_view(
-        image.pixels, explanation.heatmap, target_label=explanation.target_label, method="gradcam", record_id=None
+        image, explanation.heatmap, target_label=explanation.target_label, method="gradcam", record_id=None
     )
     probabilities = {k: float(v) for k, v in analysis.probabilities.items()}
     check = analysis.heatmap_check

@@ -162,7 +162,7 @@ def diagnose(
     )  # fmt: skip
     warnings = caveat_warnings(analysis.caveat)
     view = make_view(
-        image.pixels, explanation.heatmap, target_label=explanation.target_label, method=method, record_id=record.id
+        image, explanation.heatmap, target_label=explanation.target_label, method=method, record_id=record.id
     )
     return Diagnosis(
         record=record,
@@ -202,7 +202,7 @@ def reexplain(
     # only a new heatmap is wanted: the record's checks were stored when it was made
     explanation = analyse(loaded, image, target_label=target, method=check_method(method), checks=False).explanation
     return make_view(
-        image.pixels,
+        image,
         explanation.heatmap,
         target_label=explanation.target_label,
         method=explanation.method,

@@ -155,7 +155,7 @@ def open_record(
     else:
         heatmap = np.zeros(image.pixels.shape[:2], dtype=np.float32)
     view = make_view(
-        image.pixels,
+        image,
         heatmap,
         target_label=record.cam_target_label or record.predicted_label,
         method=record.cam_method,

@@ -16,6 +16,30 @@ from xray.records.storage import ImageStore
 logger = logging.getLogger(__name__)
 
 
+def serving_threads(settings: Settings) -> int:
+    """Set the thread pools for serving requests; returns the torch threads per inference.
+
+    - torch (and ONNX Runtime, which takes torch's count): twice the cores' share of each of the
+      `inference_concurrency` requests that run at once (at most all cores), unless `XRAY_NUM_THREADS` says
+      otherwise. Twice, because a request spends part of its time in Python (the GIL) and in waits, when the other
+      request's native code can use both cores: on 2 cores, 2 requests x 2 threads served the 20-doctor load test
+      at 12.2-12.8 /s, 2 x 1 at 11.1-11.5 /s (README, Performance; measured on 2 cores only).
+    - numpy's BLAS: one thread. Its only work on the request path is small (the input gate's Mahalanobis
+      distance), and an idle OpenBLAS worker spins for a while after each call: on 2 cores that stole the CPU from
+      the next model run (1776 x 1416 upload: 121 ms p50 with BLAS threads, 76 ms without; README, Performance).
+    """
+    import os
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    cores = os.cpu_count() or 1
+    threads = settings.num_threads or min(cores, max(1, 2 * cores // settings.inference_concurrency))
+    torch.set_num_threads(threads)
+    threadpool_limits(limits=1, user_api="blas")  # applies process-wide until changed
+    return threads
+
+
 def open_database(settings: Settings, *, hint_first_account: bool = True) -> Engine:
     """Create the data directory, connect to the database, create missing tables and bootstrap the admin.
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from xray.imaging.io import PREVIEW_MAX_SIDE, XrayImage
 from xray.records.db import Record
 from xray.web.forms import parse_opacity
 
@@ -20,28 +21,17 @@ NOTICE = (
     "Decision support only, not a diagnosis. This research model has not been cleared as a medical device; "
     "the reading physician makes the diagnosis."
 )
-#: Longest side of images sent to the browser (the model always sees the full image).
-DISPLAY_MAX_SIDE = 1024
+#: Longest side of images sent to the browser (the model always sees the full image): the image's preview.
+DISPLAY_MAX_SIDE = PREVIEW_MAX_SIDE
 
 
 # ---------------------------------------------------------------------------------------------- images
 
 
-def display_size(width: int, height: int, max_side: int = DISPLAY_MAX_SIDE) -> tuple[int, int]:
-    """(width, height) scaled down so the long side is at most `max_side`."""
-    scale = min(1.0, max_side / max(width, height, 1))
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def shrink(pixels: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
-    """An RGB/gray image resized (area-averaged) so its long side is at most `max_side`."""
-    import cv2
-
-    height, width = pixels.shape[:2]
-    new_w, new_h = display_size(width, height, max_side)
-    if (new_w, new_h) == (width, height):
-        return pixels
-    return cv2.resize(pixels, (new_w, new_h), interpolation=cv2.INTER_AREA)
+def display_pixels(image: XrayImage) -> np.ndarray:
+    """The image at display size as HxWx3 uint8 RGB: its `preview`, shared with the checks that ran on it."""
+    small = image.preview()
+    return np.repeat(small[:, :, None], 3, axis=2) if small.ndim == 2 else small
 
 
 @dataclass
@@ -75,13 +65,15 @@ def image_data_uri(pixels: np.ndarray, *, quality: int = 90) -> str:
 
 
 def make_view(
-    pixels: np.ndarray, heatmap: np.ndarray, *, target_label: str, method: str, record_id: int | None
+    image: XrayImage, heatmap: np.ndarray, *, target_label: str, method: str, record_id: int | None
 ) -> HeatmapView:
-    """Shrink an image and its heatmap to display size."""
+    """An image and its heatmap at display size."""
     import cv2
 
-    small = shrink(pixels)
-    heat = cv2.resize(heatmap.astype(np.float32), (small.shape[1], small.shape[0]), interpolation=cv2.INTER_LINEAR)
+    small = display_pixels(image)
+    # asarray, not astype: no copy of a full-size float32 map just to resize it
+    heat = np.asarray(heatmap, dtype=np.float32)
+    heat = cv2.resize(heat, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_LINEAR)
     return HeatmapView(
         pixels=small, heatmap=np.clip(heat, 0, 1), target_label=target_label, method=method, record_id=record_id
     )

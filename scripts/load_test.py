@@ -2,7 +2,13 @@
 
 The app runs as its own process (`python app.py`, as `make run` starts it) on a temporary data folder and
 SQLite database (or --database-url). Afterwards the database is checked: every doctor must own exactly the
-records it submitted (none lost, none under another doctor). Prints p50/p95 latency and throughput.
+records it submitted (none lost, none under another doctor). Prints p50/p95 latency, throughput, and the CPU time
+the app and the load generator used while the predictions ran (they share the machine's cores).
+
+The doctors are asyncio tasks speaking Gradio's HTTP API with httpx, in one thread (`--client http`, the
+default): sign in, upload, queue the `diagnose` event with the doctor's session, read the result stream, as a
+browser does. `--client gradio_client` uses one `gradio_client.Client` per doctor instead, which costs the shared
+cores about as much CPU as the app itself.
 
     python scripts/load_test.py                       # 20 clients x 10 predictions, bundled default model
     python scripts/load_test.py --model local-dir:PATH --clients 5 --per-client 4

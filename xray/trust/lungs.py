@@ -129,14 +129,14 @@ def _grey(image: Any, size: int | None = None) -> tuple[np.ndarray, tuple[int, i
     converted to grey at full resolution. The shrinking starts from the image's preview (`xray.imaging.io.preview`),
     which the other checks of the same upload share.
     """
-    from xray.imaging.io import preview
+    from xray.imaging.io import XrayImage, preview
 
     arr = np.asarray(getattr(image, "pixels", image))
     if arr.ndim not in (2, 3) or min(arr.shape[:2]) < 2:
         raise ValueError(f"expected an HxW or HxWx3 image, got shape {arr.shape}")
     shape = (int(arr.shape[0]), int(arr.shape[1]))
     if size is not None:
-        arr = preview(image if hasattr(image, "pixels") else arr)
+        arr = preview(image if isinstance(image, XrayImage) else arr)
     if arr.ndim == 3:
         arr = np.ascontiguousarray(arr[..., :3])
     if size is not None:

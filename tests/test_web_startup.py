@@ -35,24 +35,27 @@ def test_open_database_creates_data_dir_and_bootstraps_admin(tmp_path, caplog):
     engine.dispose()
 
 
-@pytest.mark.parametrize(("num_threads", "concurrency"), [(None, 2), (None, 1), (3, 2)])
-def test_serving_threads_split_the_cores_and_keep_blas_to_one_thread(num_threads, concurrency):
-    import os
-
+@pytest.mark.parametrize(
+    ("cores", "num_threads", "concurrency", "expected"),
+    [(2, None, 2, 2), (2, None, 1, 2), (2, None, 4, 1), (2, 3, 2, 3), (16, None, 2, 16), (16, None, 8, 4)],
+)
+def test_serving_threads_give_twice_each_share_and_keep_blas_to_one_thread(
+    monkeypatch, cores, num_threads, concurrency, expected
+):
     import torch
     from threadpoolctl import threadpool_info, threadpool_limits
 
     from xray.config import Settings
 
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
     settings = Settings(num_threads=num_threads, inference_concurrency=concurrency)
     torch_before = torch.get_num_threads()
     with threadpool_limits(limits=None):  # restores the test process's own BLAS threads afterwards
         try:
             threads = startup.serving_threads(settings)
-            torch_set = [torch.get_num_threads()]
+            torch_set = torch.get_num_threads()
             blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
         finally:
             torch.set_num_threads(torch_before)
-    cores = os.cpu_count() or 1
-    assert threads == (num_threads or min(cores, max(1, 2 * cores // concurrency))) == torch_set[0]
+    assert threads == torch_set == expected
     assert blas and set(blas) == {1}  # numpy's BLAS is there, and serves with one thread

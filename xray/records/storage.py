@@ -118,11 +118,12 @@ class ImageStore:
         """
         import cv2
 
+        from xray.imaging.io import fit_size
+
         heat = np.asarray(heatmap, dtype=np.float32)
         height, width = heat.shape[:2]
-        scale = min(1.0, max_side / max(height, width))
-        if scale < 1.0:
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        size = fit_size(width, height, max_side)
+        if size != (width, height):
             heat = cv2.resize(heat, size, interpolation=cv2.INTER_LINEAR)
         image = Image.fromarray(np.uint8(np.round(255 * np.clip(heat, 0.0, 1.0))), mode="L")
         buffer = io.BytesIO()

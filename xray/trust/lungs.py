@@ -280,8 +280,10 @@ def _with_margin(mask: np.ndarray, margin: float) -> np.ndarray:
 
 def score_shape(height: int, width: int, side: int = SCORE_SIDE) -> tuple[int, int]:
     """(height, width) of the grid a heatmap is scored on: the long side at most `side`, the aspect ratio kept."""
-    scale = min(1.0, side / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
+    from xray.imaging.io import fit_size
+
+    grid_width, grid_height = fit_size(width, height, side)
+    return grid_height, grid_width
 
 
 def assess_heatmap(heatmap: np.ndarray, image: Any, *, fields: LungFields | None = None) -> HeatmapCheck:

@@ -284,7 +284,7 @@ def test_hugging_face_sign_in_maps_hub_users_to_doctor_accounts(tmp_path):
     from starlette.routing import Route
     from starlette.testclient import TestClient
 
-    import app
+    from ui import server
     from xray.records import auth
     from xray.records.db import init_db, make_engine
 
@@ -298,7 +298,7 @@ def test_hugging_face_sign_in_maps_hub_users_to_doctor_accounts(tmp_path):
         return PlainTextResponse("ok")
 
     web = Starlette(
-        routes=[Route("/callback", fake_oauth_callback), Route("/xray/hub-signin", app._hub_signin(engine))],
+        routes=[Route("/callback", fake_oauth_callback), Route("/xray/hub-signin", server._hub_signin(engine))],
         middleware=[Middleware(SessionMiddleware, secret_key="test")],
     )
     web.tokens, web.cookie_id = {}, "cid"  # what Gradio's App keeps: session tokens and its cookie suffix

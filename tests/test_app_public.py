@@ -258,6 +258,7 @@ def test_hugging_face_sign_in_reaches_the_doctors_app_under_doctor(tmp_path, tin
     from starlette.testclient import TestClient
 
     import app
+    from ui import common
     from xray.config import Settings
     from xray.web import startup
 
@@ -265,7 +266,7 @@ def test_hugging_face_sign_in_reaches_the_doctors_app_under_doctor(tmp_path, tin
         gradio_app.add_api_route("/login/callback", lambda: PlainTextResponse("doctors' OAuth callback"))
 
     monkeypatch.setattr(gradio.oauth, "_add_mocked_oauth_routes", fake_oauth_routes)
-    monkeypatch.setattr(app, "_oauth_enabled", lambda: True)
+    monkeypatch.setattr(common, "oauth_enabled", lambda: True)
     settings = Settings(data_dir=tmp_path / "data", public_demo=True, extra_models="")
     engine = startup.open_database(settings)
     server = app.create_app(settings, engine=engine, model_names=[f"local-dir:{tiny_model_dir}"], warm_up=False)
@@ -285,6 +286,7 @@ def test_a_lifespan_in_the_doctors_app_kwargs_runs_in_both_layouts(tmp_path, tin
     from starlette.testclient import TestClient
 
     import app
+    from ui import server as ui_server
     from xray.config import Settings
     from xray.web import startup
 
@@ -296,14 +298,14 @@ def test_a_lifespan_in_the_doctors_app_kwargs_runs_in_both_layouts(tmp_path, tin
         yield
         events.append("stop")
 
-    plain = app.doctor_app_options
+    plain = ui_server.doctor_app_options
 
     def with_lifespan(settings, engine):
         options = plain(settings, engine)
         options["app_kwargs"]["lifespan"] = lifespan
         return options
 
-    monkeypatch.setattr(app, "doctor_app_options", with_lifespan)
+    monkeypatch.setattr(ui_server, "doctor_app_options", with_lifespan)
     for public in (False, True):
         settings = Settings(data_dir=tmp_path / str(public), public_demo=public, extra_models="")
         engine = startup.open_database(settings)

@@ -1,9 +1,9 @@
 """Web: what the app does, without the web framework - one module per tab or use.
 
-Turns form values into calls to the pipeline and the records layer, and results into plain values that
-`app.py` puts into components. Every function that touches records takes the signed-in `Doctor`. May import
-every layer below it (`xray.records`, `xray.analysis`, `xray.trust`, `xray.inference`, `xray.imaging`), never
-`xray.training`, and never gradio (`app.py` alone builds components).
+Turns form values into calls to the pipeline and the records layer, and results into plain values that the `ui`
+package puts into components. Every function that touches records takes the signed-in `Doctor`. May import every
+layer below it (`xray.records`, `xray.analysis`, `xray.trust`, `xray.inference`, `xray.imaging`), never
+`xray.training`, and never gradio (the `ui` package alone builds components) or `ui`.
 
 Modules (each imports only those above it in this list):
     startup    open the database and image store at start; the signed-in doctor on each request

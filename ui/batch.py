@@ -1,0 +1,72 @@
+"""Batch tab: several files or a zip through `xray.web.batch`; the results table, the caveats and a CSV."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+from sqlmodel import Session
+
+from ui.common import AppContext, today
+from xray.web import batch
+
+
+def batch_tab(ctx: AppContext) -> None:
+    """Several files or a zip, one exam date and model; the results table, the model's caveat and a CSV."""
+    with gr.Tab("Batch", id="batch"):
+        gr.Markdown(
+            "Analyse several X-rays at once: choose files or a zip of them. Each file is checked and saved "
+            "like a single upload (patient = file name, or the DICOM patient fields); the exam date is the "
+            "DICOM study date when the file has one, else the date below."
+        )
+        with gr.Row():
+            files = gr.File(
+                label="X-rays (PNG, JPEG, DICOM) or a .zip", file_count="multiple",
+                file_types=[*ctx.upload_types, ".zip"], type="filepath", scale=2,
+            )  # fmt: skip
+            with gr.Column(scale=1):
+                exam_date = gr.DateTime(value=today, include_time=False, type="string", label="Exam date")
+                model = gr.Dropdown(choices=ctx.model_choices, value=ctx.default_model, label="Model")
+                run = gr.Button("Run batch and save", variant="primary")
+        caveat = gr.Markdown(elem_id="xray-batch-caveat")
+        table = gr.Dataframe(headers=batch.BATCH_COLUMNS, interactive=False, wrap=True, elem_id="xray-batch")
+        csv_file = gr.File(label="Results (CSV)", interactive=False, visible=False)
+    run.click(
+        ctx.handler(run_batch),
+        [files, exam_date, model],
+        [table, caveat, csv_file],
+        api_name="batch",
+        concurrency_id="inference",
+    ).success(lambda: gr.update(visible=True), None, csv_file, api_name="show_batch_csv", api_visibility="private")
+
+
+def run_batch(
+    ctx: AppContext,
+    files: list[str] | None,
+    exam: str | None,
+    model_name: str | None,
+    request: gr.Request,
+    progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's way to ask for a progress tracker
+) -> tuple[Any, str, Any]:
+    """Diagnose and save every file, with a progress bar; the table, the caveats and the CSV."""
+
+    def tick(done: int, total: int, name: str) -> None:
+        progress((done, total), desc=f"{name}" if done < total else "done", unit="files")
+
+    with Session(ctx.engine) as session:
+        doctor = ctx.doctor(session, request)
+        rows = batch.diagnose_batch(
+            session,
+            ctx.store,
+            doctor=doctor,
+            files=files,
+            exam_date=exam,
+            model_name=model_name,
+            allowed_models=ctx.models,
+            max_upload_bytes=ctx.max_bytes,
+            max_pixels=ctx.max_pixels,
+            progress=tick,
+        )
+    table_value = {"headers": batch.BATCH_COLUMNS, "data": batch.batch_table(rows)}
+    caveats = "\n\n".join(f"⚠️ {w}" for w in batch.batch_caveats(rows))
+    return table_value, caveats, str(batch.batch_csv(rows))

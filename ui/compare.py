@@ -1,0 +1,46 @@
+"""Compare tab: every model on one image through `xray.web.compare`, side by side; nothing saved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from sqlmodel import Session
+
+from ui.common import DISPLAY_FORMAT, AppContext
+from xray.web import compare, diagnose
+
+
+def compare_tab(ctx: AppContext) -> None:
+    """Every model on one image: the comparison table and a gallery of heatmaps."""
+    with gr.Tab("Compare", id="compare"):
+        gr.Markdown(
+            "Run every installed model on one image: probabilities, heatmaps and latency side by side, "
+            "with each model's test metrics. For research; comparisons are not saved to History."
+        )
+        with gr.Row():
+            upload = gr.File(label="Chest X-ray", file_types=ctx.upload_types, type="filepath", scale=2)
+            method = gr.Radio(list(diagnose.CAM_METHODS), value="gradcam", label="CAM method", scale=1)
+        run = gr.Button("Compare models", variant="primary")
+        table = gr.Dataframe(headers=compare.COMPARE_COLUMNS, interactive=False, wrap=True)
+        gallery = gr.Gallery(label="Heatmaps (predicted class)", columns=3, height="auto", format=DISPLAY_FORMAT)
+    run.click(
+        ctx.handler(run_compare), [upload, method], [table, gallery], api_name="compare", concurrency_id="inference"
+    )
+
+
+def run_compare(ctx: AppContext, file: str | None, method: str | None, request: gr.Request) -> tuple[Any, Any]:
+    """Every registered model on the upload (signed-in doctors only; nothing is saved)."""
+    with Session(ctx.engine) as session:
+        ctx.doctor(session, request)
+    results = compare.compare_models(
+        file,
+        filename=Path(file).name if file else None,
+        model_names=ctx.models,
+        method=method,
+        max_upload_bytes=ctx.max_bytes,
+        max_pixels=ctx.max_pixels,
+    )
+    table = {"headers": compare.COMPARE_COLUMNS, "data": compare.comparison_rows(results)}
+    return table, compare.comparison_gallery(results)

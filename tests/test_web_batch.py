@@ -72,6 +72,11 @@ def test_batch_of_mixed_files_and_a_zip_gives_one_row_per_file(session, store, d
     assert crud.list_records(session, doctor=bob) == []
     table = batch.batch_table(rows)
     assert len(table) == 8 and len(table[0]) == len(batch.BATCH_COLUMNS)
+    cells = {row[0]: dict(zip(batch.BATCH_COLUMNS, row, strict=True)) for row in table}
+    photo_label = by_file["holiday.png"].label
+    assert cells["holiday.png"]["Model output"] == f"⚠️ OUT OF SCOPE · {photo_label}"
+    assert cells["holiday.png"]["Input check"].startswith("OUT OF SCOPE: ")
+    assert cells[PNEUMONIA_JPEG.name]["Model output"] == good.label
     exported = list(csv.DictReader(io.StringIO(batch.batch_csv(rows, out_dir=tmp_path).read_text(encoding="utf-8"))))
     assert [r["file"] for r in exported] == list(by_file) and exported[0]["p_PNEUMONIA"]
     assert batch.batch_caveats(rows) == [] and {r["model_caveat"] for r in exported} == {""}

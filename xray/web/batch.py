@@ -26,7 +26,7 @@ from xray.records.storage import ImageStore
 from xray.web import forms
 from xray.web.diagnose import diagnose
 from xray.web.registry import caveat_warnings, load_registered_model
-from xray.web.views import csv_cell
+from xray.web.views import csv_cell, listed_output
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class BatchRow:
     gate: str = ""
     error: str | None = None
     caveat: str | None = None
+    gate_reasons: list[str] | None = None  # the input gate's reasons; non-empty: out of scope
 
 
 def _zip_items(path: Path, *, max_bytes: int, budget: int) -> list[BatchItem]:
@@ -193,6 +194,7 @@ def diagnose_batch(
         row.label = result.label
         row.probabilities = dict(result.probabilities)
         row.gate = input_check_text(result.gate, result.gate_note)
+        row.gate_reasons = result.record.gate_reasons
         row.caveat = result.model.caveat
     if progress is not None:
         progress(len(items), len(items), "done")
@@ -207,7 +209,7 @@ def batch_table(rows: Sequence[BatchRow]) -> list[list[Any]]:
             r.file,
             r.record_id,
             r.patient,
-            r.label or "",
+            listed_output(r.label, r.gate_reasons) if r.label else "",
             ", ".join(f"{k} {v:.3f}" for k, v in r.probabilities.items()),
             r.gate,
             r.error or "",

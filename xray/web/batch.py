@@ -169,7 +169,8 @@ def diagnose_batch(
         try:
             image = forms.load_image(item.data, filename=item.name, max_pixels=max_pixels)
             prefill = forms.prefill_from_metadata(image.metadata)
-            row.patient = prefill.patient or (PurePosixPath(item.name).stem[: forms.MAX_PATIENT_LENGTH] or "unnamed")
+            # never cut: a name over forms.MAX_PATIENT_LENGTH fails this row with its length (parse_patient)
+            row.patient = prefill.patient or PurePosixPath(item.name).stem or "unnamed"
             exam = prefill.exam_date if prefill.exam_date and prefill.exam_date <= (today or date.today()) else None
             result = diagnose(
                 session,

@@ -157,3 +157,20 @@ def test_out_of_scope_records_are_marked_in_the_list_and_the_csv(session, store,
     assert "colour image" in exported[photo.id]["input_check"]
     assert exported[xray.id]["input_check"] == "in scope"
     assert exported[unchecked.id]["input_check"] == "not checked"
+
+
+def test_a_long_patient_name_is_shortened_in_the_list_only(session, store, doctors, model_name, tmp_path):
+    alice, _ = doctors
+    name = " ".join(["Maximilianus-Bartholomaeus"] * 7)[:200]
+    record = _diagnose(session, store, alice, model_name, patient=name).record
+    [row] = history.history_rows([record])
+    shown = row[history.HISTORY_COLUMNS.index("Patient")]
+    assert shown.endswith("…") and len(shown) <= 60 and name.startswith(shown[:-1])
+    assert history.history_rows([record])[0][history.HISTORY_COLUMNS.index("Model output")] == record.predicted_label
+    session.expire_all()
+    assert crud.get_record(session, doctor=alice, record_id=record.id).patient_name == name  # the record: whole
+    assert f"Record {record.id}: {name}" in history.record_markdown(record).replace("\\", "")
+    exported = history.export_csv(session, doctor=alice, filters=crud.RecordFilter(), out_dir=tmp_path)
+    assert [r["patient"] for r in csv.DictReader(exported.open(encoding="utf-8"))] == [name]
+    assert len(history.HISTORY_COLUMN_WIDTHS) == len(history.HISTORY_COLUMNS)
+    assert sum(float(w.rstrip("%")) for w in history.HISTORY_COLUMN_WIDTHS) == 100

@@ -26,7 +26,7 @@ from xray.records.storage import ImageStore
 from xray.web import forms
 from xray.web.diagnose import diagnose
 from xray.web.registry import caveat_warnings, load_registered_model
-from xray.web.views import csv_cell, listed_output
+from xray.web.views import csv_cell, listed_name, listed_output
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ MAX_BATCH_FILES = 200
 MAX_ZIP_ENTRIES = 1000
 MAX_ZIP_TOTAL_BYTES = 1024 * 2**20
 BATCH_COLUMNS = ["File", "Record", "Patient", "Model output", "Probabilities", "Input check", "Error"]
+#: Share of the table's width per column (the Dataframe's `column_widths`), so that long file names and input-check
+#: reasons wrap inside their column instead of pushing the error column off screen.
+BATCH_COLUMN_WIDTHS = ["16%", "6%", "14%", "14%", "14%", "20%", "16%"]
 
 
 @dataclass
@@ -204,12 +207,12 @@ def diagnose_batch(
 
 
 def batch_table(rows: Sequence[BatchRow]) -> list[list[Any]]:
-    """Table rows in `BATCH_COLUMNS` order."""
+    """Table rows in `BATCH_COLUMNS` order (a long patient name shortened with '…'; the CSV keeps it whole)."""
     return [
         [
             r.file,
             r.record_id,
-            r.patient,
+            listed_name(r.patient),
             listed_output(r.label, r.gate_reasons) if r.label else "",
             ", ".join(f"{k} {v:.3f}" for k, v in r.probabilities.items()),
             r.gate,

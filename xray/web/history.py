@@ -32,6 +32,7 @@ from xray.web.views import (
     gate_warning,
     heat_markdown,
     input_check_cell,
+    listed_name,
     listed_output,
     make_view,
     md_escape,
@@ -43,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 20
 HISTORY_COLUMNS = ["ID", "Saved (UTC)", "Patient", "Exam date", "Model output", "Probability", "Model"]
+#: Share of the table's width per column (the Dataframe's `column_widths`): without them the browser sizes a column
+#: to its longest text, and a long patient name pushes the model output off screen. Long text wraps inside.
+HISTORY_COLUMN_WIDTHS = ["5%", "11%", "23%", "10%", "18%", "11%", "22%"]
 
 
 # ---------------------------------------------------------------------------------------------- the list
@@ -82,7 +86,7 @@ def history_page(
 
 
 def history_rows(records: Sequence[Record]) -> list[list[Any]]:
-    """Table rows in `HISTORY_COLUMNS` order."""
+    """Table rows in `HISTORY_COLUMNS` order (a long patient name shortened with '…'; the record keeps it whole)."""
     rows = []
     for r in records:
         p = r.probabilities.get(r.predicted_label)
@@ -90,7 +94,7 @@ def history_rows(records: Sequence[Record]) -> list[list[Any]]:
             [
                 r.id,
                 r.created_at.strftime("%Y-%m-%d %H:%M"),
-                r.patient_name,
+                listed_name(r.patient_name),
                 r.exam_date.isoformat(),
                 listed_output(r.predicted_label, r.gate_reasons),
                 round(float(p), 3) if p is not None else None,

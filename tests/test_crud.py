@@ -173,3 +173,14 @@ def test_records_of_a_doctor_survive_reconnecting(engine, doctors):
     with Session(engine) as session:
         rows = session.exec(select(Record)).all()
     assert [r.patient_name for r in rows] == ["Persisted"]
+
+
+def test_a_deleted_newest_record_number_is_never_given_again(session, doctors):
+    # SQLite reuses the highest rowid unless the table is AUTOINCREMENT; PostgreSQL sequences never go back.
+    alice, bob = doctors
+    first = crud.create_record(session, doctor=alice, **_values("First"))
+    newest = crud.create_record(session, doctor=alice, **_values("Second"))
+    assert crud.delete_record(session, doctor=alice, record_id=newest.id) is not None
+    again = crud.create_record(session, doctor=bob, **_values("Third"))
+    assert again.id > newest.id > first.id
+    assert crud.get_record(session, doctor=alice, record_id=newest.id) is None

@@ -124,3 +124,122 @@ def test_an_existing_database_gets_the_new_nullable_columns(tmp_path):
     columns = {c["name"] for c in inspect(engine).get_columns("record")}
     assert {"gate_reasons", "heat_in_lungs", "heat_in_chest"} <= columns
     engine.dispose()
+
+
+def _previous_release_database(url: str) -> None:
+    """The tables as a release before AUTOINCREMENT made them (same columns and indexes, plain rowid ids)."""
+    from sqlalchemy.schema import CreateIndex, CreateTable
+    from sqlmodel import SQLModel
+
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        for table in SQLModel.metadata.sorted_tables:
+            ddl = str(CreateTable(table).compile(dialect=engine.dialect)).replace(" AUTOINCREMENT", "")
+            connection.execute(text(ddl))
+            for index in table.indexes:
+                connection.execute(CreateIndex(index))
+    engine.dispose()
+
+
+def _record_sql(engine) -> str:
+    with engine.connect() as connection:
+        return connection.execute(text("SELECT sql FROM sqlite_master WHERE type='table' AND name='record'")).scalar()
+
+
+def _indexes(engine) -> set[str]:
+    return {i["name"] for i in inspect(engine).get_indexes("record")}
+
+
+def test_sqlite_record_table_is_autoincrement(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'new.db'}")
+    init_db(engine)
+    assert "AUTOINCREMENT" in _record_sql(engine).upper()
+    engine.dispose()
+
+
+def test_an_existing_sqlite_database_is_migrated_to_never_reuse_record_numbers(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    _previous_release_database(url)
+    old = make_engine(url)
+    assert "AUTOINCREMENT" not in _record_sql(old).upper()
+    with Session(old) as session:
+        doctor = Doctor(username="alice", display_name="Alice", password_hash="x")
+        session.add(doctor)
+        session.commit()
+        session.refresh(doctor)
+        for n in range(1, 6):
+            session.add(_record(doctor.id, patient_name=f"P{n}", gate_reasons=["a photo"] if n == 2 else None,
+                                final_read="NORMAL" if n == 3 else None, heat_in_lungs=0.5 if n == 4 else None))
+        session.commit()
+        session.delete(session.get(Record, 3))  # a gap in the middle must stay a gap
+        session.commit()
+        before = [r.model_dump() for r in session.exec(select(Record).order_by(Record.id))]
+    old_indexes = _indexes(old)
+    old.dispose()
+
+    engine = make_engine(url)
+    init_db(engine)
+    init_db(engine)  # idempotent: a second start (or a second replica) changes nothing
+    assert "AUTOINCREMENT" in _record_sql(engine).upper()
+    assert _indexes(engine) == old_indexes
+    with Session(engine) as session:
+        after = [r.model_dump() for r in session.exec(select(Record).order_by(Record.id))]
+        assert after == before and [r["id"] for r in after] == [1, 2, 4, 5]
+        doctor = session.exec(select(Doctor)).one()
+        newest = _record(doctor.id, patient_name="P6")
+        session.add(newest)
+        session.commit()
+        assert newest.id == 6
+        session.delete(newest)
+        session.commit()
+        again = _record(doctor.id, patient_name="P7")
+        session.add(again)
+        session.commit()
+        assert again.id == 7
+    with engine.connect() as connection:
+        assert connection.execute(text("PRAGMA foreign_key_check")).all() == []
+        assert connection.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+    engine.dispose()
+
+
+def test_replicas_starting_together_migrate_an_old_sqlite_database_once(tmp_path):
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    _previous_release_database(url)
+    old = make_engine(url)
+    with Session(old) as session:
+        doctor = Doctor(username="alice", display_name="Alice", password_hash="x")
+        session.add(doctor)
+        session.commit()
+        session.refresh(doctor)
+        session.add_all([_record(doctor.id, patient_name=f"P{n}") for n in range(50)])
+        session.commit()
+    old.dispose()
+
+    engines = [make_engine(url) for _ in range(4)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(engines))
+
+    def start(engine) -> None:
+        try:
+            barrier.wait()
+            init_db(engine)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(e,)) for e in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert "AUTOINCREMENT" in _record_sql(engines[0]).upper()
+    with Session(engines[0]) as session:
+        names = [r.patient_name for r in session.exec(select(Record).order_by(Record.id))]
+    assert names == [f"P{n}" for n in range(50)]
+    with engines[0].connect() as connection:
+        tables = connection.execute(text("SELECT name FROM sqlite_master WHERE type='table'")).scalars().all()
+    assert not [t for t in tables if t.startswith("_record")]
+    for engine in engines:
+        engine.dispose()

@@ -70,14 +70,88 @@ def test_without_heatmap_threshold_or_final_read(image: np.ndarray) -> None:
     assert "Not recorded yet." in text and "not stored" in text and "Heatmap" not in text and "at least" not in text
 
 
-def test_long_inputs_stay_on_one_page(image: np.ndarray) -> None:
-    note = "Consolidation in the right lower lobe with air bronchograms. " * 80
-    reader = _report(image, final_note=note, warnings=["A very long warning about the input image. " * 10] * 8,
-                     patient_name="P" * 500)
+def _page_words(reader: PdfReader) -> set[str]:
+    return {w for page in reader.pages for w in page.extract_text().split()}
+
+
+def _overruns(reader: PdfReader) -> list[str]:
+    """Pieces of text on the first page that end right of the right margin (widths measured in the report's font)."""
+    from fpdf import FPDF
+
+    from xray.trust.report import MARGIN, _font_paths
+
+    ruler = FPDF(unit="pt")
+    ruler.add_font("DejaVu", "", str(_font_paths()[0]))
+    ruler.add_font("DejaVu", "B", str(_font_paths()[1]))
+    right = float(reader.pages[0].mediabox.width) - MARGIN / 25.4 * 72
+    over: list[str] = []
+
+    def visit(text, _cm, tm, font, size):
+        if text.strip() and size:
+            ruler.set_font("DejaVu", "B" if "Bold" in (font or {}).get("/BaseFont", "") else "", size)
+            if tm[4] + ruler.get_string_width(text.rstrip()) > right + 1:
+                over.append(text)
+
+    reader.pages[0].extract_text(visitor_text=visit)
+    return over
+
+
+CAVEAT = ("About this model: trained on children's X-rays from one hospital in Guangzhou; on adult X-rays from other "
+          "sources its sensitivity fell to 26%, so a NORMAL output does not rule pneumonia out in adults.")
+PHOTO = ("This image may be outside what the model was made for (frontal chest X-rays): It is a colour image; chest "
+         "X-rays are grey-scale. It is unlike the images the model was trained on. Any result for it is unreliable.")
+
+
+def test_long_name_wraps_and_warnings_are_never_cut(image: np.ndarray) -> None:
+    name = " ".join(["Maximilianus-Bartholomaeus"] * 7)[:200]  # the longest name the form takes
+    reader = _report(image, patient_name=name, warnings=["Only 31% of the heatmap lies over the lung fields.", CAVEAT],
+                     final_note="Consolidation in the right lower lobe with air bronchograms. " * 5)
     assert len(reader.pages) == 1
     text = _text(reader)
+    assert name in text  # whole, wrapped over lines
+    assert CAVEAT in text and "\u2026" not in text
     assert "Decision support only, not a diagnosis" in text
-    assert "\u2026" in text  # the note was shortened, visibly
+    assert _overruns(reader) == []
+
+
+def test_unbroken_200_character_name_wraps_inside_the_page(image: np.ndarray) -> None:
+    reader = _report(image, patient_name="P" * 200)
+    assert len(reader.pages) == 1
+    assert "P" * 200 in _text(reader).replace(" ", "")
+    assert _overruns(reader) == []
+
+
+def test_out_of_scope_warning_is_as_prominent_as_the_result_and_whole(image: np.ndarray) -> None:
+    import re
+
+    reader = _report(image, scope_warning=PHOTO, warnings=["Only 31% of the heatmap lies over the lung fields.",
+                                                            CAVEAT])
+    assert len(reader.pages) == 1
+    text = _text(reader)
+    assert "OUT OF SCOPE" in text and PHOTO in text and CAVEAT in text
+    assert text.index("OUT OF SCOPE") < text.index("Model result: PNEUMONIA")
+    assert "unreliable" in text[text.index("Model result"):text.index("Model result") + 120]
+    fonts = []
+
+    def visit(piece, _cm, _tm, font, size):
+        if piece.strip():
+            fonts.append((" ".join(piece.split()), (font or {}).get("/BaseFont", ""), size))
+
+    reader.pages[0].extract_text(visitor_text=visit)
+    result = [f for f in fonts if "Model result" in f[0]][0]
+    scope = [f for f in fonts if "OUT OF SCOPE" in f[0]][0]
+    assert re.search("Bold", scope[1]) and scope[2] >= result[2]  # bold, no smaller than the result
+
+
+def test_very_long_inputs_are_never_cut(image: np.ndarray) -> None:
+    note = "Consolidation in the right lower lobe with air bronchograms. " * 30
+    warnings = ["A very long warning about the input image. " * 10] * 3
+    reader = _report(image, final_note=note, warnings=warnings, scope_warning=PHOTO, patient_name="P" * 200)
+    words = _page_words(reader)
+    text = " ".join(" ".join(page.extract_text().split()) for page in reader.pages)
+    assert note.strip() in text and warnings[0].strip() in text and PHOTO in text
+    assert "\u2026" not in words
+    assert "Decision support only, not a diagnosis" in " ".join(reader.pages[-1].extract_text().split())
 
 
 def test_characters_missing_from_the_font_print_as_question_marks(image: np.ndarray) -> None:

@@ -72,6 +72,11 @@ def test_batch_of_mixed_files_and_a_zip_gives_one_row_per_file(session, store, d
     assert crud.list_records(session, doctor=bob) == []
     table = batch.batch_table(rows)
     assert len(table) == 8 and len(table[0]) == len(batch.BATCH_COLUMNS)
+    cells = {row[0]: dict(zip(batch.BATCH_COLUMNS, row, strict=True)) for row in table}
+    photo_label = by_file["holiday.png"].label
+    assert cells["holiday.png"]["Model output"] == f"⚠️ OUT OF SCOPE · {photo_label}"
+    assert cells["holiday.png"]["Input check"].startswith("OUT OF SCOPE: ")
+    assert cells[PNEUMONIA_JPEG.name]["Model output"] == good.label
     exported = list(csv.DictReader(io.StringIO(batch.batch_csv(rows, out_dir=tmp_path).read_text(encoding="utf-8"))))
     assert [r["file"] for r in exported] == list(by_file) and exported[0]["p_PNEUMONIA"]
     assert batch.batch_caveats(rows) == [] and {r["model_caveat"] for r in exported} == {""}
@@ -126,4 +131,18 @@ def test_batch_refuses_zip_bombs_and_empty_uploads(session, store, doctors, tiny
     monkeypatch.setattr(batch, "MAX_ZIP_ENTRIES", 3)
     many = _zip(tmp_path / "many.zip", {f"{i}.png": b"x" for i in range(5)})
     assert "at most 3" in batch.batch_items([many], max_bytes=MB)[0].error
+    assert crud.list_records(session, doctor=alice) == []
+
+
+def test_a_file_name_too_long_for_a_patient_name_fails_its_row_never_cut(session, store, doctors, tiny_model_dir,
+                                                                        tmp_path):
+    model = f"local-dir:{tiny_model_dir}"
+    alice, _ = doctors
+    long_name = tmp_path / ("Patient-" + "x" * 222 + ".jpeg")  # a 230-character stem
+    shutil.copy(NORMAL_JPEG, long_name)
+    [row] = batch.diagnose_batch(
+        session, store, doctor=alice, files=[long_name], exam_date="2025-06-02", model_name=model,
+        allowed_models=[model], max_upload_bytes=5 * MB, max_pixels=50_000_000, today=TODAY,
+    )  # fmt: skip
+    assert row.record_id is None and "230 characters; at most 200 are accepted" in row.error
     assert crud.list_records(session, doctor=alice) == []

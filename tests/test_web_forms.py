@@ -14,11 +14,27 @@ from xray.web import forms
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [(None, "Enter the patient"), ("   ", "Enter the patient"), ("x" * 201, "too long"), ("a\nb", "control")],
+    [
+        (None, "Enter the patient"),
+        ("   ", "Enter the patient"),
+        ("x" * 201, "201 characters; at most 200"),
+        ("a\nb", "control"),
+    ],
 )
 def test_bad_patient_fields(value, message):
     with pytest.raises(InvalidInputError, match=message):
         forms.parse_patient(value)
+
+
+def test_a_too_long_patient_name_is_refused_with_its_length_never_cut():
+    from xray.errors import FieldTooLongError
+
+    with pytest.raises(FieldTooLongError, match="Patient name or ID is 2000 characters; at most 200 are accepted"):
+        forms.parse_patient("x" * 2000)
+    assert forms.parse_patient("y" * 200) == "y" * 200
+    # a DICOM header's long name reaches the form whole, to be refused there with its length
+    prefill = forms.prefill_from_metadata({"PatientName": "Doe^" + "J" * 250})
+    assert prefill.patient == "Doe " + "J" * 250
 
 
 def test_patient_is_stripped():

@@ -120,3 +120,57 @@ def test_csv_export_is_filtered_and_safe_for_spreadsheets(session, store, doctor
     assert float(rows[0]["p_NORMAL"]) + float(rows[0]["p_PNEUMONIA"]) == pytest.approx(1.0, abs=1e-3)
     everything = list(csv.DictReader(history.export_csv(session, doctor=alice, filters=crud.RecordFilter()).open()))
     assert sorted(r["patient"] for r in everything) == ['\'=HYPERLINK("http://x")', "Anna Normal"]
+
+
+def test_delete_then_diagnose_gives_a_new_record_number(session, store, doctors, model_name):
+    alice, _ = doctors
+    _diagnose(session, store, alice, model_name, patient="Older")
+    newest = _diagnose(session, store, alice, model_name, patient="Deleted").record
+    history.delete_record(session, store, doctor=alice, record_id=newest.id)
+    again = _diagnose(session, store, alice, model_name, patient="Another patient").record
+    assert again.id > newest.id
+    with pytest.raises(RecordNotFoundError):
+        history.owned_record(session, doctor=alice, record_id=newest.id)
+
+
+def test_out_of_scope_records_are_marked_in_the_list_and_the_csv(session, store, doctors, model_name, tmp_path):
+    from tests.web_cases import colour_photo
+
+    alice, _ = doctors
+    xray = _diagnose(session, store, alice, model_name, patient="Xray Patient").record
+    photo = _diagnose(session, store, alice, model_name, patient="Photo Patient",
+                      source=colour_photo(tmp_path / "photo.png")).record  # fmt: skip
+    unchecked = crud.create_record(
+        session, doctor=alice, patient_name="Before the gate", exam_date=date(2024, 1, 1), image_sha256="b" * 64,
+        model_name="m", model_version="v", label_names=["NORMAL", "PNEUMONIA"],
+        probabilities={"NORMAL": 0.7, "PNEUMONIA": 0.3}, predicted_label="NORMAL",
+    )  # fmt: skip
+    rows = {row[0]: row for row in history.history_rows(crud.list_records(session, doctor=alice))}
+    output = history.HISTORY_COLUMNS.index("Model output")
+    assert rows[photo.id][output] == f"⚠️ OUT OF SCOPE · {photo.predicted_label}"
+    assert rows[xray.id][output] == xray.predicted_label
+    assert rows[unchecked.id][output] == "NORMAL"
+    exported = {int(r["record_id"]): r for r in csv.DictReader(
+        history.export_csv(session, doctor=alice, filters=crud.RecordFilter(), out_dir=tmp_path).open(encoding="utf-8")
+    )}  # fmt: skip
+    assert exported[photo.id]["input_check"].startswith("OUT OF SCOPE: ")
+    assert "colour image" in exported[photo.id]["input_check"]
+    assert exported[xray.id]["input_check"] == "in scope"
+    assert exported[unchecked.id]["input_check"] == "not checked"
+
+
+def test_a_long_patient_name_is_shortened_in_the_list_only(session, store, doctors, model_name, tmp_path):
+    alice, _ = doctors
+    name = " ".join(["Maximilianus-Bartholomaeus"] * 7)[:200]
+    record = _diagnose(session, store, alice, model_name, patient=name).record
+    [row] = history.history_rows([record])
+    shown = row[history.HISTORY_COLUMNS.index("Patient")]
+    assert shown.endswith("…") and len(shown) <= 60 and name.startswith(shown[:-1])
+    assert history.history_rows([record])[0][history.HISTORY_COLUMNS.index("Model output")] == record.predicted_label
+    session.expire_all()
+    assert crud.get_record(session, doctor=alice, record_id=record.id).patient_name == name  # the record: whole
+    assert f"Record {record.id}: {name}" in history.record_markdown(record).replace("\\", "")
+    exported = history.export_csv(session, doctor=alice, filters=crud.RecordFilter(), out_dir=tmp_path)
+    assert [r["patient"] for r in csv.DictReader(exported.open(encoding="utf-8"))] == [name]
+    assert len(history.HISTORY_COLUMN_WIDTHS) == len(history.HISTORY_COLUMNS)
+    assert sum(float(w.rstrip("%")) for w in history.HISTORY_COLUMN_WIDTHS) == 100

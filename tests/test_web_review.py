@@ -96,3 +96,42 @@ def test_pdf_report_carries_the_models_caveat(session, store, doctors, tiny_mode
                                out_dir=tmp_path)  # fmt: skip
     text = " ".join(PdfReader(path).pages[0].extract_text().split())
     assert "Warnings" in text and "About this model: Its COVID-19 output follows age and image source." in text
+
+
+def test_agreement_counts_out_of_scope_reads_apart(session, store, doctors, model_name, tmp_path):
+    from tests.web_cases import colour_photo
+
+    alice, _ = doctors
+    xray = _diagnose(session, store, alice, model_name, patient="Xray").record
+    photo = _diagnose(session, store, alice, model_name, patient="Photo",
+                      source=colour_photo(tmp_path / "photo.png")).record  # fmt: skip
+    other = "NORMAL" if photo.predicted_label == "PNEUMONIA" else "PNEUMONIA"
+    review.save_final_read(session, doctor=alice, record_id=xray.id, choice=review.CONFIRM)
+    review.save_final_read(session, doctor=alice, record_id=photo.id, choice=other)
+    result = review.agreement(session, doctor=alice)
+    assert (result.agreed, result.total, result.rate) == (1, 1, 1.0)  # the photo's read does not count
+    assert (result.out_of_scope_agreed, result.out_of_scope_total) == (0, 1)
+    assert result.disagreements == []
+    text = review.agreement_markdown(result)
+    assert "Agreement with the model: 1/1 (100%)" in text
+    assert "1 final read on out-of-scope images counted apart (agreed 0/1)" in text
+    only_photo = review.agreement_markdown(review.Agreement(total=0, agreed=0, out_of_scope_total=1))
+    assert "no final reads on in-scope images yet" in only_photo and "counted apart" in only_photo
+
+
+def test_pdf_report_of_an_out_of_scope_record_says_so_above_the_result(session, store, doctors, model_name, tmp_path):
+    from pypdf import PdfReader
+
+    from tests.web_cases import colour_photo
+
+    alice, _ = doctors
+    record = _diagnose(session, store, alice, model_name, source=colour_photo(tmp_path / "photo.png")).record
+    path = review.record_report(session, store, doctor=alice, record_id=record.id, max_pixels=50_000_000,
+                               out_dir=tmp_path)  # fmt: skip
+    reader = PdfReader(path)
+    assert len(reader.pages) == 1
+    text = " ".join(reader.pages[0].extract_text().split())
+    assert "OUT OF SCOPE: this result is unreliable" in text
+    assert text.index("OUT OF SCOPE") < text.index(f"Model result: {record.predicted_label}")
+    for reason in record.gate_reasons:
+        assert " ".join(reason.split()) in text  # every reason, whole

@@ -68,6 +68,10 @@ class InvalidInputError(XrayError, ValueError):
     """A form field (patient, exam date, filter, page, opacity, ...) is missing or malformed."""
 
 
+class FieldTooLongError(InvalidInputError):
+    """A form field is longer than the record can keep; it is refused, never cut (the message gives both lengths)."""
+
+
 class RecordNotFoundError(XrayError, LookupError):
     """No record with that id belongs to the signed-in doctor (the same answer whether it exists or not)."""
 

@@ -9,6 +9,7 @@ database at import; call `make_engine` and `init_db` at start-up.
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,13 @@ class Record(SQLModel, table=True):
     The model output (probabilities, predicted label, model id) is never edited after creation. The patient
     fields can be corrected; the `final_*` fields hold the doctor's own final read, set later and kept apart
     from the model's output.
+
+    Record numbers are never given twice: a number printed on a PDF or a CSV must keep meaning that patient after
+    the record is deleted. PostgreSQL sequences never go back; SQLite needs AUTOINCREMENT (without it, deleting
+    the newest record makes its number the next one). Databases made before are migrated by `init_db`.
     """
+
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = Field(default=None, primary_key=True)
     doctor_id: int = Field(foreign_key="doctor.id", index=True)
@@ -146,9 +153,14 @@ def make_engine(url: str) -> Engine:
 
 
 def init_db(engine: Engine) -> None:
-    """Create the tables that do not exist yet and add missing nullable columns (existing rows are kept)."""
+    """Create missing tables and nullable columns, and make SQLite record numbers AUTOINCREMENT.
+
+    Existing rows are kept, ids included. Safe to run from several replicas at once.
+    """
     SQLModel.metadata.create_all(engine)
     _add_missing_nullable_columns(engine)
+    if engine.dialect.name == "sqlite":
+        _make_sqlite_autoincrement(engine, Record.__table__)
     logger.info("database ready: %s", engine.url.render_as_string(hide_password=True))
 
 
@@ -175,3 +187,61 @@ def _add_missing_nullable_columns(engine: Engine) -> None:
             with engine.begin() as connection:
                 connection.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
             logger.info("added column %s.%s (%s) to an existing database", table.name, column.name, kind)
+
+
+_AUTOINCREMENT = re.compile(r"\bAUTOINCREMENT\b", re.IGNORECASE)
+
+
+def _make_sqlite_autoincrement(engine: Engine, table: Any) -> None:
+    """Rebuild a SQLite table made without AUTOINCREMENT (before ids had to stay unique forever), keeping every row.
+
+    The whole rebuild runs in one `BEGIN IMMEDIATE` transaction: a replica starting at the same time waits for the
+    write lock, then finds the table already rebuilt and does nothing; a crash leaves the old table as it was.
+    Nothing references the table, so dropping the old copy breaks no foreign key. SQLite sets the AUTOINCREMENT
+    counter to the highest id copied, so no id in use or in the table's past (while the old table had it) returns.
+    """
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    name = table.name
+    old = f"_{name}_before_autoincrement"
+    raw = engine.raw_connection()
+    try:
+        connection = raw.driver_connection
+        previous = connection.isolation_level
+        connection.isolation_level = None  # we issue BEGIN/COMMIT ourselves: DDL inside one transaction
+        cursor = connection.cursor()
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                row = cursor.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone()
+                if row is None or _AUTOINCREMENT.search(row[0] or ""):
+                    cursor.execute("COMMIT")
+                    return
+                columns = [c[1] for c in cursor.execute(f'PRAGMA table_info("{name}")')]
+                wanted = [c for c in (col.name for col in table.columns) if c in columns]
+                count = cursor.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
+                indexes = [r[0] for r in cursor.execute(
+                    "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name=? AND sql IS NOT NULL", (name,)
+                )]  # fmt: skip
+                cursor.execute(f'ALTER TABLE "{name}" RENAME TO "{old}"')
+                for index in indexes:  # their names are needed by the new table's indexes
+                    cursor.execute(f'DROP INDEX "{index}"')
+                cursor.execute(str(CreateTable(table).compile(dialect=engine.dialect)))
+                for index in table.indexes:
+                    cursor.execute(str(CreateIndex(index).compile(dialect=engine.dialect)))
+                listed = ", ".join(f'"{c}"' for c in wanted)
+                cursor.execute(f'INSERT INTO "{name}" ({listed}) SELECT {listed} FROM "{old}" ORDER BY rowid')
+                copied = cursor.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
+                if copied != count:
+                    raise RuntimeError(f"copied {copied} of {count} rows of table {name}; nothing was changed")
+                cursor.execute(f'DROP TABLE "{old}"')
+                cursor.execute("COMMIT")
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            logger.warning("table %s rebuilt with AUTOINCREMENT (%d rows kept): its ids are never reused", name, count)
+        finally:
+            cursor.close()
+            connection.isolation_level = previous
+    finally:
+        raw.close()

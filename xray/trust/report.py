@@ -2,7 +2,8 @@
 
 Built with fpdf2 in memory (nothing touches the disk). Text uses the DejaVu Sans font that matplotlib ships, so
 accented and Cyrillic/Greek names print as typed; characters the font lacks (e.g. CJK) print as '?'.
-Long free-text fields are shortened so the report always fits on one A4 page.
+Nothing is shortened (these are medical records): long fields wrap, the pictures shrink to leave the text room on
+one A4 page, and only text that cannot fit even then goes on to a second page, the disclaimer closing the last one.
 """
 
 from __future__ import annotations
@@ -26,11 +27,10 @@ DISCLAIMER = (
 
 PAGE_W, PAGE_H, MARGIN = 210.0, 297.0, 15.0
 IMAGE_BOX = 80.0  # mm, the square each picture is fitted into
+MIN_IMAGE_BOX = 45.0  # mm, the smallest the pictures shrink to, to leave the text room on the first page
 FOOTER_Y = PAGE_H - MARGIN - 20  # mm, where the disclaimer starts
 MAX_PIXELS_SIDE = 800  # pictures are downscaled to this before embedding, to keep the PDF small
-MAX_NOTE_CHARS = 1200
-MAX_FIELD_CHARS = 120
-MAX_WARNINGS = 4
+LABEL_W = 28.0  # mm, the field names' column
 
 
 @lru_cache(maxsize=1)
@@ -49,12 +49,13 @@ def _font_codepoints() -> frozenset[int]:
         return frozenset(font.getBestCmap())
 
 
-def _text(value: object, limit: int = MAX_FIELD_CHARS) -> str:
-    """Printable single-font text: characters missing from the font become '?', long text is shortened."""
+def _text(value: object, *, lines: bool = False) -> str:
+    """Printable single-font text, whole: characters missing from the font become '?'.
+
+    Runs of white space become one space (line breaks are kept with `lines`).
+    """
     text = "" if value is None else str(value)
-    text = " ".join(text.split()) if limit <= MAX_FIELD_CHARS else text.strip()
-    if len(text) > limit:
-        text = text[: limit - 1].rstrip() + "\u2026"
+    text = text.strip() if lines else " ".join(text.split())
     known = _font_codepoints()
     return "".join(ch if ord(ch) in known or ch == "\n" else "?" for ch in text)
 
@@ -78,19 +79,6 @@ def _fit(image: Image.Image, box: float) -> tuple[float, float]:
     return w * scale, h * scale
 
 
-def _fitted(pdf, text: str, width: float, line_height: float, room: float) -> str:
-    """The text wrapped as `multi_cell` would, cut to the lines that fit in `room` mm (ending in an ellipsis)."""
-    lines = pdf.multi_cell(width, line_height, text, dry_run=True, output="LINES")
-    fit = int(room // line_height)
-    if len(lines) <= fit:
-        return text
-    if fit <= 0:
-        return ""
-    kept = lines[:fit]
-    kept[-1] = kept[-1][: max(0, len(kept[-1]) - 2)].rstrip() + " \u2026"
-    return "\n".join(kept)
-
-
 def build_report(
     *,
     image: np.ndarray,
@@ -110,6 +98,7 @@ def build_report(
     created_at: datetime | None = None,
     target_label: str | None = None,
     warnings: Sequence[str] = (),
+    scope_warning: str | None = None,
 ) -> bytes:
     """Render a record as a one-page A4 PDF.
 
@@ -130,7 +119,9 @@ def build_report(
         record_id: the stored record's id.
         created_at: when the prediction was made (default: now).
         target_label: the class the heatmap explains.
-        warnings: input-gate and heatmap warnings to repeat on the report.
+        warnings: heatmap warnings and the model's caveat, to repeat on the report.
+        scope_warning: the input gate's warning when the image is out of scope: printed as prominently as the
+            result, right above it.
 
     Returns:
         The PDF file as bytes.
@@ -151,10 +142,10 @@ def build_report(
     width = PAGE_W - 2 * MARGIN
 
     pdf.set_font("DejaVu", "B", 15)
-    pdf.cell(width, 8, "Chest X-ray decision support report", new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(width, 8, "Chest X-ray decision support report", new_x="LMARGIN", new_y="NEXT", align="L")
     pdf.set_font("DejaVu", "B", 10)
     pdf.set_text_color(170, 0, 0)
-    pdf.cell(width, 6, "Decision support only, not a diagnosis.", new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(width, 6, "Decision support only, not a diagnosis.", new_x="LMARGIN", new_y="NEXT", align="L")
     pdf.set_text_color(0, 0, 0)
     pdf.ln(2)
 
@@ -168,36 +159,88 @@ def build_report(
         ("Doctor", doctor),
         ("Model", f"{model_name} (version {model_version})"),
     ]
-    pdf.set_font("DejaVu", "", 10)
     for label, value in fields:
         pdf.set_font("DejaVu", "B", 10)
-        pdf.cell(28, 5.5, f"{label}:")
+        pdf.cell(LABEL_W, 5.5, f"{label}:")
         pdf.set_font("DejaVu", "", 10)
-        pdf.cell(width - 28, 5.5, _text(value), new_x="LMARGIN", new_y="NEXT")
+        # multi_cell wraps a long value (and breaks a word longer than the line) instead of running off the page
+        pdf.multi_cell(width - LABEL_W, 5.5, _text(value), new_x="LMARGIN", new_y="NEXT", align="L")
     pdf.ln(3)
 
+    def text_part(target) -> None:  # noqa: ANN001 - the FPDF, or its recorder when measuring
+        _text_part(
+            target, width, probabilities=probabilities, predicted_label=predicted_label, threshold=threshold,
+            positive_label=positive_label, final_read=final_read, final_note=final_note, warnings=warnings,
+            scope_warning=scope_warning,
+        )  # fmt: skip
+
     top = pdf.get_y()
+    with pdf.offset_rendering() as dry:
+        text_part(dry)
+    text_height = dry.y - top
     pictures = [("Image", _picture(image))]
     if overlay is not None:
         caption = f"Heatmap (Grad-CAM, {target_label})" if target_label else "Heatmap (Grad-CAM)"
         pictures.append((caption, _picture(overlay)))
+    # the pictures give way to the text (down to MIN_IMAGE_BOX), never the other way round
+    box = max(MIN_IMAGE_BOX, min(IMAGE_BOX, FOOTER_Y - 2 - top - text_height - 5 - 4))
     x = MARGIN
     tallest = 0.0
     for caption, picture in pictures:
-        w, h = _fit(picture, IMAGE_BOX)
+        w, h = _fit(picture, box)
         pdf.set_font("DejaVu", "B", 9)
         pdf.set_xy(x, top)
-        pdf.cell(IMAGE_BOX, 5, _text(caption))
-        pdf.image(picture, x=x + (IMAGE_BOX - w) / 2, y=top + 5, w=w, h=h)
+        pdf.cell(box, 5, _text(caption))
+        pdf.image(picture, x=x + (box - w) / 2, y=top + 5, w=w, h=h)
         tallest = max(tallest, h)
-        x += IMAGE_BOX + (width - 2 * IMAGE_BOX)
+        x += box + (width - 2 * box)
     pdf.set_xy(MARGIN, top + 5 + tallest + 4)
 
+    # Text that still does not fit goes on to a next page rather than being cut; the disclaimer closes the last.
+    pdf.set_auto_page_break(True, margin=PAGE_H - FOOTER_Y + 2)
+    text_part(pdf)
+    pdf.set_auto_page_break(False)
+
+    pdf.set_xy(MARGIN, FOOTER_Y)
+    pdf.set_draw_color(150, 150, 150)
+    pdf.line(MARGIN, pdf.get_y(), PAGE_W - MARGIN, pdf.get_y())
+    pdf.ln(1.5)
+    pdf.set_font("DejaVu", "", 8)
+    pdf.multi_cell(width, 4, DISCLAIMER, new_x="LMARGIN", new_y="NEXT", align="L")
+    data = bytes(pdf.output())
+    if pdf.page_no() != 1:  # only text too long for one page even with small pictures gets here
+        logger.info("report for record %s runs over %d pages", record_id, pdf.page_no())
+    return data
+
+
+def _text_part(
+    pdf,  # noqa: ANN001 - FPDF or its offset_rendering recorder
+    width: float,
+    *,
+    probabilities: Mapping[str, float],
+    predicted_label: str,
+    threshold: float | None,
+    positive_label: str | None,
+    final_read: str | None,
+    final_note: str | None,
+    warnings: Sequence[str],
+    scope_warning: str | None,
+) -> None:
+    """Everything below the pictures: model output, the out-of-scope warning, other warnings, the final read."""
     pdf.set_font("DejaVu", "B", 11)
-    pdf.cell(width, 6, "Model output", new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(width, 6, "Model output", new_x="LMARGIN", new_y="NEXT", align="L")
+    if scope_warning:
+        # As prominent as the result (bold, the same size and above it), in red, and whole.
+        pdf.set_text_color(170, 0, 0)
+        pdf.set_font("DejaVu", "B", 11)
+        pdf.cell(width, 6, "OUT OF SCOPE: this result is unreliable", new_x="LMARGIN", new_y="NEXT", align="L")
+        pdf.set_font("DejaVu", "B", 10)
+        pdf.multi_cell(width, 5.5, _text(scope_warning), new_x="LMARGIN", new_y="NEXT", align="L")
+        pdf.set_text_color(0, 0, 0)
+        pdf.ln(1)
     pdf.set_font("DejaVu", "", 10)
     for name, value in sorted(probabilities.items(), key=lambda kv: -kv[1]):
-        pdf.cell(60, 5.5, _text(name, 40))
+        pdf.cell(60, 5.5, _text(name))
         pdf.cell(25, 5.5, f"{float(value):.1%}", align="R")
         bar = max(0.0, min(1.0, float(value))) * 70
         y = pdf.get_y()
@@ -207,43 +250,28 @@ def build_report(
         pdf.ln(5.5)
     pdf.set_font("DejaVu", "B", 10)
     decision = f"Model result: {predicted_label}"
+    if scope_warning:
+        decision += " (unreliable: the image is out of scope)"
     if threshold is not None and positive_label:
         decision += f"  (called {positive_label} when its probability is at least {threshold:.2f})"
-    pdf.multi_cell(width, 5.5, _text(decision, 200), new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(width, 5.5, _text(decision), new_x="LMARGIN", new_y="NEXT", align="L")
 
-    shown = [w for w in warnings if w][:MAX_WARNINGS]
+    shown = [w for w in warnings if w]
     if shown:
         pdf.ln(1)
         pdf.set_text_color(150, 80, 0)
         pdf.set_font("DejaVu", "B", 10)
-        pdf.cell(width, 5.5, "Warnings", new_x="LMARGIN", new_y="NEXT")
+        pdf.cell(width, 5.5, "Warnings", new_x="LMARGIN", new_y="NEXT", align="L")
         pdf.set_font("DejaVu", "", 9)
-        bullets = "\n".join("\u2022 " + _text(warning, 240) for warning in shown)
-        # keep room below for the final read (heading and two lines)
-        pdf.multi_cell(width, 4.6, _fitted(pdf, bullets, width, 4.6, FOOTER_Y - 25 - pdf.get_y()),
-                       new_x="LMARGIN", new_y="NEXT")
+        for warning in shown:
+            pdf.multi_cell(width, 4.6, "\u2022 " + _text(warning), new_x="LMARGIN", new_y="NEXT", align="L")
         pdf.set_text_color(0, 0, 0)
 
     pdf.ln(2)
     pdf.set_font("DejaVu", "B", 11)
-    pdf.cell(width, 6, "Final read by the doctor", new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(width, 6, "Final read by the doctor", new_x="LMARGIN", new_y="NEXT", align="L")
     pdf.set_font("DejaVu", "", 10)
-    pdf.multi_cell(width, 5.5, _text(final_read or "Not recorded yet.", 200), new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(width, 5.5, _text(final_read or "Not recorded yet."), new_x="LMARGIN", new_y="NEXT", align="L")
     if final_note:
         pdf.set_font("DejaVu", "", 9)
-        # Whatever the note's length, stop before the disclaimer's space at the bottom of the page.
-        room = FOOTER_Y - 2 - pdf.get_y()
-        note = _fitted(pdf, _text(final_note, MAX_NOTE_CHARS), width, 4.6, room)
-        if note:
-            pdf.multi_cell(width, 4.6, note, new_x="LMARGIN", new_y="NEXT")
-
-    pdf.set_xy(MARGIN, FOOTER_Y)
-    pdf.set_draw_color(150, 150, 150)
-    pdf.line(MARGIN, pdf.get_y(), PAGE_W - MARGIN, pdf.get_y())
-    pdf.ln(1.5)
-    pdf.set_font("DejaVu", "", 8)
-    pdf.multi_cell(width, 4, DISCLAIMER, new_x="LMARGIN", new_y="NEXT")
-    data = bytes(pdf.output())
-    if pdf.page_no() != 1:  # the layout above is sized for one page; say so loudly if that ever breaks
-        logger.warning("report for record %s ran over one page (%d pages)", record_id, pdf.page_no())
-    return data
+        pdf.multi_cell(width, 4.6, _text(final_note, lines=True), new_x="LMARGIN", new_y="NEXT", align="L")

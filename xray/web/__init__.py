@@ -6,6 +6,7 @@ layer below it (`xray.records`, `xray.analysis`, `xray.trust`, `xray.inference`,
 `xray.training`, and never gradio (the `ui` package alone builds components) or `ui`.
 
 Modules (each imports only those above it in this list):
+    failures   how a failed request is logged (a user's mistake in one line, a bug with its traceback) and told
     startup    open the database and image store at start; the signed-in doctor on each request
     forms      parse and check form fields and uploads (patient, dates, filters, record id, DICOM prefill)
     registry   the registered models: selector labels, headline test metrics, caveats, About card, examples

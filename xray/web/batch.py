@@ -26,7 +26,7 @@ from xray.records.storage import ImageStore
 from xray.web import forms
 from xray.web.diagnose import diagnose
 from xray.web.registry import caveat_warnings, load_registered_model
-from xray.web.views import csv_cell
+from xray.web.views import csv_cell, listed_name, listed_output
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ MAX_BATCH_FILES = 200
 MAX_ZIP_ENTRIES = 1000
 MAX_ZIP_TOTAL_BYTES = 1024 * 2**20
 BATCH_COLUMNS = ["File", "Record", "Patient", "Model output", "Probabilities", "Input check", "Error"]
+#: Share of the table's width per column (the Dataframe's `column_widths`), so that long file names and input-check
+#: reasons wrap inside their column instead of pushing the error column off screen.
+BATCH_COLUMN_WIDTHS = ["16%", "6%", "14%", "14%", "14%", "20%", "16%"]
 
 
 @dataclass
@@ -59,6 +62,7 @@ class BatchRow:
     gate: str = ""
     error: str | None = None
     caveat: str | None = None
+    gate_reasons: list[str] | None = None  # the input gate's reasons; non-empty: out of scope
 
 
 def _zip_items(path: Path, *, max_bytes: int, budget: int) -> list[BatchItem]:
@@ -168,7 +172,8 @@ def diagnose_batch(
         try:
             image = forms.load_image(item.data, filename=item.name, max_pixels=max_pixels)
             prefill = forms.prefill_from_metadata(image.metadata)
-            row.patient = prefill.patient or (PurePosixPath(item.name).stem[: forms.MAX_PATIENT_LENGTH] or "unnamed")
+            # never cut: a name over forms.MAX_PATIENT_LENGTH fails this row with its length (parse_patient)
+            row.patient = prefill.patient or PurePosixPath(item.name).stem or "unnamed"
             exam = prefill.exam_date if prefill.exam_date and prefill.exam_date <= (today or date.today()) else None
             result = diagnose(
                 session,
@@ -193,6 +198,7 @@ def diagnose_batch(
         row.label = result.label
         row.probabilities = dict(result.probabilities)
         row.gate = input_check_text(result.gate, result.gate_note)
+        row.gate_reasons = result.record.gate_reasons
         row.caveat = result.model.caveat
     if progress is not None:
         progress(len(items), len(items), "done")
@@ -201,13 +207,13 @@ def diagnose_batch(
 
 
 def batch_table(rows: Sequence[BatchRow]) -> list[list[Any]]:
-    """Table rows in `BATCH_COLUMNS` order."""
+    """Table rows in `BATCH_COLUMNS` order (a long patient name shortened with '…'; the CSV keeps it whole)."""
     return [
         [
             r.file,
             r.record_id,
-            r.patient,
-            r.label or "",
+            listed_name(r.patient),
+            listed_output(r.label, r.gate_reasons) if r.label else "",
             ", ".join(f"{k} {v:.3f}" for k, v in r.probabilities.items()),
             r.gate,
             r.error or "",

@@ -14,7 +14,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from xray.errors import ImageReadError, InvalidInputError, UploadTooLargeError, XrayError
+from xray.errors import FieldTooLongError, ImageReadError, InvalidInputError, UploadTooLargeError, XrayError
 from xray.imaging.io import IMAGE_EXTENSIONS, XrayImage, read_image
 from xray.records import crud
 
@@ -31,13 +31,17 @@ def parse_patient(value: str | None) -> str:
     """Validate the patient name or ID.
 
     Raises:
-        InvalidInputError: empty, longer than MAX_PATIENT_LENGTH, or containing control characters.
+        InvalidInputError: empty or containing control characters.
+        FieldTooLongError: longer than MAX_PATIENT_LENGTH (refused, never cut: a record keeps what was typed).
     """
     text = unicodedata.normalize("NFC", (value or "")).strip()
     if not text:
         raise InvalidInputError("Enter the patient's name or ID.")
     if len(text) > MAX_PATIENT_LENGTH:
-        raise InvalidInputError(f"Patient name or ID is too long: at most {MAX_PATIENT_LENGTH} characters.")
+        raise FieldTooLongError(
+            f"Patient name or ID is {len(text)} characters; at most {MAX_PATIENT_LENGTH} are accepted. "
+            "Shorten it (the patient ID alone is enough)."
+        )
     if any(unicodedata.category(ch).startswith("C") for ch in text):
         raise InvalidInputError("Patient name or ID contains control characters (tabs, line breaks, ...).")
     return text
@@ -214,6 +218,5 @@ def prefill_from_metadata(metadata: dict[str, Any]) -> Prefill:
         if parsed:
             exam = parsed
             break
-    if patient:
-        patient = patient[:MAX_PATIENT_LENGTH]
+    # kept whole: a name longer than MAX_PATIENT_LENGTH is refused with its length when the form is sent
     return Prefill(patient=patient, exam_date=exam)

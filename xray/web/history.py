@@ -31,6 +31,9 @@ from xray.web.views import (
     csv_cell,
     gate_warning,
     heat_markdown,
+    input_check_cell,
+    listed_name,
+    listed_output,
     make_view,
     md_escape,
     model_line,
@@ -41,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 PAGE_SIZE = 20
 HISTORY_COLUMNS = ["ID", "Saved (UTC)", "Patient", "Exam date", "Model output", "Probability", "Model"]
+#: Share of the table's width per column (the Dataframe's `column_widths`): without them the browser sizes a column
+#: to its longest text, and a long patient name pushes the model output off screen. Long text wraps inside.
+HISTORY_COLUMN_WIDTHS = ["5%", "11%", "23%", "10%", "18%", "11%", "22%"]
 
 
 # ---------------------------------------------------------------------------------------------- the list
@@ -80,7 +86,7 @@ def history_page(
 
 
 def history_rows(records: Sequence[Record]) -> list[list[Any]]:
-    """Table rows in `HISTORY_COLUMNS` order."""
+    """Table rows in `HISTORY_COLUMNS` order (a long patient name shortened with '…'; the record keeps it whole)."""
     rows = []
     for r in records:
         p = r.probabilities.get(r.predicted_label)
@@ -88,9 +94,9 @@ def history_rows(records: Sequence[Record]) -> list[list[Any]]:
             [
                 r.id,
                 r.created_at.strftime("%Y-%m-%d %H:%M"),
-                r.patient_name,
+                listed_name(r.patient_name),
                 r.exam_date.isoformat(),
-                r.predicted_label,
+                listed_output(r.predicted_label, r.gate_reasons),
                 round(float(p), 3) if p is not None else None,
                 r.model_name,
             ]
@@ -237,12 +243,16 @@ def delete_record(session: Session, store: ImageStore, *, doctor: Doctor, record
 
 
 def records_csv(records: Sequence[Record]) -> str:
-    """CSV text of records: patient fields, model output (one probability column per class), model id."""
+    """CSV text of records: patient fields, model output (one probability column per class), input check, model id.
+
+    The `input_check` column says `in scope`, or `OUT OF SCOPE:` and the gate's reasons (`not checked` before the gate).
+    """
     labels: list[str] = []
     for r in records:
         labels += [name for name in r.label_names if name not in labels]
     header = [
-        "record_id", "saved_utc", "patient", "exam_date", "predicted_label", "positive_label", "threshold",
+        "record_id", "saved_utc", "patient", "exam_date", "predicted_label", "input_check", "positive_label",
+        "threshold",
         *[f"p_{name}" for name in labels],
         "model_name", "model_version", "architecture", "heatmap_method", "image_sha256", "image_filename",
         "final_read", "final_note", "final_read_utc",
@@ -260,6 +270,7 @@ def records_csv(records: Sequence[Record]) -> str:
                     r.patient_name,
                     r.exam_date.isoformat(),
                     r.predicted_label,
+                    input_check_cell(r.gate_reasons),
                     r.positive_label or "",
                     "" if r.threshold is None else f"{r.threshold:.4f}",
                     *["" if name not in r.probabilities else f"{r.probabilities[name]:.4f}" for name in labels],

@@ -104,11 +104,17 @@ def save_final_read(
 
 @dataclass
 class Agreement:
-    """How often the doctor's final reads agreed with the model."""
+    """How often the doctor's final reads agreed with the model, on in-scope images.
+
+    Reads on images the input gate called out of scope are counted apart: the model's output on them is unreliable
+    by the gate's own verdict, so they say nothing about how the model does on the X-rays it was made for.
+    """
 
     total: int
     agreed: int
     disagreements: list[Record] = field(default_factory=list)
+    out_of_scope_total: int = 0
+    out_of_scope_agreed: int = 0
 
     @property
     def rate(self) -> float | None:
@@ -118,16 +124,35 @@ class Agreement:
 
 def agreement(session: Session, *, doctor: Doctor) -> Agreement:
     """The signed-in doctor's agreement with the model over all their final reads."""
-    reads = crud.list_final_reads(session, doctor=doctor)
+    every = crud.list_final_reads(session, doctor=doctor)
+    reads = [r for r in every if not r.gate_reasons]
+    apart = [r for r in every if r.gate_reasons]
     disagreements = [r for r in reads if r.final_read != r.predicted_label]
-    return Agreement(total=len(reads), agreed=len(reads) - len(disagreements), disagreements=disagreements)
+    return Agreement(
+        total=len(reads),
+        agreed=len(reads) - len(disagreements),
+        disagreements=disagreements,
+        out_of_scope_total=len(apart),
+        out_of_scope_agreed=sum(r.final_read == r.predicted_label for r in apart),
+    )
 
 
 def agreement_markdown(result: Agreement, *, max_listed: int = 20) -> str:
-    """`Agreement with the model: 17/20 (85%)` and the disagreements (newest first)."""
+    """`Agreement with the model: 17/20 (85%)`, the disagreements (newest first) and the out-of-scope reads apart."""
+    apart = ""
+    if result.out_of_scope_total:
+        noun = "read" if result.out_of_scope_total == 1 else "reads"
+        apart = (
+            f"⚠️ {result.out_of_scope_total} final {noun} on out-of-scope images counted apart (agreed "
+            f"{result.out_of_scope_agreed}/{result.out_of_scope_total}): the model's output on them is unreliable."
+        )
     if not result.total:
+        if apart:
+            return "\n\n".join(["Agreement with the model: no final reads on in-scope images yet.", apart])
         return "Agreement with the model: no final reads yet (open a record and save your read)."
     lines = [f"**Agreement with the model: {result.agreed}/{result.total} ({result.rate:.0%})**"]
+    if apart:
+        lines += ["", apart]
     if result.disagreements:
         lines += ["", "Disagreements:"]
         for r in result.disagreements[:max_listed]:
@@ -164,9 +189,6 @@ def record_report(
     detail = open_record(session, store, doctor=doctor, record_id=record_id, max_pixels=max_pixels)
     record = detail.record
     warnings = []
-    gate_text = gate_warning(record.gate_reasons)
-    if gate_text:
-        warnings.append(gate_text)
     if record.heat_in_lungs is not None and record.heat_in_chest is not None:
         heat_text = heat_warning(record.heat_in_lungs, record.heat_in_chest)
         if heat_text:
@@ -194,6 +216,7 @@ def record_report(
         created_at=record.created_at,
         target_label=detail.view.target_label,
         warnings=warnings,
+        scope_warning=gate_warning(record.gate_reasons),
     )
     folder = Path(tempfile.mkdtemp(prefix="xray-report-", dir=out_dir))
     path = folder / f"xray-report-record-{record.id}.pdf"

@@ -124,6 +124,38 @@ def gate_warning(reasons: Sequence[str] | None) -> str | None:
     )
 
 
+#: How a listing (History, Batch) marks a model output on an image the input gate called out of scope.
+OUT_OF_SCOPE_MARK = "⚠️ OUT OF SCOPE"
+
+
+def listed_output(label: str, reasons: Sequence[str] | None) -> str:
+    """The model-output cell of a listing: the label, marked when the image was out of scope."""
+    return f"{OUT_OF_SCOPE_MARK} · {label}" if reasons else label
+
+
+#: Longest patient name a listing shows (History, Batch); the record, its page, the CSV and the PDF keep it whole.
+LISTED_NAME_CHARS = 60
+
+
+def listed_name(text: str, limit: int = LISTED_NAME_CHARS) -> str:
+    """A long name shortened for a listing cell, ending in '…' (cut at a space when one is near the end)."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    if space >= limit * 2 // 3:
+        cut = cut[:space]
+    return cut.rstrip() + "…"
+
+
+def input_check_cell(reasons: Sequence[str] | None) -> str:
+    """The stored gate verdict as one CSV/table cell: `in scope`, `OUT OF SCOPE: <reasons>` or `not checked`."""
+    if reasons is None:
+        return "not checked"  # saved before the input gate existed
+    return "OUT OF SCOPE: " + " ".join(reasons) if reasons else "in scope"
+
+
 def gate_markdown(reasons: Sequence[str] | None, note: str | None = None) -> str:
     """The warning box shown instead of the result for an out-of-scope image (empty when in scope)."""
     if not reasons:

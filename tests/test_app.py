@@ -159,6 +159,21 @@ def test_bad_inputs_give_friendly_errors(server, alice, kwargs, message):
     assert "Traceback" not in str(info.value)
 
 
+def test_user_errors_are_one_log_line_and_a_long_name_is_refused_not_cut(server, alice, caplog):
+    """A doctor's mistake is logged as one warning line (no traceback); a 2,000-character name is refused whole."""
+    from gradio_client.exceptions import AppError
+
+    caplog.set_level("WARNING")
+    with pytest.raises(AppError, match="not a date"):
+        _diagnose(alice, server, exam="2024-13-45")
+    with pytest.raises(AppError, match="2000 characters; at most 200"):
+        _diagnose(alice, server, patient="N" * 2000)
+    refused = [r for r in caplog.records if "refused input" in r.getMessage()]
+    assert len(refused) >= 2 and all(r.levelname == "WARNING" and r.exc_info is None for r in refused)
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback for either mistake
+    assert all("N" * 400 not in r.getMessage() for r in caplog.records)  # the huge field is not logged whole
+
+
 def test_non_image_and_oversized_uploads_are_refused(server, alice, tmp_path):
     from gradio_client.exceptions import AppError
 

@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 from sqlmodel import Session
 
-from ui.common import AppContext, today
+from ui.common import AppContext, quiet, today
 from xray.web import batch
 
 
@@ -20,16 +20,19 @@ def batch_tab(ctx: AppContext) -> None:
             "DICOM study date when the file has one, else the date below."
         )
         with gr.Row():
-            files = gr.File(
+            files = quiet(gr.File(
                 label="X-rays (PNG, JPEG, DICOM) or a .zip", file_count="multiple",
                 file_types=[*ctx.upload_types, ".zip"], type="filepath", scale=2,
-            )  # fmt: skip
+            ))  # fmt: skip
             with gr.Column(scale=1):
-                exam_date = gr.DateTime(value=today, include_time=False, type="string", label="Exam date")
+                exam_date = quiet(gr.DateTime(value=today, include_time=False, type="string", label="Exam date"))
                 model = gr.Dropdown(choices=ctx.model_choices, value=ctx.default_model, label="Model")
                 run = gr.Button("Run batch and save", variant="primary")
         caveat = gr.Markdown(elem_id="xray-batch-caveat")
-        table = gr.Dataframe(headers=batch.BATCH_COLUMNS, interactive=False, wrap=True, elem_id="xray-batch")
+        table = gr.Dataframe(
+            headers=batch.BATCH_COLUMNS, interactive=False, wrap=True, elem_id="xray-batch",
+            column_widths=batch.BATCH_COLUMN_WIDTHS,
+        )
         csv_file = gr.File(label="Results (CSV)", interactive=False, visible=False)
     run.click(
         ctx.handler(run_batch),

@@ -11,7 +11,6 @@ import functools
 import inspect
 import logging
 import os
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -23,11 +22,10 @@ from sqlmodel import Session
 
 from xray import config
 from xray.config import Settings, get_settings
-from xray.errors import XrayError
 from xray.imaging.io import IMAGE_EXTENSIONS
 from xray.records.db import Doctor
 from xray.records.storage import ImageStore
-from xray.web import demo, registry, startup, views
+from xray.web import demo, failures, registry, startup, views
 from xray.web.registry import ModelInfo
 from xray.web.views import HeatmapView
 
@@ -80,7 +78,7 @@ def doctor_path(settings: Settings) -> str:
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Show `XrayError` messages as they are and anything else as a short message with a log reference."""
+    """Show `XrayError` messages as they are; user errors are one log line, bugs get a traceback and a reference."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -88,18 +86,20 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except XrayError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
-        except Exception:
-            reference = uuid.uuid4().hex[:8]
-            logger.exception("unexpected error in %s (reference %s)", fn.__name__, reference)
-            raise gr.Error(
-                f"Something went wrong on the server (reference {reference}); it has been logged. "
-                "Try again, or tell the administrator the reference.",
-                print_exception=False,
-            ) from None
+        except Exception as exc:
+            raise gr.Error(failures.handle_failure(exc, where=fn.__name__).message, print_exception=False) from None
 
     return wrapper
+
+
+def quiet_error(message: str) -> gr.Error:
+    """The error a component's own input check raises: shown to the doctor, no traceback in the log."""
+    return gr.Error(message, print_exception=False)
+
+
+def quiet(component: Any) -> Any:
+    """`component` with its own input check (file type, date format) failing as one message and one log line."""
+    return failures.quiet_preprocess(component, quiet_error)
 
 
 @dataclass

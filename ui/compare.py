@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 from sqlmodel import Session
 
-from ui.common import DISPLAY_FORMAT, AppContext
+from ui.common import DISPLAY_FORMAT, AppContext, quiet
 from xray.web import compare, diagnose
 
 
@@ -20,7 +20,7 @@ def compare_tab(ctx: AppContext) -> None:
             "with each model's test metrics. For research; comparisons are not saved to History."
         )
         with gr.Row():
-            upload = gr.File(label="Chest X-ray", file_types=ctx.upload_types, type="filepath", scale=2)
+            upload = quiet(gr.File(label="Chest X-ray", file_types=ctx.upload_types, type="filepath", scale=2))
             method = gr.Radio(list(diagnose.CAM_METHODS), value="gradcam", label="CAM method", scale=1)
         run = gr.Button("Compare models", variant="primary")
         table = gr.Dataframe(headers=compare.COMPARE_COLUMNS, interactive=False, wrap=True)

@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 from sqlmodel import Session
 
-from ui.common import DISPLAY_FORMAT, NOTICE_HTML, AppContext, change_opacity, friendly, today
+from ui.common import DISPLAY_FORMAT, NOTICE_HTML, AppContext, change_opacity, friendly, quiet, today
 from xray.web import diagnose, forms, history, operating, registry, views
 from xray.web.views import HeatmapView
 
@@ -91,18 +91,18 @@ def diagnose_tab(ctx: AppContext) -> gr.Dropdown:
 
 def _diagnose_form(ctx: AppContext) -> tuple[gr.File, gr.Textbox, gr.DateTime, gr.Dropdown, gr.Radio, gr.Button]:
     """The upload with its preview, patient fields, model, CAM method, the run button and the sample X-rays."""
-    upload = gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", file_types=ctx.upload_types, type="filepath")
+    upload = quiet(gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", file_types=ctx.upload_types, type="filepath"))
     preview_image = gr.Image(
         label="Uploaded image", interactive=False, height=260, elem_id="xray-preview", format=DISPLAY_FORMAT
     )
-    patient = gr.Textbox(label="Patient name or ID", max_length=forms.MAX_PATIENT_LENGTH)
-    exam_date = gr.DateTime(
+    patient = gr.Textbox(label="Patient name or ID")
+    exam_date = quiet(gr.DateTime(
         value=today,
         include_time=False,
         type="string",
         label="Exam date",
         info="YYYY-MM-DD; filled from the DICOM file when it says",
-    )
+    ))  # fmt: skip
     model = gr.Dropdown(choices=ctx.model_choices, value=ctx.default_model, label="Model (test metrics)")
     with gr.Accordion("Heatmap method", open=False):
         method = gr.Radio(list(diagnose.CAM_METHODS), value="gradcam", label="CAM method")

@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 from sqlmodel import Session
 
-from ui.common import DISPLAY_FORMAT, AppContext, change_opacity, friendly
+from ui.common import DISPLAY_FORMAT, AppContext, change_opacity, friendly, quiet
 from xray.web import forms, history, review, views
 
 
@@ -34,8 +34,8 @@ def history_tab(ctx: AppContext, demo: gr.Blocks) -> None:
         agreement_text = gr.Markdown(elem_id="xray-agreement")
         with gr.Row():
             f_patient = gr.Textbox(label="Patient contains", scale=2)
-            f_from = gr.DateTime(include_time=False, type="string", label="Exam date from", value=None)
-            f_to = gr.DateTime(include_time=False, type="string", label="Exam date to", value=None)
+            f_from = quiet(gr.DateTime(include_time=False, type="string", label="Exam date from", value=None))
+            f_to = quiet(gr.DateTime(include_time=False, type="string", label="Exam date to", value=None))
             f_label = gr.Dropdown(choices=["Any", *ctx.all_labels], value="Any", label="Model output")
         with gr.Row(equal_height=True):
             search = gr.Button("Search", variant="primary", scale=2)
@@ -44,7 +44,10 @@ def history_tab(ctx: AppContext, demo: gr.Blocks) -> None:
             next_page = gr.Button("Older ▶", scale=1)
             export = gr.Button("Export CSV", scale=1)
         caption = gr.Markdown()
-        table = gr.Dataframe(headers=history.HISTORY_COLUMNS, interactive=False, wrap=True, elem_id="xray-history")
+        table = gr.Dataframe(
+            headers=history.HISTORY_COLUMNS, interactive=False, wrap=True, elem_id="xray-history",
+            column_widths=history.HISTORY_COLUMN_WIDTHS,
+        )
         csv_file = gr.File(label="CSV export (the filtered list)", interactive=False, visible=False)
         listing = _HistoryList(agreement_text, table, [f_patient, f_from, f_to, f_label, page], [table, caption, page])
         _record_panel(ctx, listing)
@@ -79,8 +82,8 @@ def _record_panel(ctx: AppContext, listing: _HistoryList) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             details = gr.Markdown()
-            patient = gr.Textbox(label="Patient name or ID", max_length=forms.MAX_PATIENT_LENGTH)
-            exam_date = gr.DateTime(include_time=False, type="string", label="Exam date", value=None)
+            patient = gr.Textbox(label="Patient name or ID")
+            exam_date = quiet(gr.DateTime(include_time=False, type="string", label="Exam date", value=None))
             save_btn = gr.Button("Save patient fields")
             delete_btn = gr.Button("Delete record…", variant="stop")
             with gr.Group(visible=False) as confirm_box:

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from xray.trust.operating import format_threshold
+
 DISCLAIMER = (
     "**Decision support only, not a diagnostic device.** This model has not been cleared or approved by any "
     "regulator (FDA, CE/MDR or other) and must not be used to diagnose, treat or triage patients. A qualified "
@@ -192,6 +194,10 @@ def _init(init: str | None, model_name: str | None = None) -> str:
     return f"{portable_init(init, model_name)}; its classifier head replaced where the classes differ"
 
 
+def _thr(value: Any) -> str:
+    return "n/a" if value is None else format_threshold(value)
+
+
 def _fmt(value: Any, digits: int = 3, pct: bool = False) -> str:
     if value is None:
         return "n/a"
@@ -214,7 +220,7 @@ def _metrics_table(result: dict[str, Any]) -> list[str]:
     if len(labels) == 2:
         blocks = [("0.5", test["at_default"])]
         if "at_threshold" in test:
-            blocks.append((f"{result['threshold']:.3f} (chosen on validation)", test["at_threshold"]))
+            blocks.append((f"{format_threshold(result['threshold'])} (chosen on validation)", test["at_threshold"]))
         lines += [
             "| threshold | accuracy | sensitivity | specificity | precision (PPV) | NPV | F1 | ROC AUC |",
             "|---|---|---|---|---|---|---|---|",
@@ -267,7 +273,7 @@ def render_per_source(result: dict[str, Any], *, level: int = 2) -> list[str]:
     labels = result["label_names"]
     columns = per_source_columns(labels)
     threshold = table.get("threshold")
-    decision = "highest probability" if threshold is None else f"P({labels[1]}) >= {_fmt(threshold)}"
+    decision = "highest probability" if threshold is None else f"P({labels[1]}) >= {format_threshold(threshold)}"
     lines = [
         "#" * level + " Results per data source (test set)",
         "",
@@ -395,8 +401,8 @@ def render_model_card(
         f"({training.get('threads')} threads).",
         f"- Temperature {_fmt(result.get('temperature'))} (fitted on validation)"
         + (
-            f"; operating threshold on P({labels[1]}) = {_fmt(result.get('threshold'))}, chosen on validation by "
-            f"the rule: {validation.get('threshold', {}).get('rule')}."
+            f"; operating threshold on P({labels[1]}) = {format_threshold(result['threshold'])}, chosen on "
+            f"validation by the rule: {validation.get('threshold', {}).get('rule')}."
             if result.get("threshold") is not None
             else "."
         ),
@@ -540,7 +546,7 @@ def render_comparison(entries: Sequence[dict[str, Any]], *, defaults: dict[str, 
                 lines.append(
                     head + f" {_with_ci(t, 'accuracy')} | {_with_ci(t, 'sensitivity')} | "
                     f"{_with_ci(t, 'specificity')} | {_with_ci(d, 'auc', pct=False)} | "
-                    f"{_with_ci(d, 'accuracy')} | {_fmt(m.get('threshold'))} | {_fmt(m.get('temperature'), 2)} |" + tail
+                    f"{_with_ci(d, 'accuracy')} | {_thr(m.get('threshold'))} | {_fmt(m.get('temperature'), 2)} |" + tail
                 )
             else:
                 lines.append(

@@ -245,7 +245,9 @@ def _number(value: Any) -> bool:
 
 def _decision(threshold: Any, binary: bool) -> str:
     if binary and _number(threshold):
-        return f"threshold {float(threshold):.3f}"
+        from xray.trust.operating import format_threshold
+
+        return f"threshold {format_threshold(threshold)}"
     return "highest probability"
 
 

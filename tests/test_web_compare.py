@@ -86,11 +86,13 @@ def test_side_by_side_view_shows_every_column_and_name_in_1200_px(tiny_model_dir
               const captions = [...table.querySelectorAll('figcaption')].map(f => {
                 const b = f.getBoundingClientRect();
                 return {text: f.textContent, visible: b.width > 0 && b.height > 0 && b.right <= 1200}; });
-              return {width: table.scrollWidth, rows, latencyLines: lines(header), captions};
+              const clipped = [...table.querySelectorAll('th, td')].filter(c => c.scrollWidth > c.clientWidth + 1)
+                .map(c => c.textContent);
+              return {width: table.scrollWidth, rows, latencyLines: lines(header), captions, clipped};
             }""")
         finally:
             browser.close()
-    assert layout["width"] <= 1200 and layout["latencyLines"] == 1
+    assert layout["width"] <= 1200 and layout["latencyLines"] == 1 and layout["clipped"] == []
     for row in ("Input check", "Caveat", "Latency (ms)"):
         assert all(cell["right"] <= 1200 and cell["width"] > 100 for cell in layout["rows"][row]), row
     assert [c["text"].split(":")[0] + ":" + c["text"].split(":")[1] for c in layout["captions"]] == names[:2]

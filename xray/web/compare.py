@@ -137,7 +137,7 @@ VIEW_CSS = """
 .xray-compare table {width: 100%; border-collapse: collapse; table-layout: fixed; font-size: 0.9em;}
 .xray-compare th, .xray-compare td {border: 1px solid #d4d4d8; padding: 6px 8px; vertical-align: top;
   text-align: left; word-break: normal !important; overflow-wrap: break-word !important; hyphens: none;}
-.xray-compare th[scope=row] {width: 9em; background: #f4f4f5; white-space: nowrap;}
+.xray-compare th[scope=row] {width: 10em; background: #f4f4f5; white-space: normal;}
 .xray-compare thead th {font-size: 1.05em;}
 .xray-compare figure {margin: 0; text-align: center;}
 .xray-compare img {max-width: 100%; border-radius: 4px;}

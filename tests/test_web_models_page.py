@@ -54,6 +54,8 @@ def test_overview_figures_equal_each_bundled_metrics_json():
         caveat = config_caveat(read_config(PROJECT_ROOT / "models" / name))
         if caveat:  # under the table, not squeezed into a column
             assert html.escape(caveat) in models_page.tables_html(entries)
+        # where the latency comes from is said on the page
+        assert html.escape(latency["source"]) in models_page.tables_html(entries)
 
 
 def test_metric_rows_equal_the_test_and_per_source_blocks():

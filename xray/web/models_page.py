@@ -632,6 +632,16 @@ def summary_html(entries: list[ModelEntry]) -> str:
     )
 
 
+def latency_sources(entries: list[ModelEntry]) -> list[str]:
+    """Where each shown latency comes from (metrics.json `latency.source`), models with the same source together."""
+    by_source: dict[str, list[str]] = {}
+    for e in entries:
+        latency = e.metrics.get("latency") if not e.error else None
+        if isinstance(latency, dict) and latency.get("source") and e.latency[0] is not None:
+            by_source.setdefault(str(latency["source"]), []).append(e.name)
+    return [f"CPU latency of {', '.join(names)}: {source}." for source, names in by_source.items()]
+
+
 def tables_html(entries: list[ModelEntry]) -> str:
     """The overview table, every test figure per data source, and what the metrics.json files lack."""
     notes = missing_notes(entries)
@@ -644,6 +654,7 @@ def tables_html(entries: list[ModelEntry]) -> str:
         "<h3>Models</h3>"
         + table_html(OVERVIEW_COLUMNS, overview_rows(entries), elem_id="xray-models-overview")
         + (f"<p>Caveats, shown with every prediction of the model:</p><ul>{caveats}</ul>" if caveats else "")
+        + "".join(f"<p>{html.escape(note)}</p>" for note in latency_sources(entries))
         + "<h3>Test metrics, pooled and per data source</h3>"
         + table_html(METRIC_COLUMNS, metric_rows(entries), elem_id="xray-models-metrics")
         + notes_html

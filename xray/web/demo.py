@@ -488,7 +488,7 @@ def cleared_outputs(message: str = "") -> tuple:
 def limited_outputs(exc: RateLimitedError) -> tuple:
     """The rate limit as one message in the result area, which it clears (instead of a toast per click)."""
     return cleared_outputs(
-        f"**Limit reached.** {md_escape(str(exc))} Samples already analysed with the chosen model are still "
+        f"**Limit reached.** {exc} Samples already analysed with the chosen model are still "
         "shown at once."
     )
 

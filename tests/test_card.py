@@ -178,3 +178,15 @@ def test_bundled_gate_goals_agree_with_the_readme(name: str) -> None:
     assert adult and {r["goal"] for r in adult} == {"flag <= 5%"}
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
     assert "adults (goal <= 5% per set)" in readme
+
+
+def test_top_level_model_card_names_no_development_path() -> None:
+    """model_card.md (rendered by render_comparison) says 'fine-tuned from the training run X', never a path."""
+    text = (Path(__file__).parents[1] / "model_card.md").read_text(encoding="utf-8")
+    for path in ("/work/", "../shared", "local-dir:"):
+        assert path not in text, path
+    assert card.portable_init("local-dir:/work/main/runs/pneu-adult") == "fine-tuned from the training run pneu-adult"
+    own = card.portable_init("local-dir:models/pneumonia", "pneumonia")
+    assert own.startswith("fine-tuned from an earlier version of pneumonia")
+    assert card.portable_init("hf-hub:org/name") == "fine-tuned from hf-hub:org/name"
+    assert card.portable_name("../shared/data/kermany-224") == "kermany-224"

@@ -150,3 +150,43 @@ def test_comparison_card_shows_per_source_tables_when_present() -> None:
     called = new["shortcut_probe"]["sources"]["rsna"]["NORMAL"]["predicted"]
     cells = " | ".join(card._share(called[name], 3) for name in ("NORMAL", "PNEUMONIA"))
     assert f"| rsna | NORMAL | 3 | {cells} |" in section.splitlines()
+
+
+def test_adult_sets_are_judged_against_their_own_goal_and_pooled() -> None:
+    """Adults: flag <= 5% (issue 20), per set and pooled, as the README states; children keep flag < 2%."""
+    rows = [
+        {"set": "Kermany official test (in scope)", "n": 624, "flagged": 0, "share_flagged": 0.0,
+         "goal": "flag < 2%", "expect_flag": False},
+        {"set": "adult-cxr test, nih (in scope)", "n": 61, "flagged": 3, "share_flagged": 3 / 61,
+         "goal": "flag <= 5%", "expect_flag": False},
+        {"set": "adult-cxr test, radiography (in scope)", "n": 71, "flagged": 4, "share_flagged": 4 / 71,
+         "goal": "flag <= 5%", "expect_flag": False},
+        {"set": "adult-cxr test, rsna (in scope)", "n": 68, "flagged": 3, "share_flagged": 3 / 68,
+         "goal": "flag <= 5%", "expect_flag": False},
+    ]  # fmt: skip
+    text = "\n".join(card.render_gate_section({"model": "m", "version": "v", "rows": rows}))
+    assert "| adult-cxr test, nih (in scope) | 61 | 3 | 4.9% | flag <= 5% | yes (95% CI" in text
+    assert "| adult-cxr test, radiography (in scope) | 71 | 4 | 5.6% | flag <= 5% | no (95% CI" in text
+    assert "Pooled over the 3 in-scope sets with goal flag <= 5%: 10 of 200 flagged (5.0%); goal met: yes" in text
+
+
+@pytest.mark.parametrize("name", ["pneumonia", "covid"])
+def test_bundled_gate_goals_agree_with_the_readme(name: str) -> None:
+    """The bundled gate.json judges adult sets against the README's adult goal (<= 5%), never the children's."""
+    gate = json.loads((Path(__file__).parents[1] / "models" / name / "gate.json").read_text(encoding="utf-8"))
+    adult = [r for r in gate["rows"] if r["set"].startswith(("adult-cxr test", "covid-chestxray frontal, held-out"))]
+    assert adult and {r["goal"] for r in adult} == {"flag <= 5%"}
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "adults (goal <= 5% per set)" in readme
+
+
+def test_top_level_model_card_names_no_development_path() -> None:
+    """model_card.md (rendered by render_comparison) says 'fine-tuned from the training run X', never a path."""
+    text = (Path(__file__).parents[1] / "model_card.md").read_text(encoding="utf-8")
+    for path in ("/work/", "../shared", "local-dir:"):
+        assert path not in text, path
+    assert card.portable_init("local-dir:/work/main/runs/pneu-adult") == "fine-tuned from the training run pneu-adult"
+    own = card.portable_init("local-dir:models/pneumonia", "pneumonia")
+    assert own.startswith("fine-tuned from an earlier version of pneumonia")
+    assert card.portable_init("hf-hub:org/name") == "fine-tuned from hf-hub:org/name"
+    assert card.portable_name("../shared/data/kermany-224") == "kermany-224"

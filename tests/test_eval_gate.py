@@ -49,7 +49,7 @@ def test_covid_images_of_a_covid_model_are_its_held_out_patients_only(eval_gate,
     assert not test_patients & {s.group for s in splits.train + splits.val}
     # every held-out image and nothing else: well under the 559 frontal images of the folder
     assert row["n"] == len(splits.test) and 0 < row["n"] < len(samples) / 3
-    assert row["expect_flag"] is False and row["goal"] == "flag < 2%" and "held-out" in row["set"]
+    assert row["expect_flag"] is False and row["goal"] == "flag <= 5%" and "held-out" in row["set"]
 
 
 def test_cost_times_each_gate_step(eval_gate, tiny_model_dir: Path, kermany_fullres: list[Path],

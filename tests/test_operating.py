@@ -95,3 +95,11 @@ def test_validation_prevalence_and_text() -> None:
     assert validation_prevalence({}, "PNEUMONIA") is None
     text = describe(operating_point(ROC, 0.6, 0.2), "pneumonia")
     assert "sensitivity 80.0%" in text and "specificity 90.0%" in text and "66.7%" in text and "20%" in text
+    assert text.startswith("At threshold 0.600,")
+
+
+def test_one_threshold_format() -> None:
+    from xray.trust.operating import format_threshold, shown_threshold
+
+    assert format_threshold(0.5405062291772469) == "0.541" and format_threshold(0.5) == "0.500"
+    assert shown_threshold(0.5405062291772469) == 0.541

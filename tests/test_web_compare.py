@@ -47,3 +47,53 @@ def test_compare_runs_every_model_and_reports_broken_ones(tiny_model_dir, tiny_m
     assert all(row[7].startswith("OUT OF SCOPE") for row in compare.comparison_rows(on_photo))
     with pytest.raises(InvalidInputError, match="No model"):
         compare.compare_models(PNEUMONIA_JPEG, filename=None, model_names=[], max_upload_bytes=MB, max_pixels=10**8)
+
+
+@pytest.mark.browser
+def test_side_by_side_view_shows_every_column_and_name_in_1200_px(tiny_model_dir, tiny_model_dir_3class, tmp_path):
+    """Model names under the heatmaps, input check and caveat inside the page, "Latency" on one line."""
+    import shutil
+    from pathlib import Path
+
+    from xray.inference.models import update_config
+
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("Debian chromium missing: apt-get install -y chromium chromium-driver (.ci/run does this)")
+    from playwright.sync_api import sync_playwright
+
+    three_class = shutil.copytree(tiny_model_dir_3class, tmp_path / "three")
+    caveat = "Research demonstration, not a COVID-19 test: " + "its output follows where an image comes from. " * 6
+    update_config(three_class, caveat=caveat)
+    (tmp_path / "broken").mkdir()
+    names = [f"local-dir:{tiny_model_dir}", f"local-dir:{three_class}", f"local-dir:{tmp_path / 'broken'}"]
+    results = compare.compare_models(PNEUMONIA_JPEG, filename=None, model_names=names, max_upload_bytes=5 * MB,
+                                     max_pixels=10**8)  # fmt: skip
+    view = compare.comparison_html(results)
+    assert view.count("<figcaption>") == 2 and view.count("data:image/jpeg;base64,") == 2
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 2000})
+            page.set_content(f'<body style="margin:0"><div style="width:1200px">{view}</div></body>')
+            layout = page.evaluate("""() => {
+              const lines = (el) => { const r = document.createRange(); r.selectNodeContents(el);
+                return new Set([...r.getClientRects()].filter(x => x.width > 0).map(x => Math.round(x.top))).size; };
+              const table = document.getElementById('xray-compare-table');
+              const rows = Object.fromEntries([...table.querySelectorAll('tbody tr')].map(tr =>
+                [tr.querySelector('th').textContent, [...tr.querySelectorAll('td')].map(td => {
+                  const b = td.getBoundingClientRect(); return {right: b.right, width: b.width}; })]));
+              const header = [...table.querySelectorAll('th')].find(th => th.textContent === 'Latency (ms)');
+              const captions = [...table.querySelectorAll('figcaption')].map(f => {
+                const b = f.getBoundingClientRect();
+                return {text: f.textContent, visible: b.width > 0 && b.height > 0 && b.right <= 1200}; });
+              const clipped = [...table.querySelectorAll('th, td')].filter(c => c.scrollWidth > c.clientWidth + 1)
+                .map(c => c.textContent);
+              return {width: table.scrollWidth, rows, latencyLines: lines(header), captions, clipped};
+            }""")
+        finally:
+            browser.close()
+    assert layout["width"] <= 1200 and layout["latencyLines"] == 1 and layout["clipped"] == []
+    for row in ("Input check", "Caveat", "Latency (ms)"):
+        assert all(cell["right"] <= 1200 and cell["width"] > 100 for cell in layout["rows"][row]), row
+    assert [c["text"].split(":")[0] + ":" + c["text"].split(":")[1] for c in layout["captions"]] == names[:2]
+    assert all(c["visible"] for c in layout["captions"])

@@ -160,6 +160,116 @@ def test_upload_rate_middleware_answers_429_with_retry_after():
         assert client.post("/other").status_code == 200  # only uploads are counted
 
 
-def test_thumbnails_are_inline():
-    html = demo.thumbnails_html(demo.samples()[:2])
+def test_thumbnails_are_inline_buttons_that_name_their_sample():
+    offered = demo.samples()[:2]
+    html = demo.thumbnails_html(offered)
     assert html.count("data:image/jpeg;base64,") == 2 and "Sample 2 (dataset label: NORMAL)" in html
+    # they look clickable because they are: one button per sample, named by data-sample
+    assert [m for m in re.findall(r'<button type="button" class="xray-thumb" data-sample="([^"]+)"', html)] == [
+        s.name for s in offered
+    ]
+    assert "trigger('click', {sample: b.dataset.sample})" in demo.THUMBNAILS_JS
+    assert "cursor: pointer" in demo.THUMBNAILS_CSS
+    import gradio as gr
+
+    assert demo.clicked_sample(gr.EventData(None, {"sample": offered[0].name})) == offered[0].name
+    assert demo.clicked_sample(gr.EventData(None, {})) is None
+
+
+@pytest.mark.browser
+def test_clicking_the_same_thumbnail_twice_sends_two_clicks():
+    """In headless Chromium: every click on a thumbnail reaches `trigger`, the same one again included."""
+    from pathlib import Path
+
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("Debian chromium missing: apt-get install -y chromium chromium-driver (.ci/run does this)")
+    from playwright.sync_api import sync_playwright
+
+    offered = demo.samples()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            thumbnails = demo.thumbnails_html(offered)
+            page.set_content(f'<style>{demo.THUMBNAILS_CSS}</style><div id="root">{thumbnails}</div>')
+            # the same call Gradio makes: js_on_load with `element` and `trigger`
+            page.evaluate("js => { window.sent = []; const element = document.getElementById('root'); "
+                          "const trigger = (name, data) => window.sent.push([name, data.sample]); eval(js); }",
+                          demo.THUMBNAILS_JS)  # fmt: skip
+            second = page.locator(f'button[data-sample="{offered[1].name}"]')
+            second.click()
+            second.click()
+            page.locator(f'button[data-sample="{offered[0].name}"]').click()
+            sent = page.evaluate("window.sent")
+            cursor = second.evaluate("b => getComputedStyle(b).cursor")
+        finally:
+            browser.close()
+    assert sent == [["click", offered[1].name], ["click", offered[1].name], ["click", offered[0].name]]
+    assert cursor == "pointer"
+
+
+def _show(model_name: str, limiter: demo.RateLimiter, cache: demo.SampleResults, allowed: list[str]) -> dict:
+    return dict(offered=demo.samples(), model_name=model_name, allowed_models=allowed, max_pixels=10**8,
+                limiter=limiter, address="10.0.0.9", cache=cache)  # fmt: skip
+
+
+def test_samples_already_analysed_are_free_and_the_limit_is_one_message(model_name, tmp_path):
+    """Exploring the samples does not use up the limit; when it is reached, one message replaces the result."""
+    limiter, cache = demo.RateLimiter(2), demo.SampleResults()
+    first, second, third = (s.name for s in demo.samples()[:3])
+    shown = demo.show_sample(first, **_show(model_name, limiter, cache, [model_name]))
+    assert shown[0] and "nothing was stored" in shown[6] and len(cache) == 1
+    for _ in range(5):  # the same sample again and again: the same answer, never counted
+        assert demo.show_sample(first, **_show(model_name, limiter, cache, [model_name])) == shown
+    demo.show_sample(second, **_show(model_name, limiter, cache, [model_name]))  # a new one: counted (2 of 2)
+    limited = demo.show_sample(third, **_show(model_name, limiter, cache, [model_name]))
+    assert limited[0] is None and all(v == "" for v in limited[2:])  # the old result is gone
+    assert limited[1].startswith("**Limit reached.** The public demo takes 2 analyses per minute")
+    assert re.search(r"Try again in \d+ s \(at \d\d:\d\d:\d\d UTC\)\. Samples already", limited[1])  # as written
+    assert demo.show_sample(first, **_show(model_name, limiter, cache, [model_name])) == shown  # still free
+    upload = tmp_path / "xray-public-demo" / "abc" / "scan.jpeg"
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(PNEUMONIA_JPEG.read_bytes())
+    refused = demo.show_upload(upload, upload_root=tmp_path / "xray-public-demo", max_bytes=10 * MB,
+                               model_name=model_name, allowed_models=[model_name], max_pixels=10**8,
+                               limiter=limiter, address="10.0.0.9")  # fmt: skip
+    assert refused[0] is None and refused[1].startswith("**Limit reached.**") and not upload.exists()
+    assert "not yet analysed" in demo.rate_text(10) and "not counted" in demo.rate_text(10)
+
+
+def test_switching_the_model_never_leaves_the_old_models_result(model_name, tiny_model_dir_3class):
+    """With a sample selected the new model answers for it; without one, the result area is emptied."""
+    other = f"local-dir:{tiny_model_dir_3class}"
+    allowed = [model_name, other]
+    limiter, cache = demo.RateLimiter(10), demo.SampleResults()
+    sample = demo.samples()[0].name
+    before = demo.show_sample(sample, **_show(model_name, limiter, cache, allowed))
+    assert set(before[0]) == {"NORMAL", "PNEUMONIA"}
+    show = _show(other, limiter, cache, allowed)
+    del show["model_name"]
+    after = demo.model_changed(sample, other, **show)
+    assert set(after[0]) == {"NORMAL", "PNEUMONIA", "COVID-19"} and tiny_model_dir_3class.name in after[6]
+    assert after != before
+    cleared = demo.model_changed(None, other, **show)
+    assert cleared[0] is None and cleared[4] == "" and cleared[6] == "" and "Model changed to" in cleared[1]
+
+
+def test_warm_up_keeps_the_first_samples_answer(model_name):
+    cache = demo.SampleResults()
+    demo.warm_up(model_name, [model_name], demo.samples(), 10**8, cache)
+    limiter = demo.RateLimiter(1)
+    limiter.hit("10.0.0.9")  # the limit is used up, yet the warmed-up sample is shown
+    shown = demo.show_sample(demo.samples()[0].name, **_show(model_name, limiter, cache, [model_name]))
+    assert shown[0] and len(cache) == 1
+
+
+def test_two_requests_for_the_same_new_sample_count_once(model_name):
+    """A double event (two requests at once for one sample and model) is analysed and counted once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    limiter, cache = demo.RateLimiter(1), demo.SampleResults()
+    name = demo.samples()[1].name
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: demo.show_sample(name, **_show(model_name, limiter, cache, [model_name])),
+                                range(2)))  # fmt: skip
+    assert results[0] == results[1] and results[0][0] and len(cache) == 1

@@ -31,7 +31,8 @@ def test_operating_point_defaults_and_markdown(session, store, doctors, model_wi
     info = registry.describe_model(model_with_roc)
     defaults = operating.operating_defaults(info)
     assert defaults.available and defaults.threshold == 0.5 and defaults.positive_label == "PNEUMONIA"
-    assert defaults.prevalence == pytest.approx(0.25)  # 100 of 400 validation images
+    # a realistic start, not the validation set's 100 of 400 images
+    assert defaults.prevalence == operating.DEFAULT_PREVALENCE and defaults.validation_prevalence == pytest.approx(0.25)
     record = _diagnose(session, store, alice, model_with_roc).record
     p = record.probabilities["PNEUMONIA"]
     expected = operating_point(ROC, 0.4, 0.1)
@@ -50,3 +51,47 @@ def test_operating_point_defaults_and_markdown(session, store, doctors, model_wi
     bare = operating.operating_defaults(registry.ModelInfo(name="x", label_names=["A", "B"], threshold=0.5,
                                                       positive_label="B"))  # fmt: skip
     assert not bare.available and "no validation ROC" in bare.reason
+
+
+def test_prevalence_starts_realistic_and_says_why():
+    """The bundled model: not its validation set's 74% (PPV 99%), an assumed 10% said in the text and the box."""
+    from xray.trust.operating import validation_prevalence
+
+    info = registry.describe_model("pneumonia")
+    defaults = operating.operating_defaults(info)
+    val = validation_prevalence(info.metrics, "PNEUMONIA")
+    assert val > 0.7 and defaults.prevalence == operating.DEFAULT_PREVALENCE == 0.10
+    text = operating.operating_markdown(info, defaults.threshold, defaults.prevalence)
+    assert "If 10% of patients have PNEUMONIA" in text
+    assert "The box starts at 10%, an assumption" in text and f"not the validation set's {val:.0%}" in text
+    assert "enter your own" in operating.PREVALENCE_INFO and "10%" in operating.PREVALENCE_INFO
+    ppv = operating_point(ROC, 0.4, defaults.prevalence).ppv
+    assert ppv < operating_point(ROC, 0.4, val).ppv  # the point of it: PPV is not flattered
+
+
+def test_threshold_is_shown_one_way_everywhere():
+    """0.541 for the bundled model's 0.5405062...: slider start, operating text, result line, Models page, card."""
+    from xray.records.db import Record
+    from xray.trust.operating import format_threshold
+    from xray.web import models_page, views
+
+    info = registry.describe_model("pneumonia")
+    exact = info.threshold
+    shown = format_threshold(exact)
+    assert shown == "0.541" and str(exact) != shown
+    defaults = operating.operating_defaults(info)
+    assert defaults.threshold == 0.541  # the slider starts at what the text says
+    assert f"At threshold {shown}," in operating.operating_markdown(info, defaults.threshold, 0.1)
+    assert f"threshold {shown}." in views.prediction_summary("PNEUMONIA", {"PNEUMONIA": 0.9, "NORMAL": 0.1}, exact,
+                                                             "PNEUMONIA")  # fmt: skip
+    rows = models_page.metric_rows(models_page.read_entries(["pneumonia"]))
+    assert {r[3] for r in rows} == {f"threshold {shown}"}
+    card = (models_page.read_entry("pneumonia")).card
+    assert f"P(PNEUMONIA) = {shown}" in card and f">= {shown}" in card
+    for wrong in ("0.54 ", "0.5405", "0.540506"):
+        assert wrong not in operating.operating_markdown(info, defaults.threshold, 0.1)
+    # at the shown start the verdict is the model's own, even for a probability between 0.5405 and 0.541
+    record = Record(model_name=info.name, label_names=["NORMAL", "PNEUMONIA"], positive_label="PNEUMONIA",
+                    probabilities={"NORMAL": 0.4593, "PNEUMONIA": 0.5407}, predicted_label="PNEUMONIA")  # fmt: skip
+    text = operating.operating_markdown(info, defaults.threshold, 0.1, record)
+    assert "current result is PNEUMONIA" in text and "the model's own threshold gave" not in text

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from xray.trust.operating import format_threshold
+
 DISCLAIMER = (
     "**Decision support only, not a diagnostic device.** This model has not been cleared or approved by any "
     "regulator (FDA, CE/MDR or other) and must not be used to diagnose, treat or triage patients. A qualified "
@@ -64,8 +66,8 @@ GATE_SETS_TEXT = (
     "scikit-image sample photographs; scikit-image's fundus, histology and microscopy samples; pydicom's CT/MR "
     "test files and matplotlib's MR slice), plus every official test image "
     "with its grey levels inverted; nothing generated is counted as a photograph or a slice. Lateral views come "
-    "from ../shared/data/lateral: the view check is fitted on two thirds of its patients and measured on the "
-    "others (held-out patients). The OOD variant (a 224-px JPEG copy of the "
+    "from the lateral/ folder of the project's development data: the view check is fitted on two thirds of its "
+    "patients and measured on the others (held-out patients). The OOD variant (a 224-px JPEG copy of the "
     "image like the training images, unit-length features) was chosen while looking at the validation and "
     "these out-of-scope sets, so their figures are not an independent check. A flagged image still gets its "
     "prediction on request, behind the warning."
@@ -75,16 +77,21 @@ GATE_FILE = "gate.json"
 
 
 def _gate_met(row: dict[str, Any]) -> str:
+    """`yes (95% CI ...)` / `no (...)` against the row's own goal (`flag < 2%`, `flag <= 5%`, `flag > 95%`)."""
+    import re
+
     from xray.training.metrics import wilson_interval
 
     if not row.get("n") or row.get("flagged") is None:
         return "not measured"
     low, high = wilson_interval(int(row["flagged"]), int(row["n"]))
-    if row.get("expect_flag", str(row.get("goal", "")).startswith("flag >")):
-        return ("yes" if row["share_flagged"] > 0.95 else "no") + f" (95% CI {low:.0%}-{high:.0%})"
-    if row.get("goal") == "flag < 2%":
-        return ("yes" if row["share_flagged"] < 0.02 else "no") + f" (95% CI {low:.1%}-{high:.1%})"
-    return f"- (95% CI {low:.1%}-{high:.1%})"
+    goal = re.fullmatch(r"flag ([<>]=?) (\d+(?:\.\d+)?)%", str(row.get("goal", "")).strip())
+    if goal is None:
+        return f"- (95% CI {low:.1%}-{high:.1%})"
+    share, limit = float(row["share_flagged"]), float(goal[2]) / 100
+    met = {"<": share < limit, "<=": share <= limit, ">": share > limit, ">=": share >= limit}[goal[1]]
+    digits = 0 if goal[1].startswith(">") else 1
+    return ("yes" if met else "no") + f" (95% CI {low:.{digits}%}-{high:.{digits}%})"
 
 
 def render_gate_section(gate: dict[str, Any], *, level: int = 2) -> list[str]:
@@ -114,7 +121,21 @@ def render_gate_section(gate: dict[str, Any], *, level: int = 2) -> list[str]:
             f"| {row['set']}{note} | {row['n']} | {flagged} | {share} | {row['goal']} | {_gate_met(row)} | "
             f"{reasons or '-'} |"
         )
-    return lines + [""]
+    return lines + [""] + _gate_pooled(gate.get("rows", []))
+
+
+def _gate_pooled(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per in-scope goal shared by several sets: the sets pooled, against the same goal."""
+    lines = []
+    for goal in dict.fromkeys(r.get("goal") for r in rows if r.get("expect_flag") is False):
+        same = [r for r in rows if r.get("goal") == goal and r.get("expect_flag") is False and r.get("n")]
+        if len(same) < 2 or any(r.get("flagged") is None for r in same):
+            continue
+        flagged, n = sum(int(r["flagged"]) for r in same), sum(int(r["n"]) for r in same)
+        pooled = {"n": n, "flagged": flagged, "share_flagged": flagged / n, "goal": goal}
+        lines.append(f"Pooled over the {len(same)} in-scope sets with goal {goal}: {flagged} of {n} flagged "
+                     f"({flagged / n:.1%}); goal met: {_gate_met(pooled)}.")
+    return lines + [""] if lines else []
 
 
 def read_gate(folder: str | Path) -> dict[str, Any] | None:
@@ -130,12 +151,51 @@ def _epochs(training: dict[str, Any]) -> str:
     return f"{training.get('epochs_run')} epochs"
 
 
-def _init(init: str | None) -> str:
+def portable_name(reference: str) -> str:
+    """A model or data reference without the machine it was made on.
+
+    `local-dir:/work/main/runs/pneu-adult` -> `pneu-adult`, `../shared/data/kermany-224` -> `kermany-224`;
+    `hf-hub:org/name` and plain names stay as they are.
+    """
+    from xray.inference.models import LOCAL_PREFIX
+
+    text = str(reference)
+    if text.startswith(LOCAL_PREFIX):
+        text = text[len(LOCAL_PREFIX) :]
+    elif ":" in text.split("/")[0]:  # hf-hub:org/name and other schemes are already portable
+        return text
+    return Path(text.rstrip("/")).name or text
+
+
+def portable_init(init: str | None, model_name: str | None = None) -> str:
+    """The initialisation in words, with portable names (never a development path).
+
+    A model fine-tuned from an earlier version of its own bundled folder (`local-dir:models/pneumonia` for
+    `pneumonia`) says so, rather than naming itself as its parent.
+    """
+    if not init:
+        return "not recorded"
     if init == "imagenet":
         return "ImageNet weights"
     if init == "scratch":
-        return "random (trained from scratch)"
-    return f"fine-tuned from our checkpoint `{init}` (its classifier head replaced when the classes differ)"
+        return "random (from scratch)"
+    parent = portable_name(init)
+    own = portable_name(model_name) if model_name else None
+    if own and parent == own:
+        return f"fine-tuned from an earlier version of {own} (its previous weights)"
+    if init.startswith("local-dir:"):
+        return f"fine-tuned from the training run {parent}"
+    return f"fine-tuned from {parent}"
+
+
+def _init(init: str | None, model_name: str | None = None) -> str:
+    if init in ("imagenet", "scratch"):
+        return "ImageNet weights" if init == "imagenet" else "random (trained from scratch)"
+    return f"{portable_init(init, model_name)}; its classifier head replaced where the classes differ"
+
+
+def _thr(value: Any) -> str:
+    return "n/a" if value is None else format_threshold(value)
 
 
 def _fmt(value: Any, digits: int = 3, pct: bool = False) -> str:
@@ -160,7 +220,7 @@ def _metrics_table(result: dict[str, Any]) -> list[str]:
     if len(labels) == 2:
         blocks = [("0.5", test["at_default"])]
         if "at_threshold" in test:
-            blocks.append((f"{result['threshold']:.3f} (chosen on validation)", test["at_threshold"]))
+            blocks.append((f"{format_threshold(result['threshold'])} (chosen on validation)", test["at_threshold"]))
         lines += [
             "| threshold | accuracy | sensitivity | specificity | precision (PPV) | NPV | F1 | ROC AUC |",
             "|---|---|---|---|---|---|---|---|",
@@ -213,7 +273,7 @@ def render_per_source(result: dict[str, Any], *, level: int = 2) -> list[str]:
     labels = result["label_names"]
     columns = per_source_columns(labels)
     threshold = table.get("threshold")
-    decision = "highest probability" if threshold is None else f"P({labels[1]}) >= {_fmt(threshold)}"
+    decision = "highest probability" if threshold is None else f"P({labels[1]}) >= {format_threshold(threshold)}"
     lines = [
         "#" * level + " Results per data source (test set)",
         "",
@@ -279,17 +339,22 @@ def _input_step(config: dict[str, Any], training: dict[str, Any]) -> str:
     if not quality:
         return ""
     origin = training.get("reevaluated_from")
-    added = f" (added after training: `train.py --reevaluate {origin}`)" if origin else ""
+    added = f" (added after training: `train.py --reevaluate` of run {portable_name(origin)})" if origin else ""
     return (f"; every input then passes through JPEG at quality {quality} (config.json `input_jpeg_quality`), as "
             f"the 224-px Kermany training copies were{added}")
 
 
-def render_model_card(config: dict[str, Any], result: dict[str, Any], gate: dict[str, Any] | None = None) -> str:
-    """The README.md text for a model folder, from its config.json, metrics.json and (when measured) gate.json."""
+def render_model_card(
+    config: dict[str, Any], result: dict[str, Any], gate: dict[str, Any] | None = None, *, name: str | None = None
+) -> str:
+    """The README.md text for a model folder, from its config.json, metrics.json and (when measured) gate.json.
+
+    `name` is the model's own (folder) name, so that a model fine-tuned from an earlier version of itself says so.
+    """
     labels = result["label_names"]
     training = result.get("training", {})
     data = result.get("data", {})
-    sources = " ".join(str(s) for s in data.get("sources", []))
+    sources = " ".join(portable_name(s) for s in data.get("sources", []))
     provenance = [text for key, text in DATA_PROVENANCE.items() if key in sources.lower()]
     cal = result["test"]["calibration"]
     validation = result.get("validation", {})
@@ -319,7 +384,8 @@ def render_model_card(config: dict[str, Any], result: dict[str, Any], gate: dict
         f"- Architecture: timm `{result['architecture']}`, {result.get('num_parameters', 0) / 1e6:.2f} M parameters, "
         f"weights {result.get('weights_bytes', 0) / 1e6:.1f} MB" + (" (stored in fp16)" if fp16 else "") + ".",
         f"- Classes (output order): {', '.join(labels)}.",
-        f"- Initialisation: {_init(training.get('init'))}; input {training.get('data_config', {}).get('input_size')} "
+        f"- Initialisation: {_init(training.get('init'), name)}; "
+        f"input {training.get('data_config', {}).get('input_size')} "
         f"(whole image resized, no crop; mean/std in config.json){_input_step(config, training)}.",
         f"- Training: AdamW (lr {training.get('lr')}, weight decay {training.get('weight_decay')}), "
         f"{training.get('schedule')} schedule, batch {training.get('batch_size')}, class imbalance by "
@@ -335,8 +401,8 @@ def render_model_card(config: dict[str, Any], result: dict[str, Any], gate: dict
         f"({training.get('threads')} threads).",
         f"- Temperature {_fmt(result.get('temperature'))} (fitted on validation)"
         + (
-            f"; operating threshold on P({labels[1]}) = {_fmt(result.get('threshold'))}, chosen on validation by "
-            f"the rule: {validation.get('threshold', {}).get('rule')}."
+            f"; operating threshold on P({labels[1]}) = {format_threshold(result['threshold'])}, chosen on "
+            f"validation by the rule: {validation.get('threshold', {}).get('rule')}."
             if result.get("threshold") is not None
             else "."
         ),
@@ -425,7 +491,7 @@ def write_model_card(folder: str | Path) -> Path:
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     result = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     path = folder / "README.md"
-    path.write_text(render_model_card(config, result, read_gate(folder)), encoding="utf-8")
+    path.write_text(render_model_card(config, result, read_gate(folder), name=folder.name), encoding="utf-8")
     return path
 
 
@@ -466,7 +532,10 @@ def render_comparison(entries: Sequence[dict[str, Any]], *, defaults: dict[str, 
             m = e["metrics"]
             tr = m.get("training", {})
             cal = m["test"]["calibration"]
-            head = f"| {e['name']}{' **(default)**' if e.get('shipped') else ''} | {tr.get('init')} | {_epochs(tr)} |"
+            head = (
+                f"| {e['name']}{' **(default)**' if e.get('shipped') else ''} | "
+                f"{portable_init(tr.get('init'), e.get('shipped'))} | {_epochs(tr)} |"
+            )
             tail = (
                 f" {_fmt(cal['ece_before'])} -> {_fmt(cal['ece_after'])} | {m['num_parameters'] / 1e6:.2f} M | "
                 f"{e['weights_bytes'] / 1e6:.1f} MB | {e['latency']['p50_ms']:.0f} ms |"
@@ -477,7 +546,7 @@ def render_comparison(entries: Sequence[dict[str, Any]], *, defaults: dict[str, 
                 lines.append(
                     head + f" {_with_ci(t, 'accuracy')} | {_with_ci(t, 'sensitivity')} | "
                     f"{_with_ci(t, 'specificity')} | {_with_ci(d, 'auc', pct=False)} | "
-                    f"{_with_ci(d, 'accuracy')} | {_fmt(m.get('threshold'))} | {_fmt(m.get('temperature'), 2)} |" + tail
+                    f"{_with_ci(d, 'accuracy')} | {_thr(m.get('threshold'))} | {_fmt(m.get('temperature'), 2)} |" + tail
                 )
             else:
                 lines.append(

@@ -146,6 +146,20 @@ def validation_prevalence(metrics: Mapping[str, Any], label: str) -> float | Non
     return float(counts[label]) / total
 
 
+#: Decimals of every threshold a person reads (app, cards, Models page): one threshold, one way (0.541).
+THRESHOLD_DECIMALS = 3
+
+
+def format_threshold(value: float) -> str:
+    """A decision threshold as people read it everywhere: `0.541` (never 0.54, 0.5405 or 0.540506)."""
+    return f"{float(value):.{THRESHOLD_DECIMALS}f}"
+
+
+def shown_threshold(value: float) -> float:
+    """The threshold a control starts at: the shown value, so the slider and the text agree (0.541)."""
+    return round(float(value), THRESHOLD_DECIMALS)
+
+
 def describe(point: OperatingPoint, positive_label: str = "positive") -> str:
     """One doctor-readable sentence about an operating point."""
 
@@ -153,7 +167,7 @@ def describe(point: OperatingPoint, positive_label: str = "positive") -> str:
         return "n/a" if math.isnan(value) else f"{value:.1%}"
 
     return (
-        f"At threshold {point.threshold:.2f}, on validation data: sensitivity {pct(point.sensitivity)}, "
+        f"At threshold {format_threshold(point.threshold)}, on validation data: sensitivity {pct(point.sensitivity)}, "
         f"specificity {pct(point.specificity)}. If {point.prevalence:.0%} of patients have {positive_label}: "
         f"a positive result is right {pct(point.ppv)} of the time (PPV), a negative one {pct(point.npv)} (NPV)."
     )

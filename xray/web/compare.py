@@ -1,11 +1,14 @@
 """The Compare tab: every registered model on one image, side by side. Nothing is saved.
 
 This is the researchers' view of the backbones, not a patient's record: each model's prediction, heatmap,
-latency, test metrics, its own input check and its caveat.
+latency, test metrics, its own input check and its caveat. `comparison_html` lays them out one column per model
+(name above its heatmap, then each figure in a row), so that a few models fit the page whatever the length of
+their caveats; `comparison_rows` keeps the same figures as a table for API clients.
 """
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,3 +125,60 @@ def comparison_gallery(results: Sequence[Comparison], alpha: float = 0.4) -> lis
         for c in results
         if c.view is not None
     ]
+
+
+#: Rows of the side-by-side view, one column per model (`comparison_html`).
+VIEW_ROWS = ["Architecture", "Version", "Output", "Probabilities", "Latency (ms)", "Test metrics", "Input check",
+             "Caveat"]  # fmt: skip
+#: The view's own styles (in its HTML): text wraps at spaces only, so "Latency" never breaks into "Laten cy";
+#: columns share the page width, so no column (input check, caveat) is pushed off screen.
+VIEW_CSS = """
+.xray-compare {max-width: 100%;}
+.xray-compare table {width: 100%; border-collapse: collapse; table-layout: fixed; font-size: 0.9em;}
+.xray-compare th, .xray-compare td {border: 1px solid #d4d4d8; padding: 6px 8px; vertical-align: top;
+  text-align: left; word-break: normal !important; overflow-wrap: break-word !important; hyphens: none;}
+.xray-compare th[scope=row] {width: 10em; background: #f4f4f5; white-space: normal;}
+.xray-compare thead th {font-size: 1.05em;}
+.xray-compare figure {margin: 0; text-align: center;}
+.xray-compare img {max-width: 100%; border-radius: 4px;}
+.xray-compare figcaption {font-weight: 600; margin-top: 4px;}
+"""
+
+
+def _model_column(c: Comparison) -> list[str]:
+    """The cells of one model's column, in `VIEW_ROWS` order, escaped."""
+    from xray.analysis.pipeline import input_check_text
+
+    probs = ", ".join(f"{k} {v:.3f}" for k, v in c.probabilities.items())
+    cells = [
+        c.info.architecture, c.version, c.label if c.error is None else f"error: {c.error}", probs,
+        "" if c.latency_ms is None else f"{c.latency_ms:.1f}", format_headline(c.info.headline) or "none",
+        input_check_text(c.gate, c.gate_note), c.info.caveat or "",
+    ]  # fmt: skip
+    return [html.escape(str(cell)) for cell in cells]
+
+
+def comparison_html(results: Sequence[Comparison], alpha: float = 0.4) -> str:
+    """Every model side by side: its name over its heatmap (with the label and probability), then its figures."""
+    from xray.web.views import image_data_uri
+
+    if not results:
+        return ""
+    heads, figures = [], []
+    for c in results:
+        name = html.escape(c.info.name)
+        heads.append(f'<th scope="col">{name}</th>')
+        if c.view is not None:
+            caption = html.escape(f"{c.info.name}: {c.label} ({c.probabilities.get(c.label or '', 0):.3f})")
+            figures.append(f'<td><figure><img src="{image_data_uri(c.view.overlay(alpha))}" alt="{caption}">'
+                           f"<figcaption>{caption}</figcaption></figure></td>")  # fmt: skip
+        else:
+            figures.append(f"<td>{name}: no heatmap</td>")
+    columns = [_model_column(c) for c in results]
+    body = [f'<tr><th scope="row">Heatmap (predicted class)</th>{"".join(figures)}</tr>']
+    for i, row in enumerate(VIEW_ROWS):
+        body.append(f'<tr><th scope="row">{row}</th>' + "".join(f"<td>{col[i]}</td>" for col in columns) + "</tr>")
+    return (
+        f'<div class="xray-compare"><style>{VIEW_CSS}</style><table id="xray-compare-table"><thead><tr>'
+        f'<th scope="row">Model</th>{"".join(heads)}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    )

@@ -3,7 +3,11 @@
 No doctor, no database, no image store: the upload is read into memory and its temporary copy deleted
 (`discard_upload`), the images go back inline (`data:` URIs, so no file is written for them either), and the log
 says which model answered what, never anything about the pixels or the file. `RateLimiter` caps analyses per client
-address; its error says when to try again.
+address; its error says when to try again. Bundled samples cost nothing after their first analysis with a model
+(`SampleResults` keeps the answer), so exploring them is not counted: only uploads and a sample's first analysis
+with a model are. The handlers here return every output of the result area at once (`DEMO_OUTPUTS`), so a new
+answer, a cleared area or the rate limit's one message always replaces what was there: no stale result is left
+under another model's name.
 """
 
 from __future__ import annotations
@@ -79,17 +83,47 @@ def find_sample(name: str | None, offered: Sequence[Sample]) -> Sample:
 
 
 def thumbnails_html(offered: Sequence[Sample]) -> str:
-    """A row of small inline thumbnails of the samples, captioned like the sample choices."""
+    """A row of sample thumbnails, each a button that analyses its sample (`THUMBNAILS_JS` sends the click).
+
+    They look clickable because they are: a `<button>` per sample (keyboard and screen readers included), named
+    by `data-sample`, whose click reaches the server as a `click` event with `sample` = the sample's name.
+    """
+    from html import escape
+
     from xray.imaging.io import read_image, shrink
 
     cells = []
     for sample in offered:
         pixels = shrink(read_image(sample.path.read_bytes(), filename=sample.name).pixels, THUMBNAIL_SIDE)
         cells.append(
-            f'<figure class="xray-thumb"><img src="{image_data_uri(pixels, quality=80)}" alt="{sample.label}">'
-            f"<figcaption>{sample.label}</figcaption></figure>"
+            f'<button type="button" class="xray-thumb" data-sample="{escape(sample.name)}" '
+            f'title="Analyse {escape(sample.label)}"><img src="{image_data_uri(pixels, quality=80)}" '
+            f'alt="{escape(sample.label)}"><span>{escape(sample.label)}</span></button>'
         )
     return f'<div class="xray-thumbs">{"".join(cells)}</div>'
+
+
+#: For `gr.HTML(js_on_load=...)`: a thumbnail's click becomes the component's `click` event with the sample name.
+THUMBNAILS_JS = (
+    "element.querySelectorAll('button[data-sample]').forEach(b => b.addEventListener('click', () => "
+    "trigger('click', {sample: b.dataset.sample})));"
+)
+#: For `gr.HTML(css_template=...)`: thumbnails as buttons (pointer, focus ring), captions under the images.
+THUMBNAILS_CSS = """
+.xray-thumbs {display: flex; gap: 8px; flex-wrap: wrap;}
+.xray-thumb {margin: 0; padding: 4px; width: 118px; border: 1px solid #d4d4d8; border-radius: 6px; background: none;
+  cursor: pointer; text-align: center; font-size: 0.75em; line-height: 1.2;}
+.xray-thumb:hover, .xray-thumb:focus-visible {border-color: #2563eb; outline: 2px solid #93c5fd;}
+.xray-thumb img {display: block; width: 100%; height: 90px; object-fit: cover; border-radius: 4px;}
+.xray-thumb span {display: block; margin-top: 4px;}
+"""
+
+
+def clicked_sample(event: Any) -> str | None:
+    """The sample name a thumbnail click sent (`gr.EventData` from `THUMBNAILS_JS`), or None."""
+    data = getattr(event, "_data", None)
+    name = data.get("sample") if isinstance(data, dict) else getattr(event, "sample", None)
+    return name if isinstance(name, str) else None
 
 
 # ---------------------------------------------------------------------------------------------- rate limit
@@ -395,17 +429,182 @@ def discard_upload(source: str | Path | None, upload_root: str | Path) -> bool:
     return True
 
 
-def warm_up(model_name: str | None, allowed_models: Sequence[str], offered: Sequence[Sample], max_pixels: int) -> None:
-    """Load the model and run it once on a sample, so that the first visitor does not wait for either."""
+def warm_up(
+    model_name: str | None,
+    allowed_models: Sequence[str],
+    offered: Sequence[Sample],
+    max_pixels: int,
+    cache: SampleResults | None = None,
+) -> None:
+    """Load the model and run it once on a sample, so that the first visitor does not wait for either.
+
+    With `cache`, the answer is kept there too, so the first visitor's first sample is free and immediate.
+    """
     if not model_name or not offered:
         return
     started = time.perf_counter()
     try:
-        analyse_sample(
+        result = analyse_sample(
             offered[0].name, offered=offered, model_name=model_name, allowed_models=allowed_models,
             max_pixels=max_pixels,
         )  # fmt: skip
     except XrayError as exc:
         logger.warning("public demo warm-up with %s failed: %s", model_name, exc)
         return
+    if cache is not None:
+        cache.put((offered[0].name, result.model_name, result.version), result_outputs(result))
     logger.info("public demo warmed up with %s in %.1f s", model_name, time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------------------------- handlers
+
+#: The result area, in order: probabilities, summary, input check, caveat, images, heat check, model line.
+DEMO_OUTPUTS = ("probabilities", "summary", "check", "caveat", "images", "heat", "info")
+
+
+def rate_text(rate: int) -> str:
+    """What the page says about the limit (so that it matches what is counted)."""
+    return (
+        f"Each address may run {rate} analyses per minute of its own uploads or of a sample not yet analysed "
+        "with the chosen model; a sample already analysed with that model is shown at once and not counted."
+    )
+
+
+def result_outputs(result: DemoResult) -> tuple:
+    """The result area for `result`; out of scope: the reasons, no prediction."""
+    if not result.in_scope:
+        return None, "", result.gate_text, result.caveat_text, result.images_html(), "", result.model_text
+    return (
+        result.probabilities, result.summary, result.gate_text, result.caveat_text, result.images_html(),
+        result.heat_text, result.model_text,
+    )  # fmt: skip
+
+
+def cleared_outputs(message: str = "") -> tuple:
+    """An empty result area with `message` where the summary goes (no earlier result left behind)."""
+    return (None, message, "", "", "", "", "")
+
+
+def limited_outputs(exc: RateLimitedError) -> tuple:
+    """The rate limit as one message in the result area, which it clears (instead of a toast per click)."""
+    return cleared_outputs(
+        f"**Limit reached.** {exc} Samples already analysed with the chosen model are still "
+        "shown at once."
+    )
+
+
+class SampleResults:
+    """Each bundled sample's result per model and model version, computed once per process (thread-safe).
+
+    The samples are fixed files and the answer depends only on the model, so a cached answer is the same answer;
+    it costs nothing, which is why `show_sample` does not count it against the rate limit. At most
+    samples x models entries, all of bundled images: nothing a visitor sent is kept.
+    """
+
+    def __init__(self) -> None:
+        """Start empty."""
+        self._outputs: dict[tuple[str, str, str], tuple] = {}
+        self._lock = threading.Lock()
+        self._computing: dict[tuple[str, str, str], threading.Lock] = {}
+
+    def computing(self, key: tuple[str, str, str]) -> threading.Lock:
+        """The lock held while (sample, model, version) is analysed: a second request waits and gets it free."""
+        with self._lock:
+            return self._computing.setdefault(key, threading.Lock())
+
+    def get(self, key: tuple[str, str, str]) -> tuple | None:
+        """The outputs stored for (sample, model, version), or None."""
+        with self._lock:
+            return self._outputs.get(key)
+
+    def put(self, key: tuple[str, str, str], outputs: tuple) -> None:
+        """Keep the outputs for (sample, model, version)."""
+        with self._lock:
+            self._outputs[key] = outputs
+
+    def __len__(self) -> int:
+        """How many results are kept."""
+        with self._lock:
+            return len(self._outputs)
+
+
+#: The process's sample results, shared by the public app's handlers and `warm_up` (empty until used).
+SAMPLE_RESULTS = SampleResults()
+
+
+def show_sample(
+    name: str | None,
+    *,
+    offered: Sequence[Sample],
+    model_name: str | None,
+    allowed_models: Sequence[str],
+    max_pixels: int,
+    limiter: RateLimiter,
+    address: str,
+    cache: SampleResults,
+) -> tuple:
+    """The result area for a bundled sample: cached (free) when seen with this model, else analysed and counted.
+
+    Raises:
+        XrayError subclasses (unknown sample or model, unreadable model) with a message for the visitor; the rate
+        limit is not raised but shown in the result area (`limited_outputs`).
+    """
+    sample = find_sample(name, offered)
+    loaded = load_registered_model(model_name, allowed_models)
+    key = (sample.name, loaded.name, str(loaded.version))
+    outputs = cache.get(key)
+    if outputs is not None:
+        return outputs
+    # one analysis per sample and model even when two requests arrive together (a double event): one is counted
+    with cache.computing(key):
+        outputs = cache.get(key)
+        if outputs is not None:
+            return outputs
+        try:
+            limiter.hit(address)
+        except RateLimitedError as exc:
+            return limited_outputs(exc)
+        outputs = result_outputs(analyse_sample(
+            sample.name, offered=offered, model_name=model_name, allowed_models=allowed_models, max_pixels=max_pixels,
+        ))  # fmt: skip
+        cache.put(key, outputs)
+    return outputs
+
+
+def show_upload(
+    source: str | Path | None,
+    *,
+    upload_root: str | Path,
+    max_bytes: int,
+    model_name: str | None,
+    allowed_models: Sequence[str],
+    max_pixels: int,
+    limiter: RateLimiter,
+    address: str,
+) -> tuple:
+    """The result area for a visitor's upload (always counted); its temporary copy is deleted first."""
+    check_own_upload(source, upload_root)
+    try:
+        data = read_demo_upload(source, max_bytes=max_bytes)
+    finally:
+        discard_upload(source, upload_root)
+    try:
+        limiter.hit(address)
+    except RateLimitedError as exc:
+        return limited_outputs(exc)
+    return result_outputs(analyse_bytes(
+        data, filename=Path(str(source)).name, model_name=model_name, allowed_models=allowed_models,
+        max_pixels=max_pixels,
+    ))  # fmt: skip
+
+
+def model_changed(sample_name: str | None, model_name: str | None, **show: Any) -> tuple:
+    """After the model is switched: the selected sample with the new model, else an empty result area.
+
+    `show` takes `show_sample`'s keyword arguments. An upload is not rerun (its copy was deleted once read).
+    """
+    if sample_name:
+        return show_sample(sample_name, model_name=model_name, **show)
+    return cleared_outputs(
+        f"Model changed to `{md_escape(model_name or '')}`: pick a sample or press Analyse to see its answer."
+    )

@@ -17,6 +17,18 @@ from xray.records import crud
 from xray.records.db import Doctor, Record
 from xray.web.registry import ModelInfo
 
+#: Where the prevalence box starts: 10%, an assumed share of patients with the condition among those X-rayed
+#: because it is suspected. It is an assumption, not a measurement, and deliberately modest. The validation
+#: set's share (74% pneumonia for the bundled model) is how the public data sets were collected, not how common
+#: pneumonia is among a doctor's patients: started there, PPV looked about 99% (issue 21). Each doctor should
+#: enter their own share; the text under the box says so.
+DEFAULT_PREVALENCE = 0.10
+#: The prevalence box's help text (`info=` of its gr.Number).
+PREVALENCE_INFO = (
+    f"Share of your patients who have the condition. Starts at {DEFAULT_PREVALENCE:.0%}, an assumption for patients "
+    "X-rayed because it is suspected: enter your own."
+)
+
 
 @dataclass
 class OperatingDefaults:
@@ -24,28 +36,44 @@ class OperatingDefaults:
 
     available: bool
     threshold: float = 0.5
-    prevalence: float = 0.5
+    prevalence: float = DEFAULT_PREVALENCE
     positive_label: str | None = None
     reason: str | None = None
+    validation_prevalence: float | None = None
 
 
 def operating_defaults(info: ModelInfo | None) -> OperatingDefaults:
-    """The model's threshold and validation prevalence; unavailable for non-binary models or without an ROC."""
-    from xray.trust.operating import roc_from_metrics, validation_prevalence
+    """Where the panel starts: the model's threshold as shown (`shown_threshold`) and `DEFAULT_PREVALENCE`.
+
+    Unavailable for non-binary models or without an ROC. The validation set's share is kept to say why it is not
+    the default.
+    """
+    from xray.trust.operating import roc_from_metrics, shown_threshold, validation_prevalence
 
     if info is None or info.error or info.threshold is None or not info.positive_label:
         return OperatingDefaults(False, reason="The operating point applies to two-class models only.")
     try:
         roc_from_metrics(info.metrics)
     except OperatingPointError as exc:
-        return OperatingDefaults(False, threshold=info.threshold, positive_label=info.positive_label, reason=str(exc))
-    prevalence = validation_prevalence(info.metrics, info.positive_label)
+        return OperatingDefaults(
+            False, threshold=shown_threshold(info.threshold), positive_label=info.positive_label, reason=str(exc)
+        )
     return OperatingDefaults(
         True,
-        threshold=info.threshold,
-        prevalence=round(prevalence, 3) if prevalence is not None else 0.5,
+        threshold=shown_threshold(info.threshold),
         positive_label=info.positive_label,
+        validation_prevalence=validation_prevalence(info.metrics, info.positive_label),
     )
+
+
+def prevalence_note(defaults: OperatingDefaults) -> str:
+    """Why the prevalence box starts where it does, and what the validation set's share was."""
+    text = (f"PPV and NPV depend on the prevalence you enter. The box starts at {DEFAULT_PREVALENCE:.0%}, an "
+            "assumption for patients X-rayed because the condition is suspected")  # fmt: skip
+    if defaults.validation_prevalence is not None:
+        text += (f", not the validation set's {defaults.validation_prevalence:.0%}, which is how the data sets were "
+                 "collected, not how common the condition is among patients")  # fmt: skip
+    return f"_{text}. Enter your own patients' share._"
 
 
 def verdict(record: Record, threshold: float) -> str | None:
@@ -63,13 +91,17 @@ def operating_markdown(info: ModelInfo | None, threshold: Any, prevalence: Any, 
     Raises:
         OperatingPointError: threshold or prevalence outside 0..1.
     """
-    from xray.trust.operating import describe, operating_point, roc_from_metrics
+    from xray.trust.operating import describe, format_threshold, operating_point, roc_from_metrics
 
     defaults = operating_defaults(info)
     if not defaults.available or info is None:
         return f"_{defaults.reason}_"
+    # the slider starts at the shown 0.541: that is the model's own threshold (0.5405...), so verdicts agree
+    if isinstance(threshold, (int, float)) and info.threshold is not None:
+        if format_threshold(threshold) == format_threshold(info.threshold):
+            threshold = info.threshold
     point = operating_point(roc_from_metrics(info.metrics), threshold, prevalence)
-    lines = [describe(point, defaults.positive_label or "the condition")]
+    lines = [describe(point, defaults.positive_label or "the condition"), "", prevalence_note(defaults)]
     if record is not None and record.model_name == info.name:
         label = verdict(record, point.threshold)
         if label is not None:

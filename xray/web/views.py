@@ -15,6 +15,7 @@ import numpy as np
 
 from xray.imaging.io import PREVIEW_MAX_SIDE, XrayImage
 from xray.records.db import Record
+from xray.trust.operating import format_threshold
 from xray.web.forms import parse_opacity
 
 NOTICE = (
@@ -103,7 +104,7 @@ def prediction_summary(
         relation = "at or above" if p_pos >= threshold else "below"
         return (
             f"**Model output: {label}**: P({positive_label}) = {p_pos:.3f}, {relation} the model's operating "
-            f"threshold {threshold:.3f}."
+            f"threshold {format_threshold(threshold)}."
         )
     return f"**Model output: {label}** (most probable class, P = {probabilities.get(label, float('nan')):.3f})."
 

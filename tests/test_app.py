@@ -265,8 +265,10 @@ def test_csv_export_of_the_filtered_list(server, alice):
 def test_compare_and_model_card(server, alice):
     from gradio_client import handle_file
 
-    table, gallery = alice.predict(handle_file(str(SAMPLE)), "gradcam", api_name="/compare")
+    table, gallery, view = alice.predict(handle_file(str(SAMPLE)), "gradcam", api_name="/compare")
     assert [row[0] for row in table["data"]] == [server["model"]]
+    # the page shows the side-by-side view: the model's name over and under its heatmap, every row
+    assert f"<figcaption>{server['model']}: " in view and "<th scope=\"row\">Caveat</th>" in view
     assert table["data"][0][5] > 0 and len(gallery) == 1
     assert table["headers"][-2:] == ["Input check", "Caveat"] and table["data"][0][7].startswith("in scope")
     assert "no out-of-distribution statistics" in table["data"][0][7]  # the test model has no ood.npz: said so

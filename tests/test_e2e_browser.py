@@ -151,3 +151,34 @@ def test_visitor_runs_a_sample_then_a_doctor_signs_in(browser, tmp_path, tiny_mo
         (Path(keep) / "demo-timing.txt").write_text(report + "\n", encoding="utf-8")
         for shot in shots.iterdir():
             shutil.copy(shot, Path(keep) / shot.name)
+
+
+def test_demo_thumbnails_model_switch_and_the_limit(browser, tmp_path, tiny_model_dir, tiny_model_dir_3class):
+    """Issue 21: thumbnails analyse (the same one twice too), a model switch replaces the answer, one limit message."""
+    from playwright.sync_api import expect
+
+    two, three = f"local-dir:{tiny_model_dir}", f"local-dir:{tiny_model_dir_3class}"
+    with running_app(tmp_path, model_names=[two, three], doctors={}, public_demo=True, demo_rate=3) as server:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server["public_url"])
+        thumbnails = page.locator("#xray-demo-thumbnails button[data-sample]")
+        expect(thumbnails).to_have_count(4, timeout=60_000)
+        info = page.locator("#xray-demo-info")
+        thumbnails.nth(3).click()
+        expect(info).to_contain_text(tiny_model_dir.name, timeout=60_000)
+        expect(page.get_by_label("Sample 4 (dataset label: PNEUMONIA)")).to_be_checked()
+        page.get_by_label("Model (test metrics)").click()
+        page.get_by_role("option").nth(1).click()
+        # the selected sample with the new model: never the old model's answer
+        expect(info).to_contain_text(tiny_model_dir_3class.name, timeout=60_000)
+        expect(page.locator("#xray-demo-probabilities")).to_contain_text("COVID-19")
+        thumbnails.nth(3).click()  # the same thumbnail again: answered (kept, free)
+        expect(info).to_contain_text(tiny_model_dir_3class.name)
+        for i in (0, 1, 2):  # sample 1 was warmed up with the first model only: these count, the third is refused
+            thumbnails.nth(i).click()
+            page.wait_for_timeout(1500)
+        summary = page.locator("#xray-demo-summary")
+        expect(summary).to_contain_text("Limit reached.", timeout=30_000)
+        expect(info).to_have_text("")  # the stale result is gone
+        expect(page.locator(".toast-body")).to_have_count(0)
+        page.screenshot(path=str(tmp_path / "demo-limit.png"), full_page=True)

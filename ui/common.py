@@ -41,9 +41,6 @@ CSS = """
 .xray-notice {border-left: 4px solid #d97706; background: #fffbeb; padding: 8px 12px; border-radius: 4px;}
 .xray-notice p {margin: 0; color: #78350f;}
 .xray-gate {border: 2px solid #b91c1c; background: #fef2f2; padding: 8px 12px; border-radius: 4px;}
-.xray-thumbs {display: flex; gap: 8px; flex-wrap: wrap;}
-.xray-thumbs figure {margin: 0; width: 110px; text-align: center; font-size: 0.75em; line-height: 1.2;}
-.xray-thumbs img {width: 100%; height: 90px; object-fit: cover; border-radius: 4px;}
 .xray-demo-images {display: flex; gap: 12px; flex-wrap: wrap;}
 .xray-demo-images figure {margin: 0; flex: 1 1 300px; text-align: center; font-size: 0.85em;}
 .xray-demo-images img {max-width: 100%; border-radius: 4px;}

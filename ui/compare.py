@@ -13,7 +13,7 @@ from xray.web import compare, diagnose
 
 
 def compare_tab(ctx: AppContext) -> None:
-    """Every model on one image: the comparison table and a gallery of heatmaps."""
+    """Every model on one image: the side-by-side view (the table and gallery stay for API clients)."""
     with gr.Tab("Compare", id="compare"):
         gr.Markdown(
             "Run every installed model on one image: probabilities, heatmaps and latency side by side, "
@@ -23,14 +23,16 @@ def compare_tab(ctx: AppContext) -> None:
             upload = quiet(gr.File(label="Chest X-ray", file_types=ctx.upload_types, type="filepath", scale=2))
             method = gr.Radio(list(diagnose.CAM_METHODS), value="gradcam", label="CAM method", scale=1)
         run = gr.Button("Compare models", variant="primary")
-        table = gr.Dataframe(headers=compare.COMPARE_COLUMNS, interactive=False, wrap=True)
-        gallery = gr.Gallery(label="Heatmaps (predicted class)", columns=3, height="auto", format=DISPLAY_FORMAT)
+        view = gr.HTML(elem_id="xray-compare-view")
+        table = gr.Dataframe(headers=compare.COMPARE_COLUMNS, interactive=False, visible=False)
+        gallery = gr.Gallery(visible=False, format=DISPLAY_FORMAT)
     run.click(
-        ctx.handler(run_compare), [upload, method], [table, gallery], api_name="compare", concurrency_id="inference"
-    )
+        ctx.handler(run_compare), [upload, method], [table, gallery, view], api_name="compare",
+        concurrency_id="inference",
+    )  # fmt: skip
 
 
-def run_compare(ctx: AppContext, file: str | None, method: str | None, request: gr.Request) -> tuple[Any, Any]:
+def run_compare(ctx: AppContext, file: str | None, method: str | None, request: gr.Request) -> tuple[Any, Any, str]:
     """Every registered model on the upload (signed-in doctors only; nothing is saved)."""
     with Session(ctx.engine) as session:
         ctx.doctor(session, request)
@@ -43,4 +45,4 @@ def run_compare(ctx: AppContext, file: str | None, method: str | None, request: 
         max_pixels=ctx.max_pixels,
     )
     table = {"headers": compare.COMPARE_COLUMNS, "data": compare.comparison_rows(results)}
-    return table, compare.comparison_gallery(results)
+    return table, compare.comparison_gallery(results), compare.comparison_html(results)

@@ -125,12 +125,12 @@ def _operating_panel(ctx: AppContext) -> tuple[gr.Accordion, gr.Slider, gr.Numbe
     with gr.Accordion("Operating point", open=False, visible=start.available) as group:
         with gr.Row():
             threshold = gr.Slider(
-                0.0, 1.0, value=start.threshold, step=0.01, label="Threshold",
+                0.0, 1.0, value=start.threshold, step=0.001, label="Threshold",
                 info="Positive when its probability is at least this (model default shown)",
             )  # fmt: skip
             prevalence = gr.Number(
                 value=start.prevalence, minimum=0.0, maximum=1.0, step=0.01,
-                label="Prevalence (0-1)", info="How common the condition is among your patients",
+                label="Prevalence (0-1)", info=operating.PREVALENCE_INFO,
             )  # fmt: skip
         text = gr.Markdown()
     return group, threshold, prevalence, text

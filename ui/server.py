@@ -228,5 +228,7 @@ def create_app(
     gr.mount_gradio_app(server, public, "/", **public_app_options(settings))
     _mounted(server, "").uploaded_file_dir = public_upload_root()
     if warm_up:
-        demo.warm_up(models[0] if models else None, models, demo.samples(), settings.max_image_pixels)
+        demo.warm_up(
+            models[0] if models else None, models, demo.samples(), settings.max_image_pixels, demo.SAMPLE_RESULTS
+        )
     return server

@@ -55,11 +55,16 @@ def test_one_page_with_every_field(image: np.ndarray) -> None:
     text = _text(reader)
     for expected in ("Zoë Brontë", "2024-05-01", "#17", "2024-05-02 09:30", "dr_house",
                      "pneumonia (version 3f2a9c1b7d4e)", "PNEUMONIA 87.7%", "NORMAL 12.3%", "Model result: PNEUMONIA",
-                     "at least 0.42",
+                     "at least 0.420",
                      "Agree: right lower lobe pneumonia", "Follow-up film in six weeks.", "Only 31% of the heatmap",
                      "Heatmap (Grad-CAM, PNEUMONIA)", "Decision support only, not a diagnosis"):
         assert expected in text, expected
     assert len(reader.pages[0].images) == 2
+
+
+def test_threshold_is_printed_as_the_app_shows_it(image: np.ndarray) -> None:
+    text = _text(_report(image, threshold=0.540506))
+    assert "at least 0.541)" in text and "0.54)" not in text and "0.5405" not in text
 
 
 def test_without_heatmap_threshold_or_final_read(image: np.ndarray) -> None:

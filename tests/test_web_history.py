@@ -118,6 +118,10 @@ def test_csv_export_is_filtered_and_safe_for_spreadsheets(session, store, doctor
     assert [r["patient"] for r in rows] == ['\'=HYPERLINK("http://x")']
     assert set(rows[0]) >= {"record_id", "exam_date", "predicted_label", "p_NORMAL", "p_PNEUMONIA", "model_version"}
     assert float(rows[0]["p_NORMAL"]) + float(rows[0]["p_PNEUMONIA"]) == pytest.approx(1.0, abs=1e-3)
+    from xray.trust.operating import format_threshold
+
+    record = history.owned_record(session, doctor=alice, record_id=int(rows[0]["record_id"]))
+    assert rows[0]["threshold"] == format_threshold(record.threshold)  # as the app shows it: one way everywhere
     everything = list(csv.DictReader(history.export_csv(session, doctor=alice, filters=crud.RecordFilter()).open()))
     assert sorted(r["patient"] for r in everything) == ['\'=HYPERLINK("http://x")', "Anna Normal"]
 

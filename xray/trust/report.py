@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from xray.trust.operating import format_threshold
+
 logger = logging.getLogger(__name__)
 
 DISCLAIMER = (
@@ -253,7 +255,7 @@ def _text_part(
     if scope_warning:
         decision += " (unreliable: the image is out of scope)"
     if threshold is not None and positive_label:
-        decision += f"  (called {positive_label} when its probability is at least {threshold:.2f})"
+        decision += f"  (called {positive_label} when its probability is at least {format_threshold(threshold)})"
     pdf.multi_cell(width, 5.5, _text(decision), new_x="LMARGIN", new_y="NEXT", align="L")
 
     shown = [w for w in warnings if w]

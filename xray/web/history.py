@@ -25,6 +25,7 @@ from xray.imaging.io import XrayImage
 from xray.records import crud
 from xray.records.db import Doctor, Record
 from xray.records.storage import ImageStore
+from xray.trust.operating import format_threshold
 from xray.web.forms import load_image, parse_exam_date, parse_patient, parse_record_id
 from xray.web.views import (
     HeatmapView,
@@ -272,7 +273,7 @@ def records_csv(records: Sequence[Record]) -> str:
                     r.predicted_label,
                     input_check_cell(r.gate_reasons),
                     r.positive_label or "",
-                    "" if r.threshold is None else f"{r.threshold:.4f}",
+                    "" if r.threshold is None else format_threshold(r.threshold),
                     *["" if name not in r.probabilities else f"{r.probabilities[name]:.4f}" for name in labels],
                     r.model_name,
                     r.model_version,

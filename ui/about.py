@@ -7,14 +7,14 @@ from sqlmodel import Session
 
 import xray
 from ui.common import AppContext
-from xray.web import registry, views
+from xray.web import models_page, views
 
 
 def about_tab(ctx: AppContext, demo: gr.Blocks, diagnose_model: gr.Dropdown) -> None:
     """The model card of the model chosen on the Diagnose tab (or here), and the app version."""
     with gr.Tab("About", id="about"):
         model = gr.Dropdown(choices=ctx.model_choices, value=ctx.default_model, label="Model")
-        card = gr.Markdown()
+        card = gr.HTML(elem_id="xray-about-card")
         gr.Markdown(
             f"App version **{xray.__version__}** · Gradio {gr.__version__}. {views.NOTICE} "
             "Images and records stay on this server; see the README for data handling.\n\n"
@@ -30,11 +30,11 @@ def about_tab(ctx: AppContext, demo: gr.Blocks, diagnose_model: gr.Dropdown) -> 
 
 
 def model_card(ctx: AppContext, name: str | None, request: gr.Request) -> str:
-    """The registered model's headline and card."""
+    """The registered model's version, test AUC per population and card, as HTML."""
     with Session(ctx.engine) as session:
         ctx.doctor(session, request)
     if not name:
         return "No model is installed."
     if name not in ctx.models:
         raise gr.Error(f"Unknown model '{name}'.")
-    return registry.model_card_markdown(ctx.infos[name])
+    return models_page.about_html(ctx.infos[name])

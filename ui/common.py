@@ -25,7 +25,7 @@ from xray.config import Settings, get_settings
 from xray.imaging.io import IMAGE_EXTENSIONS
 from xray.records.db import Doctor
 from xray.records.storage import ImageStore
-from xray.web import demo, failures, registry, startup, views
+from xray.web import demo, failures, models_page, registry, startup, views
 from xray.web.registry import ModelInfo
 from xray.web.views import HeatmapView
 
@@ -119,8 +119,9 @@ class ModelsContext:
 
     @property
     def model_choices(self) -> list[tuple[str, str]]:
-        """(shown, name) pairs for a model dropdown, with each model's headline test metrics."""
-        return [(self.infos[n].choice_label, n) for n in self.models]
+        """(shown, name) pairs for a model dropdown, with each model's test AUC per population (children, adults)."""
+        return [(models_page.choice_label(models_page.read_entry(n), self.infos[n].choice_label), n)
+                for n in self.models]  # fmt: skip
 
     @property
     def all_labels(self) -> list[str]:

@@ -272,6 +272,28 @@ def read_entry(name: str) -> ModelEntry:
     )
 
 
+def choice_label(entry: ModelEntry, fallback: str) -> str:
+    """`name · architecture · children AUC 0.98 · adults AUC 0.63-0.99 by source` for a model dropdown.
+
+    Per population, never pooled: a pooled headline is mostly children while the app's patients are mostly adults.
+    `fallback` (the registry's pooled label) is used when the metrics have no per-source figures.
+    """
+    if entry.error:
+        return fallback
+    parts = []
+    for figures in entry.populations():
+        aucs = sorted(auc for auc, _ in figures.auc.values())
+        if not aucs:
+            continue
+        if len(aucs) == 1:
+            parts.append(f"{figures.population} AUC {aucs[0]:.2f}")
+        else:
+            parts.append(f"{figures.population} AUC {aucs[0]:.2f}-{aucs[-1]:.2f} by source")
+    if not parts:
+        return fallback
+    return " · ".join([entry.name, entry.architecture, *parts])
+
+
 def read_entries(names: list[str]) -> list[ModelEntry]:
     """`read_entry` for every registered model, in the app's order."""
     return [read_entry(name) for name in names]
@@ -675,3 +697,24 @@ def card_html(entry: ModelEntry) -> str:
 
     rendered = re.sub(r"<td>([^<]*)</td>", cell, rendered)
     return _page(rendered)
+
+
+def about_html(info: Any) -> str:
+    """The About tab for one registered model: name, architecture, version and AUC per population, then its card.
+
+    Args:
+        info: the model's `xray.web.registry.ModelInfo`.
+    """
+    if info.error:
+        return _page(f"<p><strong>{html.escape(info.name)}</strong> cannot be loaded: {html.escape(info.error)}</p>")
+    from xray.inference.models import load_model
+
+    loaded = load_model(info.name)
+    entry = read_entry(info.name)
+    figures = choice_label(entry, "").removeprefix(f"{entry.name} · {entry.architecture}").lstrip(" ·")
+    test = f"test: {html.escape(figures)}" if figures else "no per-population test metrics (see the Models page)"
+    heading = (
+        f"<p><strong>{html.escape(info.name)}</strong> · {html.escape(loaded.architecture)} · version "
+        f"<code>{html.escape(loaded.version)}</code> · {test}</p><hr>"
+    )
+    return heading + card_html(entry)

@@ -168,18 +168,6 @@ def strip_front_matter(card: str) -> str:
     return card
 
 
-def model_card_markdown(info: ModelInfo) -> str:
-    """The About tab for one registered model: name, architecture, version, test headline, then its card."""
-    if info.error:
-        return f"**{info.name}** cannot be loaded: {info.error}"
-    from xray.inference.models import load_model
-
-    loaded = load_model(info.name)
-    card = strip_front_matter(loaded.card) or "_This model has no model card (README.md)._"
-    headline = format_headline(info.headline) or "no test metrics (metrics.json missing)"
-    return f"**{info.name}** · {loaded.architecture} · version `{loaded.version}` · test: {headline}\n\n---\n\n{card}"
-
-
 def example_files() -> list[Path]:
     """The sample X-rays shipped in `examples/` (sorted)."""
     if not EXAMPLES_DIR.is_dir():

@@ -11,10 +11,12 @@ import asyncio
 import html
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
+import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -32,6 +34,14 @@ from xray.records import auth
 from xray.web import demo, registry, startup
 
 logger = logging.getLogger("xray.app")
+
+#: After SIGTERM, how long the server waits for the events still running (a record being saved) to finish; each
+#: runs in a worker thread that would die with the process.
+SHUTDOWN_EVENTS_S = 60.0
+#: Then how long open connections may finish their response before they are closed. Gradio's session streams (one
+#: per browser tab or `gradio_client`) never finish by themselves: without this limit a connected client kept the
+#: server up until SIGKILL.
+SHUTDOWN_CONNECTIONS_S = 2.0
 
 
 def _logout(request: Request) -> Response:
@@ -230,3 +240,62 @@ def create_app(
     if warm_up:
         demo.warm_up(models[0] if models else None, models, demo.samples(), settings.max_image_pixels)
     return server
+
+
+def gradio_apps(server: FastAPI) -> list[Any]:
+    """The Gradio apps mounted on `server` (the doctors' app, and the public app when the demo is on)."""
+    mounts = [route for route in server.router.routes if isinstance(route, Mount)]
+    return [mount.app for mount in mounts if hasattr(mount.app, "stop_event")]
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server that stops within seconds of SIGTERM, whoever is connected, without cutting a save short.
+
+    Gradio's own `launch` ends its session streams when it closes; a server built with `gr.mount_gradio_app`
+    has to do it itself. On shutdown this server stops listening, waits up to `SHUTDOWN_EVENTS_S` for the events
+    still running in Gradio's queues (their results still reach the clients), ends the session streams (each
+    mounted app's `stop_event`) and then gives open connections `SHUTDOWN_CONNECTIONS_S` to finish. uvicorn
+    re-raises SIGTERM as soon as `shutdown` returns, which would kill a worker thread in the middle of a save.
+    """
+
+    def __init__(self, config: uvicorn.Config, server: FastAPI) -> None:
+        super().__init__(config)
+        self.apps = gradio_apps(server)
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        """Stop listening, let running events finish, end the session streams, then close the connections."""
+        for listener in self.servers:
+            listener.close()
+        # Before the session streams end: Gradio drops the results of a session whose stream has ended.
+        await self.running_events_done(SHUTDOWN_EVENTS_S)
+        for app in self.apps:
+            app.stop_event.set()
+        await super().shutdown(sockets)
+
+    async def running_events_done(self, limit_s: float) -> bool:
+        """Wait until no event runs in any mounted app's queue (at most `limit_s`); False when some still run."""
+        deadline = time.monotonic() + limit_s
+        logged = False
+        while True:
+            running = sum(job is not None for app in self.apps for job in app.get_blocks()._queue.active_jobs)
+            if not running:
+                return True
+            if time.monotonic() >= deadline:
+                logger.error("shutdown: %d event(s) still running after %.0f s; stopping anyway", running, limit_s)
+                return False
+            if not logged:
+                logger.info("shutdown: waiting for %d running event(s) to finish", running)
+                logged = True
+            await asyncio.sleep(0.05)
+
+
+def serve(server: FastAPI, settings: Settings) -> None:
+    """Serve `server` on the settings' host and port until SIGTERM or Ctrl-C (see `GracefulServer`)."""
+    config = uvicorn.Config(
+        server,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        timeout_graceful_shutdown=SHUTDOWN_CONNECTIONS_S,
+    )
+    GracefulServer(config, server).run()

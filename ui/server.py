@@ -59,6 +59,50 @@ def _logout(request: Request) -> Response:
     return response
 
 
+class SignInPageTitle:
+    """Gives Gradio's sign-in page the app's title in the browser tab (ASGI middleware of the doctors' app).
+
+    Gradio renders its sign-in page from a config without the app's title, so the tab had none (the app's pages
+    get theirs from `gr.Blocks(title=...)`). This adds a `<title>` to that page only: a page whose config says
+    `"auth_required":true`, before Gradio's compression (which sits outside this middleware).
+    """
+
+    MARK = b'"auth_required":true'
+
+    def __init__(self, app: Any, title: str) -> None:
+        self.app = app
+        self.title = f"<title>{html.escape(title)}</title>".encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        """Pass the request on; hold back an HTML page until it is complete and title it if it is the sign-in."""
+        if scope["type"] != "http" or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] | None = None
+        body: list[bytes] = []
+
+        async def send_titled(message: dict[str, Any]) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                content_type = dict(message.get("headers", [])).get(b"content-type", b"")
+                if content_type.startswith(b"text/html"):
+                    start = message  # held back until the whole page is here
+                    return
+            elif start is not None and message["type"] == "http.response.body":
+                body.append(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                page = b"".join(body)
+                if self.MARK in page and b"<title>" not in page:
+                    page = page.replace(b"<head>", b"<head>" + self.title, 1)
+                headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                await send({**start, "headers": [*headers, (b"content-length", str(len(page)).encode())]})
+                message = {"type": "http.response.body", "body": page, "more_body": False}
+            await send(message)
+
+        await self.app(scope, receive, send_titled)
+
+
 def _hub_signin(engine: Engine) -> Callable[[Request], Response]:
     """After "Sign in with Hugging Face": map the hub user to a doctor account and start a normal session."""
 
@@ -105,18 +149,21 @@ def doctor_app_options(settings: Settings, engine: Engine) -> dict[str, Any]:
 
     prefix = doctor_path(settings)
     message = (
+        f'<strong style="font-size: 1.2em">{html.escape(common.TITLE)}</strong><br>'
         "Sign in with your doctor account. Accounts are created by the administrator "
         "(<code>python -m xray users add NAME</code>). Repeated failed attempts are paused for 15 minutes."
     )
     routes = [Route("/logout", _logout, methods=["GET"])]
+    # The sign-in page has none of the app's CSS: its links are styled here, else they look like plain text.
+    link = 'style="color: #2563eb; text-decoration: underline"'
     if common.oauth_enabled():
         message += (
-            f' Or <a href="{prefix}/login/huggingface?_target_url={prefix}/xray/hub-signin">sign in with Hugging '
-            "Face</a>."
+            f' Or <a {link} href="{prefix}/login/huggingface?_target_url={prefix}/xray/hub-signin">sign in with '
+            "Hugging Face</a>."
         )
         routes.append(Route("/xray/hub-signin", _hub_signin(engine), methods=["GET"]))
     if settings.public_demo_enabled:
-        message += ' No account? The <a href="/">public demo</a> needs none.'
+        message += f' No account? The <a {link} href="/">public demo</a> needs none.'
     return {
         "auth": password_check,
         "auth_message": message,
@@ -127,7 +174,10 @@ def doctor_app_options(settings: Settings, engine: Engine) -> dict[str, Any]:
         "app_kwargs": {
             # Routes given here are matched before Gradio's own, so /logout clears both kinds of session.
             "routes": routes,
-            "middleware": [Middleware(auth.ClientAddressMiddleware, trust_forwarded=on_space())],
+            "middleware": [
+                Middleware(auth.ClientAddressMiddleware, trust_forwarded=on_space()),
+                Middleware(SignInPageTitle, title=f"Sign in: {common.TITLE}"),
+            ],
             "lifespan": sessions_in_database(settings, engine),
         },
         "footer_links": ["api", "settings"],

@@ -378,8 +378,10 @@ def test_out_of_scope_upload_hides_the_prediction_until_asked(server, alice, bob
     # Bob cannot reveal Alice's record; Alice can, under the warning.
     with pytest.raises(AppError, match=f"Record {record_id} was not found"):
         bob.predict(record_id, 0.4, api_name="/show_prediction")
-    label, summary, overlay, target, heat = alice.predict(record_id, 0.4, api_name="/show_prediction")
+    label, summary, overlay, target, heat, gate = alice.predict(record_id, 0.4, api_name="/show_prediction")
     assert set(c["label"] for c in label["confidences"]) == {"NORMAL", "PNEUMONIA"}
+    gate = gate["value"]
+    assert "shown on request" in gate and "prediction is hidden" not in gate and "colour image" in gate
     assert "Shown on request despite the input warning" in summary and "Model output" in summary
     assert Image.open(overlay).size[0] > 0 and "lung fields" in heat
     details, *_ = alice.predict(record_id, 0.4, api_name="/open_record")

@@ -224,6 +224,7 @@ def test_a_heatmap_method_change_redraws_the_record_without_saving_another(brows
     # gradcam++ (HiResCAM equals Grad-CAM on this model: its CAM layer is followed by global average pooling)
     page.get_by_label("gradcam++").check()
     expect(heatmap).not_to_have_attribute("src", before, timeout=60_000)
+    expect(page.locator("#xray-heatmap").get_by_text("Grad-CAM++ heatmap")).to_be_visible()
     page.wait_for_timeout(1000)
     assert _records(doctor_app, "Method Change Patient") == 1 and _error_badges(page) == 0
     page.close()

@@ -320,9 +320,10 @@ def change_target(
 def change_method(
     ctx: AppContext, view: HeatmapView | None, method: str | None, alpha: float, request: gr.Request
 ) -> tuple[Any, Any]:
-    """The record on screen's heatmap redrawn with another CAM method; the record is not changed, none is added."""
+    """The record on screen's heatmap redrawn with another CAM method, named above it; no record changed or added."""
+    label = f"{diagnose.CAM_NAMES.get(method or '', 'Grad-CAM')} heatmap"
     if view is None or view.record_id is None or not method or method == view.method:
-        return gr.skip(), view  # nothing on screen: the method applies to the next analysis
+        return gr.update(label=label), view  # nothing on screen: the method applies to the next analysis
     with Session(ctx.engine) as session:
         doctor = ctx.doctor(session, request)
         new_view = diagnose.reexplain(
@@ -335,7 +336,7 @@ def change_method(
             allowed_models=ctx.models,
             max_pixels=ctx.max_pixels,
         )
-    return new_view.overlay(alpha), new_view
+    return gr.update(value=new_view.overlay(alpha), label=label), new_view
 
 
 def _example_label(number: int, path: Path) -> str:

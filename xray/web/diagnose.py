@@ -27,6 +27,8 @@ from xray.web.views import HeatmapView, make_view
 logger = logging.getLogger(__name__)
 
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam")
+#: How each CAM method is named above its heatmap.
+CAM_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM"}
 
 
 @dataclass

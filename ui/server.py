@@ -1,4 +1,4 @@
-"""The web server: mounts the doctors' and the public app on one FastAPI app, with their options.
+"""The web server: mounts the doctors' and the public app on one FastAPI app, with their options, and serves it.
 
 The doctors' app's options (`doctor_app_options`) are the one place for its sign-in (passwords checked against the
 database, sessions kept in the database by `sessions_in_database`), /logout, the Hugging Face sign-in route on a

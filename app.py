@@ -20,7 +20,7 @@ import os
 from ui.common import DOCTOR_PATH, STORAGE_WARNING, TITLE, doctor_path
 from ui.doctors import build_demo
 from ui.public import build_public, public_upload_root
-from ui.server import create_app, doctor_app_options, public_app_options
+from ui.server import create_app, doctor_app_options, public_app_options, serve
 from xray.config import get_settings
 from xray.web import startup
 
@@ -40,9 +40,11 @@ logger = logging.getLogger("xray.app")
 
 
 def main() -> None:
-    """Start the app on the settings from the environment (creates the data folder and tables)."""
-    import uvicorn
+    """Start the app on the settings from the environment (creates the data folder and tables).
 
+    SIGTERM (a Space restart, a rolling update) stops it within seconds, after the events still running (a record
+    being saved) have finished: `ui.server.serve`.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up probes
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -59,7 +61,7 @@ def main() -> None:
         logger.info("public demo and Models page at %s/, doctors' app at %s%s/", url, url, DOCTOR_PATH)
     else:
         logger.info("doctors' app at %s/ (public demo off: XRAY_PUBLIC_DEMO=1 serves it)", url)
-    uvicorn.run(server, host=settings.host, port=settings.port, log_level="warning")
+    serve(server, settings)
 
 
 if __name__ == "__main__":

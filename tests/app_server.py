@@ -81,3 +81,67 @@ def running_app(root: Path, *, model_names: list[str], doctors: dict[str, str], 
             }
     finally:
         engine.dispose()
+
+
+@contextmanager
+def app_process(root: Path, *, model_names: list[str], doctors: dict[str, str], **env: str) -> Iterator[dict]:
+    """`python app.py` as its own process (as `make run` or a Space starts it) on a free port, until the block ends.
+
+    The models are offered through XRAY_EXTRA_MODELS (an empty models folder keeps the bundled ones out); `env`
+    adds XRAY_* variables. The process is killed at the end of the block if it still runs.
+
+    Yields:
+        {"process" (the `subprocess.Popen`), "url" (the server's root), "settings", "log" (its output file)}.
+    """
+    import subprocess
+    import sys
+
+    import httpx
+    from sqlmodel import Session
+
+    from xray.config import Settings
+    from xray.records import auth
+    from xray.web import startup
+
+    port = free_port()
+    environ = {
+        **os.environ,
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "XRAY_DATA_DIR": str(root / "data"),
+        "XRAY_PORT": str(port),
+        "XRAY_HOST": "127.0.0.1",
+        "XRAY_MODELS_DIR": str(root / "no-bundled-models"),
+        "XRAY_EXTRA_MODELS": ",".join(model_names),
+        **env,
+    }
+    settings = Settings(data_dir=root / "data", port=port)
+    engine = startup.open_database(settings, hint_first_account=False)
+    with Session(engine) as session:
+        for name, password in doctors.items():
+            auth.add_doctor(session, username=name, password=password, display_name=name)
+    engine.dispose()
+    log = root / "app.log"
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve().parent.parent / "app.py")],
+        env=environ,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        started = time.monotonic()
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"app.py exited with {process.returncode}: {log.read_text()[-3000:]}")
+            if time.monotonic() - started > 180:
+                raise RuntimeError(f"app.py did not answer on port {port} within 180 s")
+            try:
+                httpx.get(url, timeout=2)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.25)
+        yield {"process": process, "url": url, "settings": settings, "log": log}
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.app_server import running_app
+from tests.app_server import app_process, running_app
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SAMPLE = EXAMPLES / "person1951_bacteria_4882.jpeg"
@@ -395,8 +395,10 @@ def test_out_of_scope_upload_hides_the_prediction_until_asked(server, alice, bob
     # Bob cannot reveal Alice's record; Alice can, under the warning.
     with pytest.raises(AppError, match=f"Record {record_id} was not found"):
         bob.predict(record_id, 0.4, api_name="/show_prediction")
-    label, summary, overlay, target, heat = alice.predict(record_id, 0.4, api_name="/show_prediction")
+    label, summary, overlay, target, heat, gate = alice.predict(record_id, 0.4, api_name="/show_prediction")
     assert set(c["label"] for c in label["confidences"]) == {"NORMAL", "PNEUMONIA"}
+    gate = gate["value"]
+    assert "shown on request" in gate and "prediction is hidden" not in gate and "colour image" in gate
     assert "Shown on request despite the input warning" in summary and "Model output" in summary
     assert Image.open(overlay).size[0] > 0 and "lung fields" in heat
     details, *_ = alice.predict(record_id, 0.4, api_name="/open_record")
@@ -462,3 +464,71 @@ def test_batch_of_files_and_a_zip(server, bob, tmp_path):
     assert len(exported) == 4 and exported[2]["patient"] == "NORMAL2-IM-1437-0001"
     history, _ = _history(bob, patient="NORMAL2-IM-1437")
     assert len(history) == 1 and history[0][3] == "2024-06-01"
+
+
+# ------------------------------------------------------------------------------------------------ shutdown
+
+
+def _stopped_within(process, limit_s: float) -> float:
+    """Seconds `process` took to exit after SIGTERM (fails past `limit_s`)."""
+    import signal
+    import subprocess
+    import time
+
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"app.py still runs {limit_s:.0f} s after SIGTERM")
+    return time.monotonic() - sent
+
+
+def test_sigterm_stops_the_app_within_seconds_with_clients_connected(tmp_path, tiny_model_dir):
+    """A signed-in gradio_client (doctors' app) and a visitor's client (public app) stay connected meanwhile."""
+    from gradio_client import Client
+
+    model = f"local-dir:{tiny_model_dir}"
+    with app_process(tmp_path, model_names=[model], doctors={"alice": PASSWORDS["alice"]}, XRAY_PUBLIC_DEMO="1") as app:
+        doctor = Client(app["url"] + "doctor/", auth=("alice", PASSWORDS["alice"]), verbose=False)
+        assert "Agreement" in doctor.predict(api_name="/agreement")
+        visitor = Client(app["url"], verbose=False)
+        assert "/demo_sample" in visitor.view_api(print_info=False, return_format="dict")["named_endpoints"]
+        assert _stopped_within(app["process"], 5.0) < 5.0
+    assert "Traceback" not in app["log"].read_text()
+
+
+def test_sigterm_lets_a_record_being_saved_finish(tmp_path, tiny_model_dir):
+    """SIGTERM while a diagnosis runs: the process waits for it, and the record is in the database afterwards."""
+    import time
+
+    from gradio_client import Client, handle_file
+    from gradio_client.utils import Status
+    from sqlmodel import Session, select
+
+    from xray.records.db import Record, make_engine
+
+    # A large upload, so that the analysis still runs when the signal comes.
+    big = tmp_path / "big.png"
+    Image.open(SAMPLE).convert("L").resize((5000, 4500)).save(big)
+    model = f"local-dir:{tiny_model_dir}"
+    with app_process(tmp_path, model_names=[model], doctors={"alice": PASSWORDS["alice"]}) as app:
+        # the result's images are not fetched: the server no longer listens for new connections once stopping
+        client = Client(app["url"], auth=("alice", PASSWORDS["alice"]), verbose=False, download_files=False)
+        job = client.submit(handle_file(str(big)), "Saved At Shutdown", "2024-05-01", model, "gradcam", 0.4,
+                            api_name="/diagnose")  # fmt: skip
+        started = time.monotonic()
+        while job.status().code != Status.PROCESSING:
+            assert time.monotonic() - started < 60, job.status()
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert not job.done()  # else this test would prove nothing: use a larger image
+        _stopped_within(app["process"], 60.0)
+    engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'xray.db'}")
+    with Session(engine) as session:
+        records = session.exec(select(Record).where(Record.patient_name == "Saved At Shutdown")).all()
+    engine.dispose()
+    assert len(records) == 1 and records[0].label_names
+    assert int(job.result(timeout=10)[-1]) == records[0].id  # and the doctor got the result before the stop
+    log = app["log"].read_text()
+    assert "waiting for 1 running event(s) to finish" in log and "Traceback" not in log

@@ -63,3 +63,15 @@ def test_space_with_persistent_storage_keeps_records_there(clean_env, tmp_path: 
     assert settings.resolved_database_url == f"sqlite:///{(storage / 'xray' / 'xray.db').as_posix()}"
     clean_env.setenv("XRAY_DATA_DIR", str(tmp_path / "elsewhere"))
     assert not Settings().records_survive_restart  # a data folder outside /data is lost at restart
+
+
+def test_records_location_names_the_sqlite_file_of_xray_database_url(clean_env, tmp_path: Path):
+    other = tmp_path / "elsewhere" / "clinic.db"
+    clean_env.setenv("XRAY_DATABASE_URL", f"sqlite:///{other.as_posix()}")
+    location = Settings(data_dir=tmp_path / "data").records_location
+    assert location == f"SQLite file {other.resolve()}" and "xray.db" not in location
+    clean_env.setenv("XRAY_DATABASE_URL", "sqlite://")
+    assert "in memory" in Settings().records_location
+    clean_env.delenv("XRAY_DATABASE_URL")
+    default = Settings(data_dir=tmp_path / "data").records_location
+    assert default == f"SQLite file {(tmp_path / 'data' / 'xray.db').resolve()}"

@@ -182,3 +182,173 @@ def test_demo_thumbnails_model_switch_and_the_limit(browser, tmp_path, tiny_mode
         expect(info).to_have_text("")  # the stale result is gone
         expect(page.locator(".toast-body")).to_have_count(0)
         page.screenshot(path=str(tmp_path / "demo-limit.png"), full_page=True)
+
+
+# ------------------------------------------------------------------------------------------------ issue 21, item 3, 7
+# One app for the tests below: the bundled pneumonia model (its validation ROC gives the operating point).
+
+
+@pytest.fixture(scope="module")
+def doctor_app(tmp_path_factory):
+    with running_app(
+        tmp_path_factory.mktemp("walk"), model_names=["pneumonia"], doctors={"dr.grey": PASSWORD}
+    ) as server:
+        yield server
+
+
+def _signed_in(browser, server):
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(server["url"])
+    page.get_by_label("username").fill("dr.grey")
+    page.get_by_label("password").fill(PASSWORD)
+    page.get_by_role("button", name="Login").click()
+    expect(page.get_by_text("Signed in as")).to_be_visible(timeout=60_000)
+    return page
+
+
+def _analyse(page, file: Path, patient: str) -> None:
+    from playwright.sync_api import expect
+
+    page.locator("input[type=file]").first.set_input_files(str(file))
+    page.get_by_label("Patient name or ID").first.fill(patient)
+    page.get_by_role("button", name="Analyse and save").click()
+    expect(page.get_by_text(f"for patient {patient}")).to_be_visible(timeout=120_000)
+
+
+def _error_badges(page) -> int:
+    """Gradio's red "Error" badges on components (its status tracker after a failed event)."""
+    return page.locator("[data-testid=status-tracker] .error:visible").count()
+
+
+def _records(server, patient: str) -> int:
+    from sqlmodel import Session, select
+
+    from xray.records.db import Record
+
+    with Session(server["engine"]) as session:
+        return len(session.exec(select(Record).where(Record.patient_name == patient)).all())
+
+
+def test_a_typed_threshold_updates_the_operating_text(browser, doctor_app):
+    from playwright.sync_api import expect
+
+    page = _signed_in(browser, doctor_app)
+    page.get_by_text("Operating point").click()
+    box = page.locator("#xray-threshold input[type=number]")
+    text = page.locator("#xray-operating")
+    for typed in ("0.3", "0.72"):
+        box.fill(typed)  # typed, no drag and no blur
+        expect(text).to_contain_text(f"At threshold {float(typed):.2f}", timeout=30_000)
+    page.close()
+
+
+def test_a_heatmap_method_change_redraws_the_record_without_saving_another(browser, doctor_app):
+    from playwright.sync_api import expect
+
+    page = _signed_in(browser, doctor_app)
+    _analyse(page, SAMPLE, "Method Change Patient")
+    heatmap = page.locator("#xray-heatmap img")
+    before = heatmap.get_attribute("src")
+    page.get_by_text("Heatmap method").click()
+    # gradcam++ (HiResCAM equals Grad-CAM on this model: its CAM layer is followed by global average pooling)
+    page.get_by_label("gradcam++").check()
+    expect(heatmap).not_to_have_attribute("src", before, timeout=60_000)
+    expect(page.locator("#xray-heatmap").get_by_text("Grad-CAM++ heatmap")).to_be_visible()
+    page.wait_for_timeout(1000)
+    assert _records(doctor_app, "Method Change Patient") == 1 and _error_badges(page) == 0
+    page.close()
+
+
+def test_show_the_prediction_anyway_updates_the_input_check_box(browser, doctor_app, tmp_path):
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    photo = tmp_path / "holiday.png"
+    Image.new("RGB", (400, 320), (200, 40, 40)).save(photo)
+    page = _signed_in(browser, doctor_app)
+    _analyse(page, photo, "Photo Patient")
+    gate = page.locator("#xray-gate")
+    expect(gate).to_contain_text("the prediction is hidden")
+    page.get_by_role("button", name="Show the prediction anyway").click()
+    expect(gate).to_contain_text("shown on request", timeout=60_000)
+    expect(gate).not_to_contain_text("the prediction is hidden")
+    expect(page.locator("#xray-probabilities").get_by_text("PNEUMONIA").first).to_be_visible()
+    page.close()
+
+
+def test_a_bad_upload_gives_one_message_and_leaves_the_form_usable(browser, doctor_app, tmp_path):
+    from playwright.sync_api import expect
+
+    fake = tmp_path / "notes.png"
+    fake.write_text("a text file pretending to be a PNG")
+    page = _signed_in(browser, doctor_app)
+    page.locator("input[type=file]").first.set_input_files(str(fake))
+    toasts = page.locator("[data-testid=toast-body]")
+    expect(toasts.filter(has_text="not an image")).to_have_count(1, timeout=30_000)
+    page.wait_for_timeout(1500)
+    assert toasts.count() == 1 and _error_badges(page) == 0
+    patient = page.get_by_label("Patient name or ID").first
+    patient.fill("Still Typing")  # the form is not hidden behind an error
+    expect(patient).to_have_value("Still Typing")
+    page.get_by_role("button", name="Analyse and save").click()  # the refused file is no longer in the form
+    expect(toasts.filter(has_text="Upload a chest X-ray")).to_have_count(1, timeout=30_000)
+    page.wait_for_timeout(1500)
+    assert _error_badges(page) == 0 and toasts.filter(has_text="not an image").count() <= 1
+    page.close()
+
+
+def test_record_buttons_before_a_record_is_open_say_open_a_record_first(browser, doctor_app):
+    from playwright.sync_api import expect
+
+    page = _signed_in(browser, doctor_app)
+    page.get_by_role("tab", name="History").click()
+    expect(page.locator("#xray-history")).to_be_visible(timeout=30_000)
+    toasts = page.locator("[data-testid=toast-body]")
+    for name in ("Open record", "Save patient fields", "Delete record…", "Save final read", "Download PDF report"):
+        page.get_by_role("button", name=name, exact=True).click()
+        expect(toasts.filter(has_text="Open a record first")).to_have_count(1, timeout=30_000)
+        page.wait_for_timeout(500)
+        assert _error_badges(page) == 0, name
+        assert page.get_by_text("less than minimum").count() == 0, name
+        page.locator("[data-testid=toast-close]").first.click()
+        expect(toasts).to_have_count(0)
+    page.close()
+
+
+def test_saving_patient_fields_updates_the_record_heading(browser, doctor_app):
+    from playwright.sync_api import expect
+
+    page = _signed_in(browser, doctor_app)
+    _analyse(page, SAMPLE, "Old Name")
+    page.get_by_role("tab", name="History").click()
+    row = page.locator("#xray-history").get_by_role("row").filter(has_text="Old Name")
+    expect(row).to_be_visible(timeout=30_000)
+    row.get_by_text("Old Name").click()
+    details = page.locator("#xray-record-details")
+    expect(details).to_contain_text("Old Name", timeout=60_000)
+    page.get_by_label("Patient name or ID").last.fill("New Name")
+    page.get_by_role("button", name="Save patient fields").click()
+    expect(page.get_by_text("is now New Name")).to_be_visible(timeout=30_000)
+    expect(details).to_contain_text("New Name", timeout=30_000)
+    expect(details).not_to_contain_text("Old Name")
+    page.close()
+
+
+def test_the_sign_in_page_has_the_app_title_and_links_the_public_demo(browser, tmp_path, tiny_model_dir):
+    from playwright.sync_api import expect
+
+    model = f"local-dir:{tiny_model_dir}"
+    with running_app(tmp_path, model_names=[model], doctors={"dr.grey": PASSWORD}, public_demo=True) as server:
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        page.goto(server["url"])
+        expect(page.get_by_text("Sign in with your doctor account")).to_be_visible(timeout=30_000)
+        assert page.title() == "Sign in: Chest X-ray decision support"
+        expect(page.get_by_text("Chest X-ray decision support", exact=True)).to_be_visible()
+        link = page.get_by_role("link", name="public demo")
+        assert link.evaluate("a => getComputedStyle(a).textDecorationLine") == "underline"
+        link.click()
+        expect(page.get_by_label("Sample 4 (dataset label: PNEUMONIA)")).to_be_visible(timeout=60_000)
+        assert page.url == server["public_url"]
+        page.close()

@@ -109,6 +109,36 @@ def test_bad_diagnose_inputs_save_nothing(session, store, doctors, model_name, o
     assert not store.root.exists() or not any(p.is_file() for p in store.root.rglob("*"))
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"source": None}, "Upload a chest X-ray"),
+        ({"patient_name": "  "}, "patient"),
+        ({"exam_date": "yesterday"}, "not a date"),
+        ({"exam_date": "2025-07-01"}, "future"),
+        ({"model_name": "pneumonia-v9"}, "Unknown model"),
+        ({"allowed_models": []}, "No model is installed"),
+        ({"method": "lime"}, "Unknown heatmap method"),
+    ],
+)
+def test_check_form_says_what_diagnose_would_without_reading_the_file(model_name, overrides, message):
+    """The Diagnose tab checks the form first (one message, no error badge on the result panes)."""
+    form = {
+        "source": "/nonexistent/upload.png",  # never opened: the file's content is diagnose's to check
+        "patient_name": "Jane Roe",
+        "exam_date": "2025-06-01",
+        "model_name": model_name,
+        "allowed_models": [model_name],
+        "method": "gradcam",
+    }
+    form.update(overrides)
+    args = [form[k] for k in ("source", "patient_name", "exam_date", "model_name", "allowed_models", "method")]
+    with pytest.raises(InvalidInputError, match=message):
+        diagnose.check_form(*args, today=date(2025, 6, 30))
+    if overrides == {"source": None}:
+        assert diagnose.check_form("/nonexistent/upload.png", *args[1:], today=date(2025, 6, 30)) is None
+
+
 def test_truncated_jpeg_is_refused(session, store, doctors, model_name):
     alice, _ = doctors
     data = PNEUMONIA_JPEG.read_bytes()
@@ -181,6 +211,9 @@ def test_trust_out_of_scope_upload_is_saved_with_its_reasons(session, store, doc
     box = views.gate_markdown(record.gate_reasons, result.gate_note)
     assert "prediction is hidden" in box and "colour image" in box and "Show the prediction anyway" in box
     assert "ood.npz" in box
+    shown = views.gate_markdown(record.gate_reasons, result.gate_note, shown=True)  # after "Show the prediction"
+    assert "shown on request" in shown and "prediction is hidden" not in shown and "Show the prediction" not in shown
+    assert "colour image" in shown and "ood.npz" in shown
     assert "Input check:" in history.record_markdown(record) and "unreliable" in history.record_markdown(record)
 
 

@@ -16,5 +16,6 @@ Modules, lowest first (each imports only modules of a lower rank, never one of i
     about      1  About tab: model card, version, where records are kept
     public     2  the public app (`build_public`): demo and Models tabs, no sign-in, no database
     doctors    2  the doctors' app (`build_demo`): header with sign-in state, then the doctors' tabs
-    server     3  `create_app`: both apps on one FastAPI server; sign-in, hub sign-in, logout, database sessions
+    server     3  `create_app`: both apps on one FastAPI server; sign-in, hub sign-in, logout, database sessions;
+                  `serve`: uvicorn, stopping within seconds of SIGTERM once running events are done
 """

@@ -208,6 +208,31 @@ def app_context(settings: Settings | None, engine: Engine | None, model_names: l
     )
 
 
+#: What a record panel's button says when no record is open (instead of an error badge on every pane).
+OPEN_RECORD_FIRST = "Open a record first: click a row in the list, or type its record ID and press Open record."
+
+
+def needs_record(fn: Callable[..., Any], *, outputs: int, warn: bool = True) -> Callable[..., Any]:
+    """`fn` for a record panel's button that does nothing but warn while no record is open.
+
+    Without a record ID (empty, or the 0 an empty number field sends) it changes none of its `outputs` and says
+    `OPEN_RECORD_FIRST` as a warning (unless `warn` is False). The record ID is `fn`'s first argument after the
+    context, if it has one (`ctx.handler` binds the context).
+    """
+    takes_context = next(iter(inspect.signature(fn).parameters), "") == "ctx"
+
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        record_id = args[1 if takes_context else 0] if len(args) > (1 if takes_context else 0) else None
+        if record_id is None or record_id == 0 or (isinstance(record_id, str) and not record_id.strip()):
+            if warn:
+                gr.Warning(OPEN_RECORD_FIRST)
+            return gr.skip() if outputs == 1 else tuple(gr.skip() for _ in range(outputs))
+        return fn(*args, **kwargs)
+
+    return guarded
+
+
 def change_opacity(view: HeatmapView | None, alpha: float) -> Any:
     """The overlay redrawn at another opacity (no model call)."""
     return view.overlay(alpha) if view is not None else None

@@ -12,6 +12,7 @@ import gradio as gr
 from sqlmodel import Session
 
 from ui.common import DISPLAY_FORMAT, NOTICE_HTML, AppContext, change_opacity, friendly, quiet, today
+from xray.errors import XrayError
 from xray.web import diagnose, forms, history, operating, registry, views
 from xray.web.views import HeatmapView
 
@@ -53,15 +54,20 @@ def diagnose_tab(ctx: AppContext) -> gr.Dropdown:
         record_id_out = gr.Number(visible=False, precision=0)
         view_state = gr.State(None)
         shown_state = gr.State(None)  # the record whose prediction is on screen (None while hidden)
+        gate_note = gr.State(None)  # the input check's note, kept for the box shown after "Show the prediction"
 
     show_operating = ctx.handler(operating_text)
     op_inputs = [model, op_threshold, op_prevalence, shown_state]
+    # The form's cheap checks first, on an event without outputs: a mistake in the form gets one message and no
+    # error badge on every result pane. /diagnose checks them again for API clients.
     run.click(
+        ctx.handler(check_form), [upload, patient, exam_date, model, method], None, api_visibility="private"
+    ).success(
         ctx.handler(run_diagnose),
         [upload, patient, exam_date, model, method, opacity],
         [
             probabilities, summary, original, overlay, target, model_info, heat_info, gate_box, reveal_btn,
-            view_state, shown_state, record_id_out,
+            view_state, shown_state, record_id_out, gate_note,
         ],
         api_name="diagnose",
         concurrency_limit=ctx.settings.inference_concurrency,
@@ -69,11 +75,12 @@ def diagnose_tab(ctx: AppContext) -> gr.Dropdown:
     ).then(show_operating, op_inputs, op_text, api_name="operating_after_diagnose", api_visibility="private")
     reveal_btn.click(
         ctx.handler(reveal),
-        [record_id_out, opacity],
-        [probabilities, summary, overlay, target, heat_info, reveal_btn, view_state, shown_state],
+        [record_id_out, opacity, gate_note],
+        [probabilities, summary, overlay, target, heat_info, gate_box, reveal_btn, view_state, shown_state],
         api_name="show_prediction",
     ).then(show_operating, op_inputs, op_text, api_name="operating_after_reveal", api_visibility="private")
-    op_threshold.release(show_operating, op_inputs, op_text, api_name="operating_point")
+    # `input`: dragging the knob and typing into the number box alike (`release` missed typing).
+    op_threshold.input(show_operating, op_inputs, op_text, api_name="operating_point", trigger_mode="always_last")
     op_prevalence.change(show_operating, op_inputs, op_text, api_name="operating_prevalence", api_visibility="private")
     model.change(
         ctx.handler(operating_start), model, [op_group, op_threshold, op_prevalence], api_visibility="private"
@@ -82,6 +89,13 @@ def diagnose_tab(ctx: AppContext) -> gr.Dropdown:
     target.input(
         ctx.handler(change_target),
         [view_state, target, method, opacity],
+        [overlay, view_state],
+        api_visibility="private",
+        concurrency_id="inference",
+    )
+    method.input(
+        ctx.handler(change_method),
+        [view_state, method, opacity],
         [overlay, view_state],
         api_visibility="private",
         concurrency_id="inference",
@@ -115,7 +129,9 @@ def _diagnose_form(ctx: AppContext) -> tuple[gr.File, gr.Textbox, gr.DateTime, g
             example_labels=[_example_label(i, p) for i, p in enumerate(examples, 1)],
             label="Sample X-rays (Kermany et al. 2018, CC BY 4.0): click one, then Analyse",
         )
-    upload.change(ctx.handler(preview), upload, [preview_image, patient, exam_date], api_visibility="private")
+    upload.change(
+        ctx.handler(preview), upload, [preview_image, patient, exam_date, upload], api_visibility="private"
+    )
     return upload, patient, exam_date, model, method, run
 
 
@@ -125,27 +141,47 @@ def _operating_panel(ctx: AppContext) -> tuple[gr.Accordion, gr.Slider, gr.Numbe
     with gr.Accordion("Operating point", open=False, visible=start.available) as group:
         with gr.Row():
             threshold = gr.Slider(
-                0.0, 1.0, value=start.threshold, step=0.001, label="Threshold",
+                0.0, 1.0, value=start.threshold, step=0.001, label="Threshold", elem_id="xray-threshold",
                 info="Positive when its probability is at least this (model default shown)",
             )  # fmt: skip
             prevalence = gr.Number(
                 value=start.prevalence, minimum=0.0, maximum=1.0, step=0.01,
                 label="Prevalence (0-1)", info=operating.PREVALENCE_INFO,
             )  # fmt: skip
-        text = gr.Markdown()
+        text = gr.Markdown(elem_id="xray-operating")
     return group, threshold, prevalence, text
 
 
-def preview(ctx: AppContext, file: str | None) -> tuple[Any, Any, Any]:
-    """The uploaded image at display size, and the patient fields from its DICOM tags."""
+def preview(ctx: AppContext, file: str | None) -> tuple[Any, Any, Any, Any]:
+    """The uploaded image at display size, and the patient fields from its DICOM tags.
+
+    A file that is not a readable image gets one warning and is taken out of the form (an error would mark the
+    preview and the patient fields with error badges, and Analyse would repeat it).
+    """
     if not file:
-        return None, gr.update(), gr.update()
-    data = forms.read_upload(file, max_bytes=ctx.max_bytes)
-    image = forms.load_image(data, filename=Path(file).name, max_pixels=ctx.max_pixels)
+        return None, gr.skip(), gr.skip(), gr.skip()
+    try:
+        data = forms.read_upload(file, max_bytes=ctx.max_bytes)
+        image = forms.load_image(data, filename=Path(file).name, max_pixels=ctx.max_pixels)
+    except XrayError as exc:
+        gr.Warning(str(exc))
+        return None, gr.skip(), gr.skip(), None
     prefill = forms.prefill_from_metadata(image.metadata)
-    patient = gr.update(value=prefill.patient) if prefill.patient else gr.update()
-    exam = gr.update(value=prefill.exam_date.isoformat()) if prefill.exam_date else gr.update()
-    return views.display_pixels(image), patient, exam
+    patient = gr.update(value=prefill.patient) if prefill.patient else gr.skip()
+    exam = gr.update(value=prefill.exam_date.isoformat()) if prefill.exam_date else gr.skip()
+    return views.display_pixels(image), patient, exam, gr.skip()
+
+
+def check_form(
+    ctx: AppContext,
+    file: str | None,
+    patient: str | None,
+    exam_date: str | None,
+    model_name: str | None,
+    method: str | None,
+) -> None:
+    """The form's checks that need neither the file's content nor the model (`xray.web.diagnose.check_form`)."""
+    diagnose.check_form(file, patient, exam_date, model_name, ctx.models, method)
 
 
 def run_diagnose(
@@ -192,6 +228,7 @@ def run_diagnose(
             return (
                 None, "", result.view.pixels, None, hidden_target, info, "",
                 gr.update(value=gate_text, visible=True), gr.update(visible=True), None, None, record.id,
+                result.gate_note,
             )  # fmt: skip
         return (
             result.probabilities,
@@ -206,11 +243,14 @@ def run_diagnose(
             result.view,
             record.id,
             record.id,
+            result.gate_note,
         )
 
 
-def reveal(ctx: AppContext, record_id: Any, alpha: float, request: gr.Request) -> tuple[Any, ...]:
-    """The hidden prediction of an out-of-scope record, under the input warning."""
+def reveal(
+    ctx: AppContext, record_id: Any, alpha: float, gate_note: str | None, request: gr.Request
+) -> tuple[Any, ...]:
+    """The hidden prediction of an out-of-scope record, under the input warning (which now says it is shown)."""
     with Session(ctx.engine) as session:
         doctor = ctx.doctor(session, request)
         detail = history.open_record(session, ctx.store, doctor=doctor, record_id=record_id, max_pixels=ctx.max_pixels)
@@ -226,6 +266,7 @@ def reveal(ctx: AppContext, record_id: Any, alpha: float, request: gr.Request) -
             detail.view.overlay(alpha),
             gr.update(choices=list(record.label_names), value=detail.view.target_label, interactive=True),
             views.heat_markdown(record.heat_in_lungs, record.heat_in_chest),
+            gr.update(value=views.gate_markdown(record.gate_reasons, gate_note, shown=True), visible=True),
             gr.update(visible=False),
             detail.view,
             record.id,
@@ -274,6 +315,28 @@ def change_target(
             max_pixels=ctx.max_pixels,
         )
     return new_view.overlay(alpha), new_view
+
+
+def change_method(
+    ctx: AppContext, view: HeatmapView | None, method: str | None, alpha: float, request: gr.Request
+) -> tuple[Any, Any]:
+    """The record on screen's heatmap redrawn with another CAM method, named above it; no record changed or added."""
+    label = f"{diagnose.CAM_NAMES.get(method or '', 'Grad-CAM')} heatmap"
+    if view is None or view.record_id is None or not method or method == view.method:
+        return gr.update(label=label), view  # nothing on screen: the method applies to the next analysis
+    with Session(ctx.engine) as session:
+        doctor = ctx.doctor(session, request)
+        new_view = diagnose.reexplain(
+            session,
+            ctx.store,
+            doctor=doctor,
+            record_id=view.record_id,
+            target_label=view.target_label,
+            method=method,
+            allowed_models=ctx.models,
+            max_pixels=ctx.max_pixels,
+        )
+    return gr.update(value=new_view.overlay(alpha), label=label), new_view
 
 
 def _example_label(number: int, path: Path) -> str:

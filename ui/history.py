@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 from sqlmodel import Session
 
-from ui.common import DISPLAY_FORMAT, AppContext, change_opacity, friendly, quiet
+from ui.common import DISPLAY_FORMAT, AppContext, change_opacity, friendly, needs_record, quiet
 from xray.web import forms, history, review, views
 
 
@@ -77,11 +77,13 @@ def history_tab(ctx: AppContext, demo: gr.Blocks) -> None:
 def _record_panel(ctx: AppContext, listing: _HistoryList) -> None:
     """One record: details, image and saved heatmap; patient fields, delete, final read and PDF report."""
     with gr.Row(equal_height=True):
-        record_id = gr.Number(value=None, label="Record ID (click a row)", precision=0, minimum=1)
+        # No `minimum`: Gradio refuses an empty field (sent as 0) with "Value 0 is less than minimum value 1" and an
+        # error badge on every output; `needs_record` says "Open a record first" instead.
+        record_id = gr.Number(value=None, label="Record ID (click a row)", precision=0)
         open_btn = gr.Button("Open record")
     with gr.Row():
         with gr.Column(scale=1):
-            details = gr.Markdown()
+            details = gr.Markdown(elem_id="xray-record-details")
             patient = gr.Textbox(label="Patient name or ID")
             exam_date = quiet(gr.DateTime(include_time=False, type="string", label="Exam date", value=None))
             save_btn = gr.Button("Save patient fields")
@@ -108,8 +110,9 @@ def _record_panel(ctx: AppContext, listing: _HistoryList) -> None:
             opacity = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Heatmap opacity")
     view = gr.State(None)
 
-    show_page, show_record = ctx.handler(list_history), ctx.handler(open_record)
+    show_page = ctx.handler(list_history)
     outputs = [details, original, overlay, patient, exam_date, final_choice, final_note, view, confirm_box]
+    show_record = ctx.handler(needs_record(open_record, outputs=len(outputs)))
     listing.table.select(select_row, None, record_id, api_visibility="private").then(
         show_record, [record_id, opacity], outputs, api_name="open_record_from_table", api_visibility="private"
     ).then(lambda: gr.update(visible=False), None, report_file, api_name="hide_report", api_visibility="private")
@@ -117,18 +120,31 @@ def _record_panel(ctx: AppContext, listing: _HistoryList) -> None:
         lambda: gr.update(visible=False), None, report_file, api_name="hide_report_2", api_visibility="private"
     )
     final_btn.click(
-        ctx.handler(save_final_read), [record_id, final_choice, final_note], [message, details], api_name="final_read"
+        ctx.handler(needs_record(save_final_read, outputs=2)),
+        [record_id, final_choice, final_note],
+        [message, details],
+        api_name="final_read",
     ).then(ctx.handler(agreement), None, listing.agreement, api_name="agreement_after_read", api_visibility="private")
-    report_btn.click(ctx.handler(report), record_id, report_file, api_name="report").success(
-        lambda: gr.update(visible=True), None, report_file, api_name="show_report", api_visibility="private"
-    )
+    report_btn.click(ctx.handler(needs_record(report, outputs=1)), record_id, report_file, api_name="report").success(
+        lambda record_id: gr.update(visible=bool(record_id)), record_id, report_file, api_name="show_report",
+        api_visibility="private",
+    )  # fmt: skip
     opacity.change(
         friendly(change_opacity), [view, opacity], overlay, api_name="history_opacity", api_visibility="private"
     )
-    save_btn.click(ctx.handler(update_record), [record_id, patient, exam_date], message, api_name="update_record").then(
+    save_btn.click(
+        ctx.handler(needs_record(update_record, outputs=1)), [record_id, patient, exam_date], message,
+        api_name="update_record",
+    ).success(
+        # the record's heading and details show the new patient fields
+        ctx.handler(needs_record(record_details, outputs=1, warn=False)), record_id, details,
+        api_name="details_after_edit", api_visibility="private",
+    ).then(
         show_page, listing.inputs, listing.outputs, api_name="history_after_edit", api_visibility="private"
+    )  # fmt: skip
+    delete_btn.click(
+        friendly(needs_record(ask_delete, outputs=2)), record_id, [confirm_box, confirm_text], api_visibility="private"
     )
-    delete_btn.click(friendly(ask_delete), record_id, [confirm_box, confirm_text], api_visibility="private")
     cancel_btn.click(
         lambda: gr.update(visible=False), None, confirm_box, api_name="cancel_delete", api_visibility="private"
     )
@@ -221,6 +237,14 @@ def update_record(
         )
         patient_text = views.md_escape(record.patient_name)
         return f"Saved: record {record.id} is now {patient_text}, exam date {record.exam_date.isoformat()}."
+
+
+def record_details(ctx: AppContext, record_id: Any, request: gr.Request) -> str:
+    """The record's heading and details as they are now (after an edit)."""
+    with Session(ctx.engine) as session:
+        doctor = ctx.doctor(session, request)
+        record = history.owned_record(session, doctor=doctor, record_id=record_id)
+        return history.record_markdown(record)
 
 
 def ask_delete(record_id: Any) -> Any:

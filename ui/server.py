@@ -1,4 +1,4 @@
-"""The web server: mounts the doctors' and the public app on one FastAPI app, with their options.
+"""The web server: mounts the doctors' and the public app on one FastAPI app, with their options, and serves it.
 
 The doctors' app's options (`doctor_app_options`) are the one place for its sign-in (passwords checked against the
 database, sessions kept in the database by `sessions_in_database`), /logout, the Hugging Face sign-in route on a
@@ -11,10 +11,12 @@ import asyncio
 import html
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
+import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -33,6 +35,14 @@ from xray.web import demo, registry, startup
 
 logger = logging.getLogger("xray.app")
 
+#: After SIGTERM, how long the server waits for the events still running (a record being saved) to finish; each
+#: runs in a worker thread that would die with the process.
+SHUTDOWN_EVENTS_S = 60.0
+#: Then how long open connections may finish their response before they are closed. Gradio's session streams (one
+#: per browser tab or `gradio_client`) never finish by themselves: without this limit a connected client kept the
+#: server up until SIGKILL.
+SHUTDOWN_CONNECTIONS_S = 2.0
+
 
 def _logout(request: Request) -> Response:
     """Forget this browser's sign-in (password cookie and, on a Space, the Hugging Face session)."""
@@ -47,6 +57,50 @@ def _logout(request: Request) -> Response:
     if "session" in request.scope:
         request.session.pop("oauth_info", None)
     return response
+
+
+class SignInPageTitle:
+    """Gives Gradio's sign-in page the app's title in the browser tab (ASGI middleware of the doctors' app).
+
+    Gradio renders its sign-in page from a config without the app's title, so the tab had none (the app's pages
+    get theirs from `gr.Blocks(title=...)`). This adds a `<title>` to that page only: a page whose config says
+    `"auth_required":true`, before Gradio's compression (which sits outside this middleware).
+    """
+
+    MARK = b'"auth_required":true'
+
+    def __init__(self, app: Any, title: str) -> None:
+        self.app = app
+        self.title = f"<title>{html.escape(title)}</title>".encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        """Pass the request on; hold back an HTML page until it is complete and title it if it is the sign-in."""
+        if scope["type"] != "http" or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] | None = None
+        body: list[bytes] = []
+
+        async def send_titled(message: dict[str, Any]) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                content_type = dict(message.get("headers", [])).get(b"content-type", b"")
+                if content_type.startswith(b"text/html"):
+                    start = message  # held back until the whole page is here
+                    return
+            elif start is not None and message["type"] == "http.response.body":
+                body.append(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                page = b"".join(body)
+                if self.MARK in page and b"<title>" not in page:
+                    page = page.replace(b"<head>", b"<head>" + self.title, 1)
+                headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                await send({**start, "headers": [*headers, (b"content-length", str(len(page)).encode())]})
+                message = {"type": "http.response.body", "body": page, "more_body": False}
+            await send(message)
+
+        await self.app(scope, receive, send_titled)
 
 
 def _hub_signin(engine: Engine) -> Callable[[Request], Response]:
@@ -95,18 +149,21 @@ def doctor_app_options(settings: Settings, engine: Engine) -> dict[str, Any]:
 
     prefix = doctor_path(settings)
     message = (
+        f'<strong style="font-size: 1.2em">{html.escape(common.TITLE)}</strong><br>'
         "Sign in with your doctor account. Accounts are created by the administrator "
         "(<code>python -m xray users add NAME</code>). Repeated failed attempts are paused for 15 minutes."
     )
     routes = [Route("/logout", _logout, methods=["GET"])]
+    # The sign-in page has none of the app's CSS: its links are styled here, else they look like plain text.
+    link = 'style="color: #2563eb; text-decoration: underline"'
     if common.oauth_enabled():
         message += (
-            f' Or <a href="{prefix}/login/huggingface?_target_url={prefix}/xray/hub-signin">sign in with Hugging '
-            "Face</a>."
+            f' Or <a {link} href="{prefix}/login/huggingface?_target_url={prefix}/xray/hub-signin">sign in with '
+            "Hugging Face</a>."
         )
         routes.append(Route("/xray/hub-signin", _hub_signin(engine), methods=["GET"]))
     if settings.public_demo_enabled:
-        message += ' No account? The <a href="/">public demo</a> needs none.'
+        message += f' No account? The <a {link} href="/">public demo</a> needs none.'
     return {
         "auth": password_check,
         "auth_message": message,
@@ -117,7 +174,10 @@ def doctor_app_options(settings: Settings, engine: Engine) -> dict[str, Any]:
         "app_kwargs": {
             # Routes given here are matched before Gradio's own, so /logout clears both kinds of session.
             "routes": routes,
-            "middleware": [Middleware(auth.ClientAddressMiddleware, trust_forwarded=on_space())],
+            "middleware": [
+                Middleware(auth.ClientAddressMiddleware, trust_forwarded=on_space()),
+                Middleware(SignInPageTitle, title=f"Sign in: {common.TITLE}"),
+            ],
             "lifespan": sessions_in_database(settings, engine),
         },
         "footer_links": ["api", "settings"],
@@ -232,3 +292,62 @@ def create_app(
             models[0] if models else None, models, demo.samples(), settings.max_image_pixels, demo.SAMPLE_RESULTS
         )
     return server
+
+
+def gradio_apps(server: FastAPI) -> list[Any]:
+    """The Gradio apps mounted on `server` (the doctors' app, and the public app when the demo is on)."""
+    mounts = [route for route in server.router.routes if isinstance(route, Mount)]
+    return [mount.app for mount in mounts if hasattr(mount.app, "stop_event")]
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server that stops within seconds of SIGTERM, whoever is connected, without cutting a save short.
+
+    Gradio's own `launch` ends its session streams when it closes; a server built with `gr.mount_gradio_app`
+    has to do it itself. On shutdown this server stops listening, waits up to `SHUTDOWN_EVENTS_S` for the events
+    still running in Gradio's queues (their results still reach the clients), ends the session streams (each
+    mounted app's `stop_event`) and then gives open connections `SHUTDOWN_CONNECTIONS_S` to finish. uvicorn
+    re-raises SIGTERM as soon as `shutdown` returns, which would kill a worker thread in the middle of a save.
+    """
+
+    def __init__(self, config: uvicorn.Config, server: FastAPI) -> None:
+        super().__init__(config)
+        self.apps = gradio_apps(server)
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        """Stop listening, let running events finish, end the session streams, then close the connections."""
+        for listener in self.servers:
+            listener.close()
+        # Before the session streams end: Gradio drops the results of a session whose stream has ended.
+        await self.running_events_done(SHUTDOWN_EVENTS_S)
+        for app in self.apps:
+            app.stop_event.set()
+        await super().shutdown(sockets)
+
+    async def running_events_done(self, limit_s: float) -> bool:
+        """Wait until no event runs in any mounted app's queue (at most `limit_s`); False when some still run."""
+        deadline = time.monotonic() + limit_s
+        logged = False
+        while True:
+            running = sum(job is not None for app in self.apps for job in app.get_blocks()._queue.active_jobs)
+            if not running:
+                return True
+            if time.monotonic() >= deadline:
+                logger.error("shutdown: %d event(s) still running after %.0f s; stopping anyway", running, limit_s)
+                return False
+            if not logged:
+                logger.info("shutdown: waiting for %d running event(s) to finish", running)
+                logged = True
+            await asyncio.sleep(0.05)
+
+
+def serve(server: FastAPI, settings: Settings) -> None:
+    """Serve `server` on the settings' host and port until SIGTERM or Ctrl-C (see `GracefulServer`)."""
+    config = uvicorn.Config(
+        server,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        timeout_graceful_shutdown=SHUTDOWN_CONNECTIONS_S,
+    )
+    GracefulServer(config, server).run()

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
         "persistent storage.",
     )
     database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; default sqlite:///<data_dir>/xray.db. PostgreSQL: postgresql+psycopg://"
+        default=None, description="SQLAlchemy URL; default sqlite:///<data_dir>/xray.db. PostgreSQL: postgresql+psycopg://",
     )
     storage_url: str | None = Field(
         default=None,
@@ -119,12 +119,17 @@ class Settings(BaseSettings):
     @property
     def records_location(self) -> str:
         """Where records are kept, in words for the About tab (no credentials)."""
-        if self.database_url and not self.database_url.startswith("sqlite"):
-            from sqlalchemy.engine import make_url
+        from sqlalchemy.engine import make_url
 
-            url = make_url(self.database_url)
+        url = make_url(self.resolved_database_url)
+        if url.get_backend_name() != "sqlite":
             return f"{url.get_backend_name()} database {url.database or ''} on {url.host or 'localhost'}"
-        where = f"SQLite file {(self.data_dir / 'xray.db').resolve()}"
+        # XRAY_DATABASE_URL may name any SQLite file, not only the one in the data folder.
+        where = (
+            f"SQLite file {Path(url.database).resolve()}"
+            if url.database not in (None, "", ":memory:")
+            else "SQLite database in memory (lost when the app stops)"
+        )
         return where + ("" if self.records_survive_restart else " (NOT persistent: lost when the Space restarts)")
 
     @property

@@ -27,6 +27,8 @@ from xray.web.views import HeatmapView, make_view
 logger = logging.getLogger(__name__)
 
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam")
+#: How each CAM method is named above its heatmap.
+CAM_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM"}
 
 
 @dataclass
@@ -67,6 +69,30 @@ def check_target(loaded: Any, target_label: str | None) -> str | None:
             f"Unknown class '{target_label}' for model {loaded.name}; its classes are {', '.join(loaded.label_names)}."
         )
     return target_label
+
+
+def check_form(
+    source: str | Path | bytes | None,
+    patient_name: str | None,
+    exam_date: str | date | None,
+    model_name: str | None,
+    allowed_models: Sequence[str],
+    method: str | None,
+    *,
+    today: date | None = None,
+) -> None:
+    """The Diagnose form's checks that need neither the file's content nor the model (cheap, run first).
+
+    Raises:
+        InvalidInputError: no file, no patient, a bad or future exam date, an unknown model or heatmap method.
+    """
+    if source is None or (isinstance(source, (str, Path)) and not str(source)):
+        read_upload(None, max_bytes=0)  # its message names the accepted formats
+    parse_patient(patient_name)
+    parse_exam_date(exam_date, today=today)
+    check_method(method)
+    if model_name not in allowed_models:
+        load_registered_model(model_name, allowed_models)  # its message says what to choose
 
 
 def diagnose(

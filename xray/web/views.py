@@ -157,16 +157,21 @@ def input_check_cell(reasons: Sequence[str] | None) -> str:
     return "OUT OF SCOPE: " + " ".join(reasons) if reasons else "in scope"
 
 
-def gate_markdown(reasons: Sequence[str] | None, note: str | None = None) -> str:
-    """The warning box shown instead of the result for an out-of-scope image (empty when in scope)."""
+def gate_markdown(reasons: Sequence[str] | None, note: str | None = None, *, shown: bool = False) -> str:
+    """The warning box of an out-of-scope image (empty when in scope): the prediction hidden, or `shown` on request."""
     if not reasons:
         return f"ℹ️ {note}" if note else ""
-    lines = ["### ⚠️ Out of scope: the prediction is hidden", ""]
+    heading = (
+        "### ⚠️ Out of scope: the prediction below is shown on request and is unreliable"
+        if shown
+        else "### ⚠️ Out of scope: the prediction is hidden"
+    )
+    lines = [heading, ""]
     lines += [f"- {md_escape(r)}" for r in reasons]
     lines += [
         "",
-        "The model was made for frontal chest X-rays; any result for this image is unreliable. The record is "
-        "saved. Click **Show the prediction anyway** to see it under this warning.",
+        "The model was made for frontal chest X-rays; any result for this image is unreliable. The record is saved."
+        + ("" if shown else " Click **Show the prediction anyway** to see it under this warning."),
     ]
     if note:
         lines += ["", f"ℹ️ {note}"]

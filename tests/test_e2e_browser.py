@@ -299,6 +299,23 @@ def test_a_bad_upload_gives_one_message_and_leaves_the_form_usable(browser, doct
     page.close()
 
 
+def test_compare_and_batch_without_files_give_one_message_and_no_error_badges(browser, doctor_app):
+    from playwright.sync_api import expect
+
+    page = _signed_in(browser, doctor_app)
+    toasts = page.locator("[data-testid=toast-body]")
+    for tab, button in (("Compare", "Compare models"), ("Batch", "Run batch and save")):
+        page.get_by_role("tab", name=tab).click()
+        page.get_by_role("button", name=button).click()
+        expect(toasts.filter(has_text="Upload")).to_have_count(1, timeout=30_000)
+        page.wait_for_timeout(1500)
+        assert _error_badges(page) == 0, tab
+        for close in page.locator("[data-testid=toast-close]").all():
+            close.click()
+        expect(toasts).to_have_count(0)
+    page.close()
+
+
 def test_record_buttons_before_a_record_is_open_say_open_a_record_first(browser, doctor_app):
     from playwright.sync_api import expect
 

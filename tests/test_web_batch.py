@@ -146,3 +146,18 @@ def test_a_file_name_too_long_for_a_patient_name_fails_its_row_never_cut(session
     )  # fmt: skip
     assert row.record_id is None and "230 characters; at most 200 are accepted" in row.error
     assert crud.list_records(session, doctor=alice) == []
+
+
+def test_batch_form_checks_come_before_any_file_is_read():
+    from datetime import date
+
+    from xray.errors import InvalidInputError
+    from xray.web import batch
+
+    with pytest.raises(InvalidInputError, match="Upload one or more chest X-rays"):
+        batch.check_batch_form([], "2024-01-01", "m", ["m"])
+    with pytest.raises(InvalidInputError, match="(?i)future"):
+        batch.check_batch_form(["a.png"], "2999-01-01", "m", ["m"], today=date(2024, 1, 2))
+    with pytest.raises(InvalidInputError, match="(?i)model"):
+        batch.check_batch_form(["a.png"], "2024-01-01", "other", ["m"])
+    assert batch.check_batch_form(["a.png"], "2024-01-01", "m", ["m"], today=date(2024, 1, 2)) is None

@@ -97,3 +97,16 @@ def test_side_by_side_view_shows_every_column_and_name_in_1200_px(tiny_model_dir
         assert all(cell["right"] <= 1200 and cell["width"] > 100 for cell in layout["rows"][row]), row
     assert [c["text"].split(":")[0] + ":" + c["text"].split(":")[1] for c in layout["captions"]] == names[:2]
     assert all(c["visible"] for c in layout["captions"])
+
+
+def test_compare_form_checks_come_before_any_model_runs():
+    from xray.errors import InvalidInputError
+    from xray.web import compare
+
+    with pytest.raises(InvalidInputError, match="(?i)upload"):
+        compare.check_compare_form(None, ["m"], "gradcam")
+    with pytest.raises(InvalidInputError, match="No model is installed"):
+        compare.check_compare_form("x.png", [], "gradcam")
+    with pytest.raises(InvalidInputError, match="(?i)heatmap method"):
+        compare.check_compare_form("x.png", ["m"], "shap")
+    assert compare.check_compare_form("x.png", ["m"], "gradcam") is None

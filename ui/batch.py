@@ -34,13 +34,19 @@ def batch_tab(ctx: AppContext) -> None:
             column_widths=batch.BATCH_COLUMN_WIDTHS,
         )
         csv_file = gr.File(label="Results (CSV)", interactive=False, visible=False)
-    run.click(
+    # the form's cheap checks first, on an event without outputs: one message, no error badge on the table
+    run.click(ctx.handler(check_batch_form), [files, exam_date, model], None, api_visibility="private").success(
         ctx.handler(run_batch),
         [files, exam_date, model],
         [table, caveat, csv_file],
         api_name="batch",
         concurrency_id="inference",
     ).success(lambda: gr.update(visible=True), None, csv_file, api_name="show_batch_csv", api_visibility="private")
+
+
+def check_batch_form(ctx: AppContext, files: list[str] | None, exam: str | None, model_name: str | None) -> None:
+    """`xray.web.batch.check_batch_form` with this server's models."""
+    batch.check_batch_form(files, exam, model_name, ctx.models)
 
 
 def run_batch(

@@ -26,10 +26,17 @@ def compare_tab(ctx: AppContext) -> None:
         view = gr.HTML(elem_id="xray-compare-view")
         table = gr.Dataframe(headers=compare.COMPARE_COLUMNS, interactive=False, visible=False)
         gallery = gr.Gallery(visible=False, format=DISPLAY_FORMAT)
-    run.click(
+    # the form's cheap checks first, on an event without outputs: a missing file is one message, no error badge
+    # on the result panes (/compare checks again for API clients)
+    run.click(ctx.handler(check_compare_form), [upload, method], None, api_visibility="private").success(
         ctx.handler(run_compare), [upload, method], [table, gallery, view], api_name="compare",
         concurrency_id="inference",
     )  # fmt: skip
+
+
+def check_compare_form(ctx: AppContext, file: str | None, method: str | None) -> None:
+    """`xray.web.compare.check_compare_form` with this server's models."""
+    compare.check_compare_form(file, ctx.models, method)
 
 
 def run_compare(ctx: AppContext, file: str | None, method: str | None, request: gr.Request) -> tuple[Any, Any, str]:

@@ -108,6 +108,29 @@ def _zip_items(path: Path, *, max_bytes: int, budget: int) -> list[BatchItem]:
         return items
 
 
+NOTHING_UPLOADED = "Upload one or more chest X-rays (PNG, JPEG, DICOM) or a zip of them."
+
+
+def check_batch_form(
+    files: Sequence[str | Path] | None,
+    exam_date: str | date | None,
+    model_name: str | None,
+    allowed_models: Sequence[str],
+    *,
+    today: date | None = None,
+) -> None:
+    """The Batch form's checks that need neither the files' content nor the model (cheap, run first).
+
+    Raises:
+        InvalidInputError: nothing uploaded, a bad or future exam date, an unknown model.
+    """
+    if not files:
+        raise InvalidInputError(NOTHING_UPLOADED)
+    forms.parse_exam_date(exam_date, today=today)
+    if model_name not in allowed_models:
+        load_registered_model(model_name, allowed_models)  # its message says what to choose
+
+
 def batch_items(files: Sequence[str | Path] | None, *, max_bytes: int) -> list[BatchItem]:
     """The files of a batch upload, zips expanded in memory; each oversized or unreadable file gets its error.
 
@@ -115,7 +138,7 @@ def batch_items(files: Sequence[str | Path] | None, *, max_bytes: int) -> list[B
         InvalidInputError: nothing uploaded.
     """
     if not files:
-        raise InvalidInputError("Upload one or more chest X-rays (PNG, JPEG, DICOM) or a zip of them.")
+        raise InvalidInputError(NOTHING_UPLOADED)
     items: list[BatchItem] = []
     for raw in files:
         path = Path(raw)

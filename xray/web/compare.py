@@ -41,6 +41,19 @@ class Comparison:
     gate_note: str | None = None
 
 
+def check_compare_form(source: str | Path | bytes | None, model_names: Sequence[str], method: str | None) -> None:
+    """The Compare form's checks that need neither the file's content nor a model (cheap, run first).
+
+    Raises:
+        InvalidInputError: no file, no model installed, an unknown heatmap method.
+    """
+    check_method(method)
+    if not model_names:
+        raise InvalidInputError("No model is installed to compare.")
+    if source is None or (isinstance(source, (str, Path)) and not str(source)):
+        read_upload(None, max_bytes=0)  # its message names the accepted formats
+
+
 def compare_models(
     source: str | Path | bytes | None,
     *,

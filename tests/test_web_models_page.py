@@ -304,20 +304,18 @@ def test_tables_fit_a_1200_px_page_and_never_break_a_number_or_word():
     assert "624" in body and "flagged" in body  # the gate table's numbers and header are among the cells checked
 
 
-def test_dropdown_label_gives_each_populations_auc_never_the_pooled_one():
+def test_selector_info_gives_each_populations_auc_never_the_pooled_one():
     for entry in models_page.read_entries(BUNDLED):
-        label = models_page.choice_label(entry, "pooled fallback")
+        text = models_page.population_auc_text(entry)
         per_source = {s: auc for f in entry.populations() for s, (auc, _) in f.auc.items()}
         children = [a for s, a in per_source.items() if models_page.SOURCE_POPULATION.get(s) == "children"]
         adults = sorted(a for s, a in per_source.items() if models_page.SOURCE_POPULATION.get(s) == "adults")
-        assert label.startswith(f"{entry.name} · {entry.architecture} · ")
-        assert f"children AUC {children[0]:.2f}" in label
-        assert f"adults AUC {adults[0]:.2f}-{adults[-1]:.2f} by source" in label
-        headline = _metrics(entry.name)["test"]["at_threshold"]["value"]["auc"] if len(entry.label_names) == 2 else None
-        if headline is not None:
-            assert f"{headline:.2f}" not in label.replace(f"{children[0]:.2f}", "")  # the pooled AUC is not shown
+        assert text == f"children AUC {children[0]:.2f}, adults AUC {adults[0]:.2f}-{adults[-1]:.2f} by source"
+    info = models_page.selector_info(BUNDLED)
+    assert info.startswith("Test, abnormal vs normal: pneumonia: children AUC") and "; covid: children AUC" in info
     bare = models_page.ModelEntry(name="x", architecture="a", label_names=["NORMAL", "B"], metrics={})
-    assert models_page.choice_label(bare, "pooled fallback") == "pooled fallback"
+    assert models_page.population_auc_text(bare) == ""
+    assert models_page.selector_info([]) == ""
 
 
 def test_about_card_heads_with_version_and_per_population_auc(tiny_model_dir):

@@ -13,7 +13,10 @@ from xray.web import models_page, views
 def about_tab(ctx: AppContext, demo: gr.Blocks, diagnose_model: gr.Dropdown) -> None:
     """The model card of the model chosen on the Diagnose tab (or here), and the app version."""
     with gr.Tab("About", id="about"):
-        model = gr.Dropdown(choices=ctx.model_choices, value=ctx.default_model, label="Model")
+        model = gr.Dropdown(
+            choices=ctx.model_choices, value=ctx.default_model, label="Model",
+            info=ctx.model_info,
+        )
         card = gr.HTML(elem_id="xray-about-card")
         gr.Markdown(
             f"App version **{xray.__version__}** · Gradio {gr.__version__}. {views.NOTICE} "

@@ -26,7 +26,10 @@ def batch_tab(ctx: AppContext) -> None:
             ))  # fmt: skip
             with gr.Column(scale=1):
                 exam_date = quiet(gr.DateTime(value=today, include_time=False, type="string", label="Exam date"))
-                model = gr.Dropdown(choices=ctx.model_choices, value=ctx.default_model, label="Model")
+                model = gr.Dropdown(
+                    choices=ctx.model_choices, value=ctx.default_model, label="Model",
+                    info=ctx.model_info,
+                )
                 run = gr.Button("Run batch and save", variant="primary")
         caveat = gr.Markdown(elem_id="xray-batch-caveat")
         table = gr.Dataframe(

@@ -119,9 +119,13 @@ class ModelsContext:
 
     @property
     def model_choices(self) -> list[tuple[str, str]]:
-        """(shown, name) pairs for a model dropdown, with each model's test AUC per population (children, adults)."""
-        return [(models_page.choice_label(models_page.read_entry(n), self.infos[n].choice_label), n)
-                for n in self.models]  # fmt: skip
+        """(shown, name) pairs for a model dropdown: the name (figures per population go in `model_info`)."""
+        return [(n if not self.infos[n].error else f"{n} (unavailable)", n) for n in self.models]
+
+    @property
+    def model_info(self) -> str:
+        """The help line under a model dropdown: each model's test AUC per population (children, adults)."""
+        return models_page.selector_info(self.models)
 
     @property
     def all_labels(self) -> list[str]:

@@ -40,7 +40,10 @@ def demo_tab(pctx: PublicContext) -> None:
                 label=f"Or upload a chest X-ray (up to {limit_mb} MiB)", file_types=pctx.upload_types, type="filepath"
             ))  # fmt: skip
             run = gr.Button("Analyse the upload", variant="primary")
-            model = gr.Dropdown(choices=pctx.model_choices, value=pctx.default_model, label="Model (test metrics)")
+            model = gr.Dropdown(
+                choices=pctx.model_choices, value=pctx.default_model, label="Model (test metrics)",
+                info=pctx.model_info,
+            )
         with gr.Column(scale=2):
             probabilities = gr.Label(
                 label="Probabilities (calibrated)", num_top_classes=5, elem_id="xray-demo-probabilities"

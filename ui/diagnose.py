@@ -114,10 +114,12 @@ def _diagnose_form(ctx: AppContext) -> tuple[gr.File, gr.Textbox, gr.DateTime, g
         value=today,
         include_time=False,
         type="string",
-        label="Exam date",
-        info="YYYY-MM-DD; filled from the DICOM file when it says",
+        label="Exam date (YYYY-MM-DD; filled from the DICOM file when it says)",
     ))  # fmt: skip
-    model = gr.Dropdown(choices=ctx.model_choices, value=ctx.default_model, label="Model (test metrics)")
+    model = gr.Dropdown(
+        choices=ctx.model_choices, value=ctx.default_model, label="Model (test metrics)",
+        info=ctx.model_info,
+    )
     with gr.Accordion("Heatmap method", open=False):
         method = gr.Radio(list(diagnose.CAM_METHODS), value="gradcam", label="CAM method")
     run = gr.Button("Analyse and save", variant="primary")

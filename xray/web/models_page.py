@@ -272,26 +272,30 @@ def read_entry(name: str) -> ModelEntry:
     )
 
 
-def choice_label(entry: ModelEntry, fallback: str) -> str:
-    """`name · architecture · children AUC 0.98 · adults AUC 0.63-0.99 by source` for a model dropdown.
+def population_auc_text(entry: ModelEntry) -> str:
+    """`children AUC 0.98, adults AUC 0.63-0.64 by source` (abnormal vs normal, test set); empty when not recorded.
 
     Per population, never pooled: a pooled headline is mostly children while the app's patients are mostly adults.
-    `fallback` (the registry's pooled label) is used when the metrics have no per-source figures.
     """
     if entry.error:
-        return fallback
+        return ""
     parts = []
     for figures in entry.populations():
         aucs = sorted(auc for auc, _ in figures.auc.values())
-        if not aucs:
-            continue
         if len(aucs) == 1:
             parts.append(f"{figures.population} AUC {aucs[0]:.2f}")
-        else:
+        elif aucs:
             parts.append(f"{figures.population} AUC {aucs[0]:.2f}-{aucs[-1]:.2f} by source")
-    if not parts:
-        return fallback
-    return " · ".join([entry.name, entry.architecture, *parts])
+    return ", ".join(parts)
+
+
+def selector_info(names: list[str]) -> str:
+    """The help line under a model selector: each model's test AUC per population, or that none is recorded."""
+    lines = []
+    for name in names:
+        text = population_auc_text(read_entry(name))
+        lines.append(f"{name}: {text or 'no per-population test figures recorded'}")
+    return "Test, abnormal vs normal: " + "; ".join(lines) + " (Models page: every figure)." if lines else ""
 
 
 def read_entries(names: list[str]) -> list[ModelEntry]:
@@ -711,7 +715,7 @@ def about_html(info: Any) -> str:
 
     loaded = load_model(info.name)
     entry = read_entry(info.name)
-    figures = choice_label(entry, "").removeprefix(f"{entry.name} · {entry.architecture}").lstrip(" ·")
+    figures = population_auc_text(entry)
     test = f"test: {html.escape(figures)}" if figures else "no per-population test metrics (see the Models page)"
     heading = (
         f"<p><strong>{html.escape(info.name)}</strong> · {html.escape(loaded.architecture)} · version "

@@ -165,11 +165,17 @@ def _resolve_hub(repo: str) -> tuple[Path, str | None]:
 
 
 def list_bundled_models() -> list[str]:
-    """Short names of the bundled models (folders with a config.json under the models directory)."""
+    """Short names of the bundled classifiers (folders with a config.json under the models directory).
+
+    The lung segmentation model folder (`models/lungs`, `xray.inference.segmentation`) is not a classifier and is
+    left out.
+    """
+    from xray.inference.segmentation import is_segmentation_dir
+
     root = get_settings().models_dir
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if (p / CONFIG_NAME).is_file())
+    return sorted(p.name for p in root.iterdir() if (p / CONFIG_NAME).is_file() and not is_segmentation_dir(p))
 
 
 #: config.json key: JPEG quality every input passes through after the resize

@@ -1,6 +1,15 @@
-"""Lung-field estimate for frontal chest X-rays, and how much of a Grad-CAM heatmap lies inside it.
+"""Lung fields of frontal chest X-rays, and how much of a Grad-CAM heatmap lies inside them.
 
-Method (intensity-based, no model, about 0.1 s per image on one CPU core):
+Lung fields (`lung_fields`): a small lung segmentation model (a MONAI U-Net, `models/lungs`, trained on hand-drawn
+lung masks; `xray.inference.segmentation`, `xray.training.lungs`, its card for the measured Dice). The grey image is
+squeezed to the model's input side (192 px) from the upload's preview, the logits are resized to the grid asked for
+and thresholded, components under 10% of the largest are dropped and each outline is filled. The model is found by
+`XRAY_LUNG_MODEL` (default the bundled `lungs`; `local-dir:` and `hf-hub:` names work as for the classifiers), loaded
+on first use and kept (nothing at import). When it cannot be found, the intensity heuristic below stands in, the log
+says so once, and every check carries `FALLBACK_NOTE`, so the doctor sees that the shares are rougher.
+
+Fallback heuristic (`heuristic_lung_fields`; intensity-based, no model, Dice median 0.70 on adults against the
+hand-drawn masks where the model reaches the figures in its card):
 1. Grey image resized to 256 x 256, lightly blurred and contrast-stretched (1st-99th percentile).
 2. Grey-level hole filling (morphological reconstruction by erosion from the image border) gives, for every
    pixel, how far it lies below the brightest "rim" it would have to cross to reach the border. The aerated
@@ -19,20 +28,21 @@ markers, shoulders, neck or abdomen. Why the chest and not the lungs alone: with
 (Kermany), the median heat over the lung fields was 0.41-0.48 and a lungs-only rule would have warned on 61%
 of official test images, mostly for heat on the hila, heart borders and mediastinum, which are legitimate
 places to look; the chest rule warned on 8% of them (19% of the 16 full-resolution validation images, 30% of
-adult covid-chestxray images). Measured with scripts/eval_gate.py --lungs.
+adult covid-chestxray images). Measured with scripts/eval_gate.py --lungs on the heuristic's lung fields, before
+the model; how the model moved the shares and warnings is in the README (Performance, lung fields).
 
 Cost: the heatmap check works at `SCORE_SIDE` (512 px on the long side, the aspect ratio kept), not at the
-upload's resolution: the lung fields come from a 256-px estimate and Grad-CAM from a 7 x 7 grid, so a full-size
-mask adds nothing but time (a 1776 x 1416 upload spent about 0.2 s dilating its full-size mask). On real X-rays
-the shares change by at most 0.02 (tests/test_lungs.py). The 256-px estimate starts from the upload's 1024-px
-preview (`xray.imaging.io.XrayImage.preview`, shared with the input gate and the display), and the hole filling
-runs on 16-bit levels; against shrinking the full image and filling in float, shares moved by at most 0.0095 on
-232 real images x model pairs (tests/test_lungs.py allows 0.02). About 13-16 ms per 1776 x 1416 upload in all.
+upload's resolution: the lung fields come from a 192-px model input (256 px for the heuristic) and Grad-CAM from a
+7 x 7 grid, so a full-size mask adds nothing but time (a 1776 x 1416 upload spent about 0.2 s dilating its
+full-size mask). On real X-rays the shares change by at most 0.02 (tests/test_lungs.py). Both start from the
+upload's 1024-px preview (`xray.imaging.io.XrayImage.preview`, shared with the input gate and the display); the
+heuristic's hole filling runs on 16-bit levels; against shrinking the full image and filling in float, shares moved
+by at most 0.0095 on 232 real images x model pairs (tests/test_lungs.py allows 0.02). The model's cost per upload
+is the "lung fields" stage of `python -m xray.bench_request`.
 
-Limits: a heuristic, not a segmentation model. It assumes an upright frontal (PA/AP) view; on lateral views,
-CT slices or photographs the mask is meaningless, which is why the input gate runs first. Checked by eye on
-the 16 full-resolution Kermany validation images and a sample of covid-chestxray images (see
-scripts/eval_gate.py --lungs); the lung fields cover on average about 20% of the image there.
+Limits: both assume an upright frontal (PA/AP) view; on lateral views, CT slices or photographs the mask is
+meaningless, which is why the input gate runs first. The heuristic was checked by eye on the 16 full-resolution
+Kermany validation images and a sample of covid-chestxray images (see scripts/eval_gate.py --lungs).
 """
 
 from __future__ import annotations

@@ -304,8 +304,22 @@ def test_hub_model_loads_offline_from_the_local_cache(tmp_path: Path, kermany_fu
     assert "Traceback" not in done.stderr
 
 
-def test_missing_model_falls_back_to_the_heuristic_and_says_so(tmp_path: Path, monkeypatch, fullres) -> None:
-    monkeypatch.setenv("XRAY_LUNG_MODEL", f"local-dir:{tmp_path / 'absent'}")
+@pytest.fixture
+def use_lung_model(monkeypatch):
+    """Set XRAY_LUNG_MODEL for one test (settings are read once per process: the cache is cleared around it)."""
+    from xray.config import get_settings
+
+    def use(name: str) -> None:
+        monkeypatch.setenv("XRAY_LUNG_MODEL", name)
+        get_settings.cache_clear()
+
+    yield use
+    monkeypatch.delenv("XRAY_LUNG_MODEL", raising=False)
+    get_settings.cache_clear()
+
+
+def test_missing_model_falls_back_to_the_heuristic_and_says_so(tmp_path: Path, use_lung_model, fullres) -> None:
+    use_lung_model(f"local-dir:{tmp_path / 'absent'}")
     assert lungs.default_segmenter() is None
     found = lungs.lung_fields(fullres[0])
     assert found.method == lungs.HEURISTIC_METHOD and found.note == lungs.FALLBACK_NOTE
@@ -314,18 +328,18 @@ def test_missing_model_falls_back_to_the_heuristic_and_says_so(tmp_path: Path, m
     check = lungs.assess_heatmap(_blob((h, w), (w / 2, h / 2), 0.2 * w), fullres[0])
     assert check.note == lungs.FALLBACK_NOTE and check.method == lungs.HEURISTIC_METHOD
     assert check.summary.endswith("the lung segmentation model is not installed): the shares are approximate.")
-    monkeypatch.setenv("XRAY_LUNG_MODEL", "lungs")
+    use_lung_model("lungs")
     with_model = lungs.assess_heatmap(_blob((h, w), (w / 2, h / 2), 0.2 * w), fullres[0])
     assert with_model.note is None and "not installed" not in with_model.summary
 
 
-def test_broken_model_folder_is_an_error_not_a_silent_fallback(tmp_path: Path, monkeypatch, fullres) -> None:
+def test_broken_model_folder_is_an_error_not_a_silent_fallback(tmp_path: Path, use_lung_model, fullres) -> None:
     from xray.errors import ModelConfigError
 
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text('{"task": "lung-segmentation"}')
-    monkeypatch.setenv("XRAY_LUNG_MODEL", f"local-dir:{broken}")
+    use_lung_model(f"local-dir:{broken}")
     with pytest.raises(ModelConfigError, match="has no model.safetensors"):
         lungs.lung_fields(fullres[0])
 

@@ -290,6 +290,11 @@ def model_lung_fields(image: Any, segmenter: LungSegmenter, *, shape: tuple[int,
     grey, (height, width) = _grey(image, segmenter.input_side)
     if shape is not None:
         height, width = shape
+    lo, hi = np.percentile(grey, [1, 99])
+    if hi - lo < 2.0:
+        # A (nearly) flat image has no lungs; the network would answer its bias (as the heuristic, step 1).
+        mask = np.zeros((height, width), bool)
+        return LungFields(mask=mask, area_fraction=0.0, mirrored=False, plausible=False, method=MODEL_METHOD)
     with segmenter.lock:  # one module, many request threads: keep torch's intra-op pools from interleaving
         probability = segmenter.probability_at(grey, (height, width))
     raw = (probability > segmenter.threshold).astype(np.uint8)

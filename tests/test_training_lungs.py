@@ -56,7 +56,7 @@ def test_short_training_run_saves_a_loadable_model_and_resumes(shared_data: Path
     from xray.inference.segmentation import load_segmenter
 
     out = tmp_path / "lungs"
-    summary = training.train(shared_data / "lung-masks", out, epochs=1, batch_size=4, side=64, limit=8)
+    summary = training.train(shared_data / "lung-masks", out, epochs=2, batch_size=4, side=64, limit=8, stop_after=1)
     assert summary["train_pairs"] == 8 and summary["epochs"] == 1 and np.isfinite(summary["final_loss"])
     assert (out / training.CHECKPOINT_NAME).is_file()
     config = json.loads((out / "config.json").read_text())

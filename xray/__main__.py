@@ -53,6 +53,7 @@ def _add_train_lungs(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--no-bf16", action="store_true", help="train in float32 instead of bf16 autocast")
     p.add_argument("--resume", action="store_true", help="carry on from OUT/checkpoint.pt")
+    p.add_argument("--stop-after", type=int, default=None, help="end after this many epochs (carry on with --resume)")
     p.add_argument("--limit", type=int, default=None, help="train on at most this many pairs (smoke tests)")
     p.add_argument("--eval-only", action="store_true", help="only evaluate OUT on the validation patients")
     p.set_defaults(func=_run_train_lungs)

@@ -161,7 +161,8 @@ def _val_dice(model: torch.nn.Module, val: list[Pair], side: int) -> float:
 
 
 def train(data: Path, out: Path, *, epochs: int = 60, batch_size: int = 8, side: int = 192, lr: float = 3e-3,
-          seed: int = 0, bf16: bool = True, resume: bool = False, limit: int | None = None) -> dict[str, Any]:
+          seed: int = 0, bf16: bool = True, resume: bool = False, limit: int | None = None,
+          stop_after: int | None = None) -> dict[str, Any]:
     """Train the lung U-Net and save it to `out` (config.json, model.safetensors); see the module docstring.
 
     Args:
@@ -175,6 +176,8 @@ def train(data: Path, out: Path, *, epochs: int = 60, batch_size: int = 8, side:
         bf16: bf16 autocast on the CPU (weights and optimiser stay float32).
         resume: carry on from `out/checkpoint.pt` when present.
         limit: train on at most this many pairs (tests).
+        stop_after: end this call after this many epochs (the run carries on with `resume`; the schedule stays
+            the one of `epochs`).
 
     Returns:
         A summary: split counts, epochs, wall-clock seconds, the last epoch's loss.
@@ -219,7 +222,8 @@ def train(data: Path, out: Path, *, epochs: int = 60, batch_size: int = 8, side:
     logger.info("split: %s", counts)
     model.train()
     last_loss = float("nan")
-    for epoch in range(start_epoch, epochs):
+    last_epoch = epochs if stop_after is None else min(epochs, start_epoch + stop_after)
+    for epoch in range(start_epoch, last_epoch):
         started = time.perf_counter()
         order = rng.permutation(len(bases))
         losses = []
@@ -242,7 +246,8 @@ def train(data: Path, out: Path, *, epochs: int = 60, batch_size: int = 8, side:
                     "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, checkpoint)  # fmt: skip
         logger.info("epoch %d/%d loss %.4f val mean Dice (%d px) %.4f  %.0f s so far", epoch + 1, epochs,
                     last_loss, side, dice, elapsed)  # fmt: skip
-    training = {**counts, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "bf16": bf16,
+    training = {**counts, "epochs": last_epoch, "scheduled_epochs": epochs, "batch_size": batch_size, "lr": lr,
+                "seed": seed, "bf16": bf16,
                 "train_seconds": round(elapsed, 1), "final_loss": round(last_loss, 4),
                 "threads": torch.get_num_threads()}  # fmt: skip
     save_segmenter(model, out, input_side=side, extra_config={"training": training})
@@ -366,8 +371,9 @@ def card_text(config: dict[str, Any], metrics: dict[str, Any]) -> str:
         "ieee8023/covid-chestxray-dataset), **each image under its own licence**: CC BY / CC BY-SA for many, but "
         "some are non-commercial (CC BY-NC, CC BY-NC-ND, CC BY-NC-SA) or have no stated licence. Check the "
         "collection's metadata before any use beyond research.",
-        "- Child images: Kermany, Zhang, Goldbaum (2018), Mendeley Data v2 / Cell 2018, **CC BY 4.0** (official "
-        "validation images).",
+        "- Child images: 14 from Kermany, Zhang, Goldbaum (2018), Mendeley Data v2 / Cell 2018, **CC BY 4.0** "
+        "(official validation images, the same as `kermany-val-fullres`), and one 12-year-old from the COVID-19 "
+        "collection (licence not stated).",
         f"- Split by patient (`patientid`, seeded): train {training.get('train_pairs')} images of "
         f"{training.get('train_patients')} patients ({training.get('train_children')} children), validation "
         f"{training.get('val_pairs')} images of {training.get('val_patients')} patients "
@@ -392,7 +398,9 @@ def card_text(config: dict[str, Any], metrics: dict[str, Any]) -> str:
     if CHILD in groups:
         total = int(training.get("val_children", 0)) + int(training.get("train_children", 0))
         lines += ["", f"Only {groups[CHILD]['images']} children are in validation ({total} child images in all): "
-                  "the children's figures are indicative, not a measurement to rely on."]
+                  "the children's figures are indicative, not a measurement to rely on. The adults are 344 images "
+                  "(ages stated, the Hannover cohort without ages, and a few without metadata that are almost surely "
+                  "adults)."]
     latency, cpu = metrics.get("latency_ms_per_image_at_own_size"), metrics.get("cpu_ms_per_image_at_own_size")
     if latency and cpu:
         lines += ["", f"Latency per image on the CPU (model, resizing and clean-up, masks at the image's own size of "
@@ -418,7 +426,8 @@ def run_train_lungs_command(args: argparse.Namespace) -> int:
     data, out = Path(args.data), Path(args.out)
     if not args.eval_only:
         summary = train(data, out, epochs=args.epochs, batch_size=args.batch_size, side=args.side, lr=args.lr,
-                        seed=args.seed, bf16=not args.no_bf16, resume=args.resume, limit=args.limit)  # fmt: skip
+                        seed=args.seed, bf16=not args.no_bf16, resume=args.resume, limit=args.limit,
+                        stop_after=args.stop_after)  # fmt: skip
         logger.info("trained: %s", summary)
     metrics = evaluate_folder(f"local-dir:{out}", data, seed=args.seed)
     previous = out / "metrics.json"

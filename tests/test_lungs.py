@@ -231,9 +231,22 @@ def test_saved_model_reloads_through_the_loading_path_with_the_same_outputs(tiny
     grey = fullres[0].pixels[..., 0]
     with torch.inference_mode():
         expected = fresh(torch.from_numpy(segmentation.prepare(grey, 64))[None, None])[0, 0].numpy()
-    assert np.allclose(loaded.logits(grey), expected, atol=1e-5)
+    assert np.allclose(loaded.logits(grey), expected, atol=1e-4)
     fields = lungs.model_lung_fields(fullres[0], loaded, shape=(100, 80))
     assert fields.mask.shape == (100, 80) and fields.method == lungs.MODEL_METHOD
+
+
+def test_onnx_runtime_and_torch_give_the_same_lung_fields(fullres) -> None:
+    from xray.inference.segmentation import load_segmenter_dir
+    from xray.training.lungs import dice
+
+    fast = load_segmenter_dir(BUNDLED, accelerated=True)
+    plain = load_segmenter_dir(BUNDLED, accelerated=False)
+    for image in fullres[:3]:
+        grey = image.pixels[..., 0]
+        assert np.abs(fast.logits(grey) - plain.logits(grey)).max() < 1e-3
+        assert dice(lungs.model_lung_fields(image, fast).mask, lungs.model_lung_fields(image, plain).mask) > 0.999
+    assert fast._session is not None and plain._session is None
 
 
 def test_a_classifier_folder_is_not_a_lung_model(tiny_model_dir, tiny_lung_dir) -> None:
@@ -379,3 +392,12 @@ def test_cli_writes_one_mask_per_image_at_its_own_size(kermany_fullres, shared_d
          f"{small.stem}_overlay.png"])  # fmt: skip
     assert main(["lungs", str(bad), str(small), "--out", str(tmp_path / "more")]) == 1
     assert (tmp_path / "more" / f"{small.stem}.png").is_file() and not (tmp_path / "more" / "notes.png").exists()
+
+
+def test_lung_model_folder_can_be_published_like_a_classifier(capsys) -> None:
+    from xray.__main__ import main
+
+    assert main(["publish", str(BUNDLED), "my-lab/lungs", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "my-lab/lungs" in out and "model.safetensors" in out and "config.json" in out
+    assert "dry run: nothing uploaded" in out

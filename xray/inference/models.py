@@ -394,7 +394,12 @@ def publish_plan(folder: str | Path, repo_id: str, *, private: bool = False) -> 
     path = Path(folder).expanduser().resolve()
     if not path.is_dir():
         raise ModelNotFoundError(f"Model folder '{folder}' does not exist.")
-    read_config(path)  # label_names and architecture present, or a specific error
+    from xray.inference.segmentation import is_segmentation_dir, load_segmenter_dir
+
+    if is_segmentation_dir(path):
+        load_segmenter_dir(path)  # the lung model (models/lungs) loads, or a specific error
+    else:
+        read_config(path)  # label_names and architecture present, or a specific error
     if not (path / WEIGHTS_NAME).is_file():
         raise ModelNotFoundError(f"Model folder '{path}' has no {WEIGHTS_NAME}; nothing to publish.")
     files = {

@@ -8,6 +8,12 @@ as a classifier (`hf-hub:org/repo[@revision]`, `local-dir:PATH` or a bundled sho
 Input: the grey image squeezed to `input_side` x `input_side` (area interpolation, the aspect ratio not kept, as
 in training), each image standardised to zero mean and unit variance. Output: per-pixel lung probability at that
 side; `probability_at` resizes the logits (bilinear) to any grid before the sigmoid, so outlines stay smooth.
+
+Speed: with ONNX Runtime available (and `XRAY_ONNX` on, as for the classifiers' feature extractor), the network is
+exported once per process on first use (about 1 s) and runs in a one-thread ONNX Runtime session whose workers do
+not spin. Measured on this project's 2-core machine under other jobs' load (load average 7): 5.6 ms per 192-px
+image against 8.8 ms for torch with one thread, and torch with two threads took 40-600 ms per upload there, its
+two threads waiting on each other for cores that other processes held. Outputs agree within 1e-4 (tested).
 """
 
 from __future__ import annotations
@@ -68,12 +74,34 @@ class LungSegmenter:
     config: dict[str, Any]
     metrics: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    accelerated: bool = False
+    _session: Any = field(default=None, repr=False)
+
+    def _onnx_session(self) -> Any:
+        """The one-thread ONNX Runtime session of the network, exported in memory on first use."""
+        if self._session is None:
+            import io
+
+            import onnxruntime as ort
+
+            buffer = io.BytesIO()
+            example = torch.zeros(1, 1, self.input_side, self.input_side)
+            torch.onnx.export(self.model, example, buffer, input_names=["grey"], output_names=["logits"],
+                              dynamo=False)  # fmt: skip
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self._session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        return self._session
 
     def logits(self, grey: np.ndarray) -> np.ndarray:
         """Lung logits at `input_side` x `input_side` for an HxW grey image (any size, any numeric type)."""
-        batch = torch.from_numpy(prepare(grey, self.input_side))[None, None]
+        batch = prepare(grey, self.input_side)[None, None]
+        if self.accelerated:
+            return self._onnx_session().run(None, {"grey": batch})[0][0, 0]
         with torch.inference_mode():
-            return self.model(batch)[0, 0].float().numpy()
+            return self.model(torch.from_numpy(batch))[0, 0].float().numpy()
 
     def probability_at(self, grey: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """Lung probability (float32, 0..1) of an HxW grey image on a (height, width) grid."""
@@ -144,8 +172,11 @@ def save_segmenter(model: torch.nn.Module, out_dir: str | Path, *, network: dict
     return out
 
 
-def load_segmenter_dir(path: Path, *, name: str | None = None, version: str | None = None) -> LungSegmenter:
+def load_segmenter_dir(path: Path, *, name: str | None = None, version: str | None = None,
+                       accelerated: bool | None = None) -> LungSegmenter:  # fmt: skip
     """Load a lung segmentation folder (config.json + model.safetensors).
+
+    `accelerated`: run it with ONNX Runtime (default: `XRAY_ONNX` when onnxruntime is installed).
 
     Raises:
         ModelConfigError: the folder is not a lung segmentation model, or its weights do not fit its config.
@@ -170,6 +201,11 @@ def load_segmenter_dir(path: Path, *, name: str | None = None, version: str | No
     model.eval().requires_grad_(False)
     metrics_path = path / METRICS_NAME
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+    if accelerated is None:
+        from xray.config import get_settings
+        from xray.inference.accel import onnx_available
+
+        accelerated = get_settings().onnx and onnx_available()
     return LungSegmenter(
         name=name or f"local-dir:{path}",
         model=model,
@@ -179,6 +215,7 @@ def load_segmenter_dir(path: Path, *, name: str | None = None, version: str | No
         version=version or hashlib.sha256(weights.read_bytes()).hexdigest()[:12],
         config=config,
         metrics=metrics,
+        accelerated=accelerated,
     )
 
 

@@ -295,7 +295,7 @@ def model_lung_fields(image: Any, segmenter: LungSegmenter, *, shape: tuple[int,
         # A (nearly) flat image has no lungs; the network would answer its bias (as the heuristic, step 1).
         mask = np.zeros((height, width), bool)
         return LungFields(mask=mask, area_fraction=0.0, mirrored=False, plausible=False, method=MODEL_METHOD)
-    with segmenter.lock:  # one module, many request threads: keep torch's intra-op pools from interleaving
+    with segmenter.lock:  # one module shared by request threads: one at a time (oversubscribed pools are slower)
         probability = segmenter.probability_at(grey, (height, width))
     raw = (probability > segmenter.threshold).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(raw, connectivity=8)

@@ -26,6 +26,7 @@ import csv
 import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -318,7 +319,9 @@ def evaluate_pairs(pairs: list[Pair], segmenter: Any) -> dict[str, Any]:
             "dice_below_0.7_model": sum(r["dice_model"] < 0.7 for r in chosen),
             "dice_below_0.7_heuristic": sum(r["dice_heuristic"] < 0.7 for r in chosen),
         }  # fmt: skip
-    return {"groups": groups, "rows": rows, "torch_threads": torch.get_num_threads(),
+    runtime = ("ONNX Runtime, 1 thread" if getattr(segmenter, "accelerated", False)
+               else f"torch, {torch.get_num_threads()} threads")  # fmt: skip
+    return {"groups": groups, "rows": rows, "runtime": runtime,
             "latency_ms_per_image_at_own_size": _summary([1000 * s for s in seconds]),
             "cpu_ms_per_image_at_own_size": _summary([1000 * s for s in cpu_seconds])}  # fmt: skip
 
@@ -404,8 +407,9 @@ def card_text(config: dict[str, Any], metrics: dict[str, Any]) -> str:
     latency, cpu = metrics.get("latency_ms_per_image_at_own_size"), metrics.get("cpu_ms_per_image_at_own_size")
     if latency and cpu:
         lines += ["", f"Latency per image on the CPU (model, resizing and clean-up, masks at the image's own size of "
-                  f"at most 512 px, {metrics.get('torch_threads')} torch threads, on a 2-core machine shared with "
-                  f"other jobs): wall median {latency['median']:.1f} ms (p90 {latency['p90']:.1f}), CPU time of all "
+                  f"at most 512 px, {metrics.get('runtime')}, on a 2-core machine shared with other jobs, load "
+                  f"average {metrics.get('load_average', 0):.1f}): wall median {latency['median']:.1f} ms "
+                  f"(p90 {latency['p90']:.1f}), CPU time of all "
                   f"threads median {cpu['median']:.1f} ms (p90 {cpu['p90']:.1f}). In the app the model runs once per "
                   "upload on the heat check's 512-px grid: see the request-path benchmark (`python -m "
                   "xray.bench_request`) in the project README."]
@@ -436,6 +440,7 @@ def run_train_lungs_command(args: argparse.Namespace) -> int:
     config = json.loads((out / "config.json").read_text(encoding="utf-8"))
     from xray.inference.segmentation import build_network
 
+    metrics["load_average"] = round(os.getloadavg()[0], 2)
     metrics["parameters"] = sum(p.numel() for p in build_network(config.get("network")).parameters())
     metrics["training"] = config.get("training", {})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")

@@ -81,13 +81,18 @@ class LungSegmenter:
         """The one-thread ONNX Runtime session of the network, exported in memory on first use."""
         if self._session is None:
             import io
+            import warnings
 
             import onnxruntime as ort
 
             buffer = io.BytesIO()
             example = torch.zeros(1, 1, self.input_side, self.input_side)
-            torch.onnx.export(self.model, example, buffer, input_names=["grey"], output_names=["logits"],
-                              dynamo=False)  # fmt: skip
+            with warnings.catch_warnings():
+                # "instance_norm is set to train=True": MONAI's InstanceNorm keeps no running statistics, so it
+                # normalises with each input's own statistics in eval mode too; that is what is exported (tested).
+                warnings.filterwarnings("ignore", message=".*instance_norm.*")
+                torch.onnx.export(self.model, example, buffer, input_names=["grey"], output_names=["logits"],
+                                  dynamo=False)  # fmt: skip
             options = ort.SessionOptions()
             options.intra_op_num_threads = 1
             options.inter_op_num_threads = 1

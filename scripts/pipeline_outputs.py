@@ -7,7 +7,8 @@
 `dump` runs `xray.analysis.pipeline.analyse` (prediction, Grad-CAM, input gate, heat check) with each bundled
 model on the same seeded sample of `../shared/data`: every full-resolution Kermany validation image and 30 each
 of adult-cxr test, covid-chestxray, kermany-224 test, plus 10 lateral views. `compare` prints the largest
-probability change, gate verdicts that changed and the largest heat-share changes, per data source.
+probability change, gate verdicts that changed, and per data source the largest and median heat-share changes and
+how many heat-check warnings (less than half the heat over the chest) appeared or went.
 """
 
 from __future__ import annotations
@@ -72,7 +73,10 @@ def compare(before: dict[str, dict], after: dict[str, dict]) -> list[str]:
                                                                                   after[k]["codes"])]
     listed = f" ({', '.join(changed[:5])})" if changed else ""
     lines.append(f"gate verdicts or reasons changed: {len(changed)}{listed}")
+    from xray.trust.lungs import MIN_HEAT_IN_CHEST
+
     by_source: dict[str, list[float]] = {}
+    flips: dict[str, list[int]] = {}
     for key in before:
         b, a = before[key], after[key]
         if (b["heat_in_lungs"] is None) != (a["heat_in_lungs"] is None):
@@ -82,8 +86,20 @@ def compare(before: dict[str, dict], after: dict[str, dict]) -> list[str]:
             source = key.split(":", 1)[1].split("/", 1)[0]
             change = max(abs(b["heat_in_lungs"] - a["heat_in_lungs"]), abs(b["heat_in_chest"] - a["heat_in_chest"]))
             by_source.setdefault(source, []).append(change)
+            warned = (b["heat_in_chest"] < MIN_HEAT_IN_CHEST, a["heat_in_chest"] < MIN_HEAT_IN_CHEST)
+            counts = flips.setdefault(source, [0, 0, 0, 0])  # warned before, after, newly warned, no longer warned
+            counts[0] += warned[0]
+            counts[1] += warned[1]
+            counts[2] += warned[1] and not warned[0]
+            counts[3] += warned[0] and not warned[1]
     for source, changes in sorted(by_source.items()):
         lines.append(f"heat shares, {source}: largest change {max(changes):.4f} over {len(changes)} pairs")
+    for source, changes in sorted(by_source.items()):
+        ordered = sorted(changes)
+        median = ordered[len(ordered) // 2] if len(ordered) % 2 else sum(ordered[len(ordered) // 2 - 1:][:2]) / 2
+        was, now, new, gone = flips[source]
+        lines.append(f"heat check, {source}: median change {median:.4f}; warnings {was} -> {now} "
+                     f"({new} new, {gone} gone)")  # fmt: skip
     return lines
 
 

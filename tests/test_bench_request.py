@@ -15,5 +15,6 @@ def test_request_path_table_has_every_stage(tiny_model_dir: Path, shared_data: P
         assert row["sum of stages"] == sum(row[stage] for stage in bench_request.STAGES)
         assert row["diagnose p50"] > 0
     table = bench_request.to_markdown(rows)
-    assert table.splitlines()[0].startswith("| input | decode | predict + Grad-CAM | input gate |")
+    head = "| input | decode | predict + Grad-CAM | input gate | lung fields | heat check |"
+    assert table.splitlines()[0].startswith(head)
     assert len(table.splitlines()) == 5

@@ -19,7 +19,15 @@ def fullres(kermany_fullres: list[Path]):
 
 @pytest.fixture(scope="module")
 def fields(fullres):
-    return [lungs.lung_fields(image) for image in fullres]
+    """The app's lung fields: the bundled segmentation model's (the test fails if the heuristic stood in)."""
+    found = [lungs.lung_fields(image) for image in fullres]
+    assert all(f.method == lungs.MODEL_METHOD and f.note is None for f in found)
+    return found
+
+
+@pytest.fixture(scope="module")
+def heuristic_fields(fullres):
+    return [lungs.heuristic_lung_fields(image) for image in fullres]
 
 
 def _blob(shape: tuple[int, int], centre: tuple[float, float], sigma: float) -> np.ndarray:
@@ -28,7 +36,9 @@ def _blob(shape: tuple[int, int], centre: tuple[float, float], sigma: float) -> 
     return np.exp(-(((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2) / (2 * sigma**2))).astype(np.float32)
 
 
-def test_masks_on_real_xrays_are_plausible(fullres, fields) -> None:
+@pytest.mark.parametrize("which", ["fields", "heuristic_fields"])
+def test_masks_on_real_xrays_are_plausible(fullres, which, request) -> None:
+    fields = request.getfixturevalue(which)
     areas = [f.area_fraction for f in fields]
     assert all(f.plausible for f in fields)
     assert 0.12 < np.mean(areas) < 0.35
@@ -102,11 +112,12 @@ def test_heat_in_lungs_hand_computed() -> None:
         lungs.heat_in_lungs(np.ones((10, 10, 3)), mask)
 
 
-def test_no_lungs_on_a_blank_image_means_no_check() -> None:
+@pytest.mark.parametrize("find", [lungs.lung_fields, lungs.heuristic_lung_fields], ids=["model", "heuristic"])
+def test_no_lungs_on_a_blank_image_means_no_check(find) -> None:
     blank = np.full((300, 300, 3), 120, np.uint8)
-    field = lungs.lung_fields(blank)
+    field = find(blank)
     assert not field.plausible and field.area_fraction == 0.0
-    check = lungs.assess_heatmap(np.ones((300, 300), np.float32), blank)
+    check = lungs.assess_heatmap(np.ones((300, 300), np.float32), blank, fields=field)
     assert check.heat_in_lungs is None and check.heat_in_chest is None
     assert "could not be outlined" in check.warning and "not checked" in check.summary
 
@@ -156,13 +167,13 @@ def test_hole_filling_matches_the_float_reconstruction_on_real_xrays(fullres) ->
 
 
 def test_shares_from_the_preview_match_shrinking_the_full_image_directly(fullres) -> None:
-    """The lung fields start from the upload's 1024-px preview; before, the full image was shrunk to 256 px."""
+    """The heuristic starts from the upload's 1024-px preview; before, the full image was shrunk to 256 px."""
     for image in fullres:
         h, w = image.pixels.shape[:2]
         shape = lungs.score_shape(h, w)
         direct = cv2.resize(image.pixels, (lungs.WORK_SIZE, lungs.WORK_SIZE), interpolation=cv2.INTER_AREA)
-        before = lungs.lung_fields(direct, shape=shape)
-        after = lungs.lung_fields(image, shape=shape)
+        before = lungs.heuristic_lung_fields(direct, shape=shape)
+        after = lungs.heuristic_lung_fields(image, shape=shape)
         heat = _blob((h, w), (int(0.35 * w), int(0.5 * h)), 0.15 * w) + 0.5 * _blob((h, w), (int(0.9 * w), 20), 0.1 * w)
         old, new = lungs.assess_heatmap(heat, image, fields=before), lungs.assess_heatmap(heat, image, fields=after)
         assert (old.heat_in_lungs is None) == (new.heat_in_lungs is None)
@@ -177,3 +188,216 @@ def test_chest_is_the_hull_of_every_lung_pixel(fields) -> None:
         expected = np.zeros(field.mask.shape, np.uint8)
         cv2.fillPoly(expected, [cv2.convexHull(points)], 1)
         assert np.array_equal(field.chest, expected.astype(bool))
+
+
+# --- the lung segmentation model: loading, quality, fallback, command line -------------------------------------
+
+BUNDLED = Path(__file__).resolve().parents[1] / "models" / "lungs"
+
+
+@pytest.fixture(scope="module")
+def tiny_lung_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real, freshly initialised small MONAI U-Net saved in the lung model layout."""
+    import torch
+
+    from xray.inference.segmentation import build_network, save_segmenter
+
+    torch.manual_seed(0)
+    network = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0}
+    return save_segmenter(build_network(network), tmp_path_factory.mktemp("lungs") / "tiny", network=network,
+                          input_side=64)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def validation_pairs(shared_data: Path):
+    """Validation patients of the shipped model's split (never trained on): 4 adults and 2 children."""
+    from xray.training.lungs import ADULT, CHILD, load_pairs, split_patients
+
+    _, val = split_patients(load_pairs(shared_data / "lung-masks"), seed=0)
+    return [p for p in val if p.age_group == ADULT][:4] + [p for p in val if p.age_group == CHILD][:2]
+
+
+def test_saved_model_reloads_through_the_loading_path_with_the_same_outputs(tiny_lung_dir, fullres) -> None:
+    import torch
+
+    from xray.inference import segmentation
+    from xray.inference.segmentation import build_network, load_segmenter
+
+    loaded = load_segmenter(f"local-dir:{tiny_lung_dir}")
+    assert loaded.input_side == 64 and loaded.threshold == 0.5 and loaded.config["task"] == segmentation.TASK
+    assert load_segmenter(f"local-dir:{tiny_lung_dir}") is loaded  # cached: loaded once per process
+    torch.manual_seed(0)
+    fresh = build_network(loaded.config["network"]).eval()
+    grey = fullres[0].pixels[..., 0]
+    with torch.inference_mode():
+        expected = fresh(torch.from_numpy(segmentation.prepare(grey, 64))[None, None])[0, 0].numpy()
+    assert np.allclose(loaded.logits(grey), expected, atol=1e-4)
+    fields = lungs.model_lung_fields(fullres[0], loaded, shape=(100, 80))
+    assert fields.mask.shape == (100, 80) and fields.method == lungs.MODEL_METHOD
+
+
+def test_onnx_runtime_and_torch_give_the_same_lung_fields(fullres) -> None:
+    from xray.inference.segmentation import load_segmenter_dir
+    from xray.training.lungs import dice
+
+    fast = load_segmenter_dir(BUNDLED, accelerated=True)
+    plain = load_segmenter_dir(BUNDLED, accelerated=False)
+    for image in fullres[:3]:
+        grey = image.pixels[..., 0]
+        assert np.abs(fast.logits(grey) - plain.logits(grey)).max() < 1e-3
+        assert dice(lungs.model_lung_fields(image, fast).mask, lungs.model_lung_fields(image, plain).mask) > 0.999
+    assert fast._session is not None and plain._session is None
+
+
+def test_a_classifier_folder_is_not_a_lung_model(tiny_model_dir, tiny_lung_dir) -> None:
+    from xray.errors import ModelConfigError
+    from xray.inference.segmentation import is_segmentation_dir, load_segmenter_dir
+
+    assert is_segmentation_dir(tiny_lung_dir) and not is_segmentation_dir(tiny_model_dir)
+    with pytest.raises(ModelConfigError, match="not a lung segmentation model"):
+        load_segmenter_dir(tiny_model_dir)
+
+
+def test_the_lung_model_is_not_offered_as_a_classifier(tmp_path: Path) -> None:
+    from xray.config import Settings
+    from xray.inference.models import list_bundled_models
+    from xray.web.registry import registered_models
+
+    assert (BUNDLED / "config.json").is_file() and (BUNDLED / "model.safetensors").is_file()
+    settings = Settings(models_dir=BUNDLED.parent, extra_models="")
+    assert "lungs" not in registered_models(settings) and "pneumonia" in registered_models(settings)
+    assert "lungs" not in list_bundled_models() and "pneumonia" in list_bundled_models()
+
+
+def test_bundled_model_is_small() -> None:
+    assert sum(f.stat().st_size for f in BUNDLED.iterdir()) <= 10 * 2**20
+
+
+def test_bundled_model_matches_hand_drawn_masks_on_validation_patients(validation_pairs) -> None:
+    """Dice against the V7 masks on patients the model never saw (the split of xray.training.lungs)."""
+    from xray.training.lungs import dice
+
+    assert {p.age_group for p in validation_pairs} == {"adult", "child"}
+    for pair in validation_pairs:
+        rgb = np.repeat(pair.grey[..., None], 3, axis=2)
+        found = lungs.lung_fields(rgb)
+        assert found.method == lungs.MODEL_METHOD and found.mask.shape == pair.mask.shape
+        assert dice(found.mask, pair.mask) >= 0.85, pair.name
+    scores = [dice(lungs.lung_fields(np.repeat(p.grey[..., None], 3, axis=2)).mask, p.mask) for p in validation_pairs]
+    assert np.median(scores) >= 0.92
+
+
+def test_hub_model_loads_offline_from_the_local_cache(tmp_path: Path, kermany_fullres) -> None:
+    """The bundled folder placed in a real HF cache loads by `hf-hub:` name with HF_HUB_OFFLINE=1, same masks."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from tests.hub_cache import populate_hf_cache
+
+    populate_hf_cache(tmp_path / "hub", "xray-demo/lungs", BUNDLED)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    image = str(kermany_fullres[0])
+    for name, out in (("hf-hub:xray-demo/lungs", "hub"), ("lungs", "bundled")):
+        done = subprocess.run([sys.executable, "-m", "xray", "lungs", image, "--out", str(tmp_path / out), "--model",
+                               name], env=env, capture_output=True, text=True, timeout=300,
+                              cwd=BUNDLED.parents[1])  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert f"loaded lung segmentation model {name}" in done.stderr
+    stem = kermany_fullres[0].stem
+    hub, bundled = (np.asarray(Image.open(tmp_path / d / f"{stem}.png")) for d in ("hub", "bundled"))
+    assert np.array_equal(hub, bundled) and (hub == 255).mean() > 0.1
+    env["HF_HUB_CACHE"] = str(tmp_path / "empty")
+    done = subprocess.run([sys.executable, "-m", "xray", "lungs", image, "--out", str(tmp_path / "x"), "--model",
+                           "hf-hub:xray-demo/lungs"], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=BUNDLED.parents[1])  # fmt: skip
+    assert done.returncode == 2 and "huggingface-cli download xray-demo/lungs" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.fixture
+def use_lung_model(monkeypatch):
+    """Set XRAY_LUNG_MODEL for one test (settings are read once per process: the cache is cleared around it)."""
+    from xray.config import get_settings
+
+    def use(name: str) -> None:
+        monkeypatch.setenv("XRAY_LUNG_MODEL", name)
+        get_settings.cache_clear()
+
+    yield use
+    monkeypatch.delenv("XRAY_LUNG_MODEL", raising=False)
+    get_settings.cache_clear()
+
+
+def test_missing_model_falls_back_to_the_heuristic_and_says_so(tmp_path: Path, use_lung_model, fullres) -> None:
+    use_lung_model(f"local-dir:{tmp_path / 'absent'}")
+    assert lungs.default_segmenter() is None
+    found = lungs.lung_fields(fullres[0])
+    assert found.method == lungs.HEURISTIC_METHOD and found.note == lungs.FALLBACK_NOTE
+    assert np.array_equal(found.mask, lungs.heuristic_lung_fields(fullres[0]).mask)
+    h, w = found.mask.shape
+    check = lungs.assess_heatmap(_blob((h, w), (w / 2, h / 2), 0.2 * w), fullres[0])
+    assert check.note == lungs.FALLBACK_NOTE and check.method == lungs.HEURISTIC_METHOD
+    assert check.summary.endswith("the lung segmentation model is not installed): the shares are approximate.")
+    use_lung_model("lungs")
+    with_model = lungs.assess_heatmap(_blob((h, w), (w / 2, h / 2), 0.2 * w), fullres[0])
+    assert with_model.note is None and "not installed" not in with_model.summary
+
+
+def test_broken_model_folder_is_an_error_not_a_silent_fallback(tmp_path: Path, use_lung_model, fullres) -> None:
+    from xray.errors import ModelConfigError
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"task": "lung-segmentation"}')
+    use_lung_model(f"local-dir:{broken}")
+    with pytest.raises(ModelConfigError, match="has no model.safetensors"):
+        lungs.lung_fields(fullres[0])
+
+
+def test_importing_loads_no_model() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, xray.trust.lungs as l, xray.analysis.pipeline; "
+            "print(l._segmenter_or_none.cache_info().currsize, 'monai' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "False"]
+
+
+def test_cli_writes_one_mask_per_image_at_its_own_size(kermany_fullres, shared_data, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from xray.__main__ import main
+
+    small = sorted((shared_data / "lung-masks" / "images").glob("*.jpg"))[0]
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    out = tmp_path / "masks"
+    assert main(["lungs", str(kermany_fullres[0]), str(small), "--out", str(out), "--overlay"]) == 0
+    for source in (kermany_fullres[0], small):
+        with Image.open(source) as original:
+            size = original.size
+        mask = np.asarray(Image.open(out / f"{source.stem}.png"))
+        assert mask.shape == (size[1], size[0]) and set(np.unique(mask)) == {0, 255}
+        assert 0.1 < (mask == 255).mean() < 0.6
+        overlay = Image.open(out / f"{source.stem}_overlay.png")
+        assert overlay.size == size and overlay.mode == "RGB"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{kermany_fullres[0].stem}.png", f"{kermany_fullres[0].stem}_overlay.png", f"{small.stem}.png",
+         f"{small.stem}_overlay.png"])  # fmt: skip
+    assert main(["lungs", str(bad), str(small), "--out", str(tmp_path / "more")]) == 1
+    assert (tmp_path / "more" / f"{small.stem}.png").is_file() and not (tmp_path / "more" / "notes.png").exists()
+
+
+def test_lung_model_folder_can_be_published_like_a_classifier(capsys) -> None:
+    from xray.__main__ import main
+
+    assert main(["publish", str(BUNDLED), "my-lab/lungs", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "my-lab/lungs" in out and "model.safetensors" in out and "config.json" in out
+    assert "dry run: nothing uploaded" in out

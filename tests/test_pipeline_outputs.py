@@ -42,3 +42,16 @@ def test_compare_reports_probability_verdict_and_heat_changes(script) -> None:
     assert unchanged[1:3] == ["largest probability change: 0", "gate verdicts or reasons changed: 0"]
     with pytest.raises(SystemExit, match="different images"):
         script.compare(before, {"pneumonia:adult-cxr/test/a.jpg": row})
+
+
+def test_compare_counts_heat_check_warnings_that_appear_or_go(script) -> None:
+    row = {"probabilities": {"NORMAL": 0.7, "PNEUMONIA": 0.3}, "in_scope": True, "codes": [], "heat_in_lungs": 0.3,
+           "heat_in_chest": 0.45}  # fmt: skip
+    before = {"covid:kermany-224/test/a.jpeg": row, "covid:kermany-224/test/b.jpeg": {**row, "heat_in_chest": 0.6},
+              "covid:kermany-224/test/c.jpeg": {**row, "heat_in_chest": 0.7}}  # fmt: skip
+    after = {"covid:kermany-224/test/a.jpeg": {**row, "heat_in_chest": 0.55},
+             "covid:kermany-224/test/b.jpeg": {**row, "heat_in_chest": 0.4},
+             "covid:kermany-224/test/c.jpeg": {**row, "heat_in_chest": 0.72}}  # fmt: skip
+    lines = script.compare(before, after)
+    assert lines[-1] == "heat check, kermany-224: median change 0.1000; warnings 1 -> 1 (1 new, 1 gone)"
+    assert lines[-2] == "heat shares, kermany-224: largest change 0.2000 over 3 pairs"

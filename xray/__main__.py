@@ -21,7 +21,48 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(subparsers)
     _add_users(subparsers)
     _add_publish(subparsers)
+    _add_lungs(subparsers)
+    _add_train_lungs(subparsers)
     return parser
+
+
+def _add_lungs(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("lungs", help="write lung masks (255 = lung, at each image's own size) for images")
+    p.add_argument("images", nargs="+", help="image or DICOM files")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for DIR/<stem>.png")
+    p.add_argument("--overlay", action="store_true", help="also write DIR/<stem>_overlay.png: the outline on the X-ray")
+    p.add_argument("--model", default=None, help="lung model name (default: XRAY_LUNG_MODEL, the bundled 'lungs')")
+    p.set_defaults(func=_run_lungs)
+
+
+def _run_lungs(args: argparse.Namespace) -> int:
+    from xray.trust.lungs import run_lungs_command
+
+    return run_lungs_command(args)
+
+
+def _add_train_lungs(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train-lungs", help="train and evaluate the lung segmentation model (lung-masks data)")
+    p.add_argument("--data", default="../shared/data/lung-masks", help="lung-masks folder (metadata.csv)")
+    p.add_argument("--out", default="models/lungs", help="output model folder (also holds checkpoint.pt)")
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--side", type=int, default=192, help="input side of the network")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--no-bf16", action="store_true", help="train in float32 instead of bf16 autocast")
+    p.add_argument("--resume", action="store_true", help="carry on from OUT/checkpoint.pt")
+    p.add_argument("--stop-after", type=int, default=None, help="end after this many epochs (carry on with --resume)")
+    p.add_argument("--limit", type=int, default=None, help="train on at most this many pairs (smoke tests)")
+    p.add_argument("--eval-only", action="store_true", help="only evaluate OUT on the validation patients")
+    p.set_defaults(func=_run_train_lungs)
+
+
+def _run_train_lungs(args: argparse.Namespace) -> int:
+    from xray.training.lungs import run_train_lungs_command
+
+    return run_train_lungs_command(args)
 
 
 def _add_publish(subparsers: argparse._SubParsersAction) -> None:

@@ -7,7 +7,9 @@ a 2048 x 2500 16-bit DICOM, each stage of `xray.web.diagnose.diagnose` in the or
 - predict + Grad-CAM: `xray.inference.explain.explain` (one forward, one head backward);
 - input gate: `xray.analysis.pipeline.check_input` on the prediction's features (image checks, OOD score, a
   second forward pass only for models whose statistics were fitted on the gate's own JPEG copy);
-- heat check: `xray.trust.lungs.assess_heatmap`;
+- lung fields: `xray.trust.lungs.lung_fields` on the heat check's scoring grid (the lung segmentation model at its
+  low input resolution, once per upload; the intensity heuristic when the model folder is missing);
+- heat check: `xray.trust.lungs.assess_heatmap` on those fields (the shares of heat over lungs and chest);
 - storage: `ImageStore.put` (the upload, bit for bit) + `ImageStore.put_heatmap`;
 - database: `xray.records.crud.create_record` (SQLite, WAL);
 - display: `xray.web.views.make_view` (display-size copies for the opacity slider);
@@ -34,7 +36,8 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
-STAGES = ("decode", "predict + Grad-CAM", "input gate", "heat check", "storage", "database", "display")
+STAGES = ("decode", "predict + Grad-CAM", "input gate", "lung fields", "heat check", "storage", "database",
+          "display")
 
 
 def _dicom_16bit(pixels: np.ndarray, rows: int = 2500, columns: int = 2048) -> bytes:
@@ -101,7 +104,7 @@ def bench_request_path(model_name: str, *, repeats: int = 20, warmup: int = 3) -
     from xray.inference.explain import explain
     from xray.records import auth, crud
     from xray.records.storage import ImageStore
-    from xray.trust.lungs import assess_heatmap
+    from xray.trust.lungs import assess_heatmap, lung_fields, score_shape
     from xray.web.diagnose import diagnose
     from xray.web.forms import load_image
     from xray.web.registry import load_registered_model
@@ -128,7 +131,10 @@ def bench_request_path(model_name: str, *, repeats: int = 20, warmup: int = 3) -
                 marks.append(time.perf_counter())
                 check_input(loaded, image, features=explanation.features)
                 marks.append(time.perf_counter())
-                heat = assess_heatmap(explanation.heatmap, image)
+                # what assess_heatmap(heatmap, image) does in the pipeline, split in its two parts
+                fields = lung_fields(image, shape=score_shape(*image.pixels.shape[:2]))
+                marks.append(time.perf_counter())
+                heat = assess_heatmap(explanation.heatmap, image, fields=fields)
                 marks.append(time.perf_counter())
                 image_sha, heat_sha = store.put(upload), store.put_heatmap(explanation.heatmap)
                 marks.append(time.perf_counter())

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     )
     models_dir: Path = Field(default=PROJECT_ROOT / "models", description="Folder of bundled model folders.")
     default_model: str = Field(default="pneumonia", description="Model name preselected in the app.")
+    lung_model: str = Field(
+        default="lungs", description="Lung segmentation model for the heat check (bundled name, local-dir:, hf-hub:)."
+    )
     extra_models: str = Field(default="", description="Comma-separated extra model names (hf-hub:..., local-dir:...).")
     max_image_pixels: int = Field(default=80_000_000, description="Largest accepted image, in pixels.")
     max_upload_mb: float = Field(default=50.0, description="Largest accepted upload, in MiB.")

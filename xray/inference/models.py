@@ -165,11 +165,17 @@ def _resolve_hub(repo: str) -> tuple[Path, str | None]:
 
 
 def list_bundled_models() -> list[str]:
-    """Short names of the bundled models (folders with a config.json under the models directory)."""
+    """Short names of the bundled classifiers (folders with a config.json under the models directory).
+
+    The lung segmentation model folder (`models/lungs`, `xray.inference.segmentation`) is not a classifier and is
+    left out.
+    """
+    from xray.inference.segmentation import is_segmentation_dir
+
     root = get_settings().models_dir
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if (p / CONFIG_NAME).is_file())
+    return sorted(p.name for p in root.iterdir() if (p / CONFIG_NAME).is_file() and not is_segmentation_dir(p))
 
 
 #: config.json key: JPEG quality every input passes through after the resize
@@ -388,7 +394,12 @@ def publish_plan(folder: str | Path, repo_id: str, *, private: bool = False) -> 
     path = Path(folder).expanduser().resolve()
     if not path.is_dir():
         raise ModelNotFoundError(f"Model folder '{folder}' does not exist.")
-    read_config(path)  # label_names and architecture present, or a specific error
+    from xray.inference.segmentation import is_segmentation_dir, load_segmenter_dir
+
+    if is_segmentation_dir(path):
+        load_segmenter_dir(path)  # the lung model (models/lungs) loads, or a specific error
+    else:
+        read_config(path)  # label_names and architecture present, or a specific error
     if not (path / WEIGHTS_NAME).is_file():
         raise ModelNotFoundError(f"Model folder '{path}' has no {WEIGHTS_NAME}; nothing to publish.")
     files = {

@@ -1,6 +1,15 @@
-"""Lung-field estimate for frontal chest X-rays, and how much of a Grad-CAM heatmap lies inside it.
+"""Lung fields of frontal chest X-rays, and how much of a Grad-CAM heatmap lies inside them.
 
-Method (intensity-based, no model, about 0.1 s per image on one CPU core):
+Lung fields (`lung_fields`): a small lung segmentation model (a MONAI U-Net, `models/lungs`, trained on hand-drawn
+lung masks; `xray.inference.segmentation`, `xray.training.lungs`, its card for the measured Dice). The grey image is
+squeezed to the model's input side (192 px) from the upload's preview, the logits are resized to the grid asked for
+and thresholded, components under 10% of the largest are dropped and each outline is filled. The model is found by
+`XRAY_LUNG_MODEL` (default the bundled `lungs`; `local-dir:` and `hf-hub:` names work as for the classifiers), loaded
+on first use and kept (nothing at import). When it cannot be found, the intensity heuristic below stands in, the log
+says so once, and every check carries `FALLBACK_NOTE`, so the doctor sees that the shares are rougher.
+
+Fallback heuristic (`heuristic_lung_fields`; intensity-based, no model, Dice median 0.70 on adults against the
+hand-drawn masks where the model reaches the figures in its card):
 1. Grey image resized to 256 x 256, lightly blurred and contrast-stretched (1st-99th percentile).
 2. Grey-level hole filling (morphological reconstruction by erosion from the image border) gives, for every
    pixel, how far it lies below the brightest "rim" it would have to cross to reach the border. The aerated
@@ -19,30 +28,35 @@ markers, shoulders, neck or abdomen. Why the chest and not the lungs alone: with
 (Kermany), the median heat over the lung fields was 0.41-0.48 and a lungs-only rule would have warned on 61%
 of official test images, mostly for heat on the hila, heart borders and mediastinum, which are legitimate
 places to look; the chest rule warned on 8% of them (19% of the 16 full-resolution validation images, 30% of
-adult covid-chestxray images). Measured with scripts/eval_gate.py --lungs.
+adult covid-chestxray images). Measured with scripts/eval_gate.py --lungs on the heuristic's lung fields, before
+the model; how the model moved the shares and warnings is in the README (Performance, lung fields).
 
 Cost: the heatmap check works at `SCORE_SIDE` (512 px on the long side, the aspect ratio kept), not at the
-upload's resolution: the lung fields come from a 256-px estimate and Grad-CAM from a 7 x 7 grid, so a full-size
-mask adds nothing but time (a 1776 x 1416 upload spent about 0.2 s dilating its full-size mask). On real X-rays
-the shares change by at most 0.02 (tests/test_lungs.py). The 256-px estimate starts from the upload's 1024-px
-preview (`xray.imaging.io.XrayImage.preview`, shared with the input gate and the display), and the hole filling
-runs on 16-bit levels; against shrinking the full image and filling in float, shares moved by at most 0.0095 on
-232 real images x model pairs (tests/test_lungs.py allows 0.02). About 13-16 ms per 1776 x 1416 upload in all.
+upload's resolution: the lung fields come from a 192-px model input (256 px for the heuristic) and Grad-CAM from a
+7 x 7 grid, so a full-size mask adds nothing but time (a 1776 x 1416 upload spent about 0.2 s dilating its
+full-size mask). On real X-rays the shares change by at most 0.02 (tests/test_lungs.py). Both start from the
+upload's 1024-px preview (`xray.imaging.io.XrayImage.preview`, shared with the input gate and the display); the
+heuristic's hole filling runs on 16-bit levels; against shrinking the full image and filling in float, shares moved
+by at most 0.0095 on 232 real images x model pairs (tests/test_lungs.py allows 0.02). The model's cost per upload
+is the "lung fields" stage of `python -m xray.bench_request`.
 
-Limits: a heuristic, not a segmentation model. It assumes an upright frontal (PA/AP) view; on lateral views,
-CT slices or photographs the mask is meaningless, which is why the input gate runs first. Checked by eye on
-the 16 full-resolution Kermany validation images and a sample of covid-chestxray images (see
-scripts/eval_gate.py --lungs); the lung fields cover on average about 20% of the image there.
+Limits: both assume an upright frontal (PA/AP) view; on lateral views, CT slices or photographs the mask is
+meaningless, which is why the input gate runs first. The heuristic was checked by eye on the 16 full-resolution
+Kermany validation images and a sample of covid-chestxray images (see scripts/eval_gate.py --lungs).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from xray.inference.segmentation import LungSegmenter
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +77,15 @@ HEAT_MARGIN = 0.03
 #: A mask covering less or more than this share of the image is not trusted for the heatmap check.
 PLAUSIBLE_AREA = (0.05, 0.6)
 
-METHOD = "intensity-based lung-field estimate (grey-level hole filling + convex hull per lung)"
+HEURISTIC_METHOD = "intensity-based lung-field estimate (grey-level hole filling + convex hull per lung)"
+MODEL_METHOD = "lung segmentation model (U-Net trained on hand-drawn lung masks)"
+#: Said with every check made by the heuristic: the doctor should know the shares are rougher.
+FALLBACK_NOTE = (
+    "Lung fields estimated from image intensities (the lung segmentation model is not installed): the shares are "
+    "approximate."
+)
+#: A model component smaller than this share of the largest one is a speck, not a lung.
+MIN_COMPONENT_SHARE = 0.1
 
 
 @dataclass
@@ -75,12 +97,19 @@ class LungFields:
         area_fraction: share of the image the mask covers.
         mirrored: True when one lung was filled in by mirroring the other (step 5).
         plausible: False when the mask is too small or too large to be trusted.
+        method: how the fields were found (`MODEL_METHOD` or `HEURISTIC_METHOD`).
     """
 
     mask: np.ndarray
     area_fraction: float
     mirrored: bool
     plausible: bool
+    method: str = MODEL_METHOD
+
+    @property
+    def note(self) -> str | None:
+        """What a doctor should know about how the fields were found: set when the heuristic stood in."""
+        return FALLBACK_NOTE if self.method == HEURISTIC_METHOD else None
 
     @property
     def chest(self) -> np.ndarray:
@@ -104,22 +133,26 @@ class HeatmapCheck:
         lung_area_fraction: share of the image the lung fields cover (what an evenly spread map would score).
         warning: doctor-readable text when the model looked mostly outside the chest (or the check could not be
             made), else None.
-        method: how the lung fields were estimated.
+        method: how the lung fields were found.
+        note: set when the intensity heuristic stood in for the missing segmentation model (`FALLBACK_NOTE`).
     """
 
     heat_in_lungs: float | None
     heat_in_chest: float | None
     lung_area_fraction: float
     warning: str | None
-    method: str = METHOD
+    method: str = MODEL_METHOD
+    note: str | None = None
 
     @property
     def summary(self) -> str:
-        """One line for the app: the two shares, or why they are missing."""
+        """One line for the app: the two shares, or why they are missing (and the fallback note when it applies)."""
         if self.heat_in_lungs is None or self.heat_in_chest is None:
-            return "Heat location not checked (lung fields not found)."
-        return (f"{self.heat_in_lungs:.0%} of the heatmap lies over the lung fields, {self.heat_in_chest:.0%} over "
-                f"the chest (lung fields cover {self.lung_area_fraction:.0%} of the image).")
+            text = "Heat location not checked (lung fields not found)."
+        else:
+            text = (f"{self.heat_in_lungs:.0%} of the heatmap lies over the lung fields, {self.heat_in_chest:.0%} "
+                    f"over the chest (lung fields cover {self.lung_area_fraction:.0%} of the image).")
+        return f"{text} {self.note}" if self.note else text
 
 
 def _grey(image: Any, size: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
@@ -175,8 +208,8 @@ def _spine_column(grey: np.ndarray, rows: slice) -> int:
     return lo + int(np.argmax(profile[lo:hi]))
 
 
-def lung_fields(image: Any, *, shape: tuple[int, int] | None = None) -> LungFields:
-    """Estimate the lung fields of a frontal chest X-ray (see the module docstring for the method).
+def heuristic_lung_fields(image: Any, *, shape: tuple[int, int] | None = None) -> LungFields:
+    """Estimate the lung fields with the intensity heuristic (the fallback; see the module docstring).
 
     Args:
         image: an `XrayImage`, an HxWx3 RGB or HxW grey array.
@@ -242,7 +275,82 @@ def lung_fields(image: Any, *, shape: tuple[int, int] | None = None) -> LungFiel
     plausible = PLAUSIBLE_AREA[0] <= fraction <= PLAUSIBLE_AREA[1]
     if not plausible:
         logger.debug("implausible lung-field estimate: %.3f of the image", fraction)
-    return LungFields(mask=mask, area_fraction=fraction, mirrored=mirrored, plausible=plausible)
+    return LungFields(mask=mask, area_fraction=fraction, mirrored=mirrored, plausible=plausible,
+                      method=HEURISTIC_METHOD)
+
+
+def model_lung_fields(image: Any, segmenter: LungSegmenter, *, shape: tuple[int, int] | None = None) -> LungFields:
+    """The lung fields from the segmentation model: probability > threshold, specks dropped, holes filled.
+
+    Args:
+        image: an `XrayImage`, an HxWx3 RGB or HxW grey array.
+        segmenter: the loaded model (`xray.inference.segmentation.load_segmenter`).
+        shape: (height, width) of the returned mask; default the image's own resolution.
+    """
+    grey, (height, width) = _grey(image, segmenter.input_side)
+    if shape is not None:
+        height, width = shape
+    lo, hi = np.percentile(grey, [1, 99])
+    if hi - lo < 2.0:
+        # A (nearly) flat image has no lungs; the network would answer its bias (as the heuristic, step 1).
+        mask = np.zeros((height, width), bool)
+        return LungFields(mask=mask, area_fraction=0.0, mirrored=False, plausible=False, method=MODEL_METHOD)
+    with segmenter.lock:  # one module shared by request threads: one at a time (oversubscribed pools are slower)
+        probability = segmenter.probability_at(grey, (height, width))
+    raw = (probability > segmenter.threshold).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(raw, connectivity=8)
+    work = np.zeros_like(raw)
+    if count > 1:
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        keep = 1 + np.flatnonzero(areas >= MIN_COMPONENT_SHARE * areas.max())
+        # The outline of each kept lung, filled: a lung has no holes, an opacity inside it is still lung.
+        contours, _ = cv2.findContours(np.isin(labels, keep).astype(np.uint8), cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_SIMPLE)  # fmt: skip
+        cv2.drawContours(work, contours, -1, 1, thickness=cv2.FILLED)
+    mask = work.astype(bool)
+    fraction = float(mask.mean())
+    plausible = PLAUSIBLE_AREA[0] <= fraction <= PLAUSIBLE_AREA[1]
+    return LungFields(mask=mask, area_fraction=fraction, mirrored=False, plausible=plausible, method=MODEL_METHOD)
+
+
+@lru_cache(maxsize=4)
+def _segmenter_or_none(name: str) -> LungSegmenter | None:
+    from xray.errors import ModelNotFoundError
+    from xray.inference.segmentation import load_segmenter
+
+    try:
+        return load_segmenter(name)
+    except ModelNotFoundError as exc:
+        logger.warning("lung segmentation model '%s' not found, using the intensity heuristic: %s", name, exc)
+        return None
+
+
+def default_segmenter() -> LungSegmenter | None:
+    """The lung segmentation model named by `XRAY_LUNG_MODEL` (default: the bundled `lungs` folder), loaded once.
+
+    None when it cannot be found (the heuristic stands in; a warning is logged once per name). A folder that is
+    there but unusable raises `ModelConfigError`, since that is a broken install rather than a missing one.
+    """
+    from xray.config import get_settings
+
+    return _segmenter_or_none(get_settings().lung_model)
+
+
+def lung_fields(image: Any, *, shape: tuple[int, int] | None = None) -> LungFields:
+    """The lung fields of a frontal chest X-ray: from the segmentation model, else from the intensity heuristic.
+
+    Args:
+        image: an `XrayImage`, an HxWx3 RGB or HxW grey array.
+        shape: (height, width) of the returned mask; default the image's own resolution.
+
+    Returns:
+        The mask, with its area share, whether it is plausible and how it was found (`LungFields.note` says when
+        the heuristic stood in).
+    """
+    segmenter = default_segmenter()
+    if segmenter is None:
+        return heuristic_lung_fields(image, shape=shape)
+    return model_lung_fields(image, segmenter, shape=shape)
 
 
 def lung_mask(image: Any) -> np.ndarray:
@@ -309,6 +417,8 @@ def assess_heatmap(heatmap: np.ndarray, image: Any, *, fields: LungFields | None
             heat_in_chest=None,
             lung_area_fraction=fields.area_fraction,
             warning="The lung fields could not be outlined on this image, so where the model looked was not checked.",
+            method=fields.method,
+            note=fields.note,
         )
     heat = np.asarray(heatmap, dtype=np.float32)
     if heat.shape != fields.mask.shape:  # once here rather than once per share
@@ -316,7 +426,7 @@ def assess_heatmap(heatmap: np.ndarray, image: Any, *, fields: LungFields | None
     in_lungs = heat_in_lungs(heat, _with_margin(fields.mask, HEAT_MARGIN))
     in_chest = heat_in_lungs(heat, _with_margin(fields.chest, HEAT_MARGIN))
     return HeatmapCheck(heat_in_lungs=in_lungs, heat_in_chest=in_chest, lung_area_fraction=fields.area_fraction,
-                        warning=heat_warning(in_lungs, in_chest))
+                        warning=heat_warning(in_lungs, in_chest), method=fields.method, note=fields.note)
 
 
 def heat_warning(in_lungs: float, in_chest: float) -> str | None:
@@ -331,3 +441,42 @@ def heat_warning(in_lungs: float, in_chest: float) -> str | None:
         "based this result mostly on areas outside it (e.g. corners, labels, markers, shoulders, neck or "
         "abdomen). Treat it with caution."
     )
+
+
+def run_lungs_command(args: Any) -> int:
+    """`python -m xray lungs IMAGE... --out DIR [--overlay] [--model NAME]`: one mask PNG (and overlay) per image.
+
+    Returns:
+        0 when every image was written, 1 when some could not be read.
+    """
+    from pathlib import Path
+
+    from xray.errors import ImageReadError
+    from xray.imaging.io import read_image
+    from xray.inference.segmentation import load_segmenter
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    segmenter = load_segmenter(args.model) if args.model else default_segmenter()
+    if segmenter is None:
+        logger.warning(FALLBACK_NOTE)
+    failed = 0
+    for name in args.images:
+        path = Path(name)
+        try:
+            image = read_image(path)
+        except (ImageReadError, OSError) as exc:
+            logger.error("%s: %s", path, exc)
+            failed += 1
+            continue
+        fields = heuristic_lung_fields(image) if segmenter is None else model_lung_fields(image, segmenter)
+        mask = fields.mask.astype(np.uint8) * 255
+        cv2.imwrite(str(out / f"{path.stem}.png"), mask)
+        if args.overlay:
+            picture = cv2.cvtColor(np.ascontiguousarray(image.pixels), cv2.COLOR_RGB2BGR)
+            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            thickness = max(2, round(max(mask.shape) / 300))
+            cv2.drawContours(picture, contours, -1, (0, 200, 255), thickness)
+            cv2.imwrite(str(out / f"{path.stem}_overlay.png"), picture)
+        logger.info("%s: lung fields %.0f%% of the image (%s)", path.name, 100 * fields.area_fraction, fields.method)
+    return 1 if failed else 0

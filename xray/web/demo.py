@@ -344,7 +344,7 @@ def analyse_bytes(
         reasons=analysis.reasons,
         gate_note=analysis.gate_note,
         caveat=analysis.caveat,
-        heat_text=heat_markdown(check.heat_in_lungs, check.heat_in_chest) if check is not None else "",
+        heat_text=heat_markdown(check.heat_in_lungs, check.heat_in_chest, check.note) if check is not None else "",
         original=view.pixels,
         overlay=view.overlay(DEMO_OPACITY),
         latency_ms=analysis.latency_ms,

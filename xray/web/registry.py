@@ -26,9 +26,12 @@ def registered_models(settings: Settings) -> list[str]:
     even when XRAY_EXTRA_MODELS does not list it.
     """
     from xray.inference.models import CONFIG_NAME, HF_PREFIX, LOCAL_PREFIX
+    from xray.inference.segmentation import is_segmentation_dir
 
     root = settings.models_dir
-    bundled = sorted(p.name for p in root.iterdir() if (p / CONFIG_NAME).is_file()) if root.is_dir() else []
+    # models/lungs (the heat check's lung segmentation model) sits beside the classifiers but is not one
+    bundled = sorted(p.name for p in root.iterdir() if (p / CONFIG_NAME).is_file() and not is_segmentation_dir(p)) \
+        if root.is_dir() else []
     names = bundled + [n.strip() for n in settings.extra_models.split(",") if n.strip()]
     default = settings.default_model.strip()
     if default in names or default.startswith((HF_PREFIX, LOCAL_PREFIX)):

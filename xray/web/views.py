@@ -178,16 +178,22 @@ def gate_markdown(reasons: Sequence[str] | None, note: str | None = None, *, sho
     return "\n".join(lines)
 
 
-def heat_markdown(heat_in_lungs: float | None, heat_in_chest: float | None = None) -> str:
-    """`62% of the heat lies inside the estimated lung fields`, with `xray.trust.lungs`' warning when it applies."""
+def heat_markdown(heat_in_lungs: float | None, heat_in_chest: float | None = None, note: str | None = None) -> str:
+    """`62% of the heat lies inside the estimated lung fields`, with `xray.trust.lungs`' warning when it applies.
+
+    `note` is the check's own note (`HeatmapCheck.note`: the intensity heuristic stood in for the missing lung
+    segmentation model), shown after the shares.
+    """
     from xray.trust.lungs import heat_warning
 
+    suffix = f" {note}" if note else ""
     if heat_in_lungs is None:
-        return "Where the heatmap lies relative to the lungs was not checked (the lung fields could not be outlined)."
+        return ("Where the heatmap lies relative to the lungs was not checked (the lung fields could not be "
+                "outlined)." + suffix)  # fmt: skip
     text = f"{heat_in_lungs:.0%} of the heat lies inside the estimated lung fields"
     if heat_in_chest is None:
-        return text + "."
-    text += f", {heat_in_chest:.0%} over the chest."
+        return text + "." + suffix
+    text += f", {heat_in_chest:.0%} over the chest." + suffix
     warning = heat_warning(heat_in_lungs, heat_in_chest)
     return text + (f"\n\n⚠️ **{warning}**" if warning else "")
 

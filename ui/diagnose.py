@@ -239,7 +239,9 @@ def run_diagnose(
             result.view.overlay(alpha),
             gr.update(choices=list(record.label_names), value=result.view.target_label, interactive=True),
             info,
-            views.heat_markdown(record.heat_in_lungs, record.heat_in_chest),
+            views.heat_markdown(
+                record.heat_in_lungs, record.heat_in_chest, result.heatmap_check.note if result.heatmap_check else None
+            ),
             gr.update(value=gate_text, visible=bool(gate_text)),
             gr.update(visible=False),
             result.view,

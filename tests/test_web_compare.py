@@ -110,3 +110,14 @@ def test_compare_form_checks_come_before_any_model_runs():
     with pytest.raises(InvalidInputError, match="(?i)heatmap method"):
         compare.check_compare_form("x.png", ["m"], "shap")
     assert compare.check_compare_form("x.png", ["m"], "gradcam") is None
+
+
+def test_compare_gives_test_auc_per_population_not_the_pooled_headline(tiny_model_dir):
+    from xray.web import compare, models_page, registry
+
+    bundled = registry.describe_model("pneumonia")
+    text = compare.tested_figures(bundled)
+    assert text == models_page.population_auc_text(models_page.read_entry("pneumonia"))
+    assert text.startswith("children AUC ") and "adults AUC " in text
+    tiny = registry.describe_model(f"local-dir:{tiny_model_dir}")  # no per-source figures: the registry's line
+    assert compare.tested_figures(tiny) == (registry.format_headline(tiny.headline) or "none")

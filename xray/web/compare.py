@@ -41,6 +41,16 @@ class Comparison:
     gate_note: str | None = None
 
 
+def tested_figures(info: ModelInfo) -> str:
+    """A model's test AUC per population (children, adults by source).
+
+    The pooled headline only when no per-source figures were recorded: a pooled figure is mostly children.
+    """
+    from xray.web.models_page import population_auc_text, read_entry
+
+    return population_auc_text(read_entry(info.name)) or format_headline(info.headline) or "none"
+
+
 def check_compare_form(source: str | Path | bytes | None, model_names: Sequence[str], method: str | None) -> None:
     """The Compare form's checks that need neither the file's content nor a model (cheap, run first).
 
@@ -123,7 +133,7 @@ def comparison_rows(results: Sequence[Comparison]) -> list[list[Any]]:
                 c.label if c.error is None else f"error: {c.error}",
                 probs,
                 None if c.latency_ms is None else round(c.latency_ms, 1),
-                format_headline(c.info.headline) or "none",
+                tested_figures(c.info),
                 input_check_text(c.gate, c.gate_note),
                 c.info.caveat or "",
             ]
@@ -165,7 +175,7 @@ def _model_column(c: Comparison) -> list[str]:
     probs = ", ".join(f"{k} {v:.3f}" for k, v in c.probabilities.items())
     cells = [
         c.info.architecture, c.version, c.label if c.error is None else f"error: {c.error}", probs,
-        "" if c.latency_ms is None else f"{c.latency_ms:.1f}", format_headline(c.info.headline) or "none",
+        "" if c.latency_ms is None else f"{c.latency_ms:.1f}", tested_figures(c.info),
         input_check_text(c.gate, c.gate_note), c.info.caveat or "",
     ]  # fmt: skip
     return [html.escape(str(cell)) for cell in cells]

@@ -1,7 +1,10 @@
 """Training and evaluation: labelled data, metrics with confidence intervals, evaluation runs and model cards.
 
 Owns data sources and patient-grouped splits (`data`), metrics and bootstrap CIs (`metrics`), evaluation of a
-model on labelled images (`evaluate`), generated model cards (`card`) and offline ImageNet weights
-(`pretrained`). Used by `train.py`, `python -m xray evaluate` and the scripts. May import `xray.analysis`,
-`xray.trust`, `xray.inference` and `xray.imaging`; never records or the web (and the app never imports it).
+model on labelled images (`evaluate`), generated model cards (`card`), offline ImageNet weights (`pretrained`),
+and the training itself: the loop (`loop`), the on-disk pixel cache (`cache`), tensor augmentation (`augment`),
+checkpoints (`checkpoint`), torchrun support (`distributed`), distillation (`distill`), a run's splits and output
+folder (`run`) and the training-speed benchmark (`throughput`). Used by `train.py`, `python -m xray evaluate` and
+the scripts. May import `xray.analysis`, `xray.trust`, `xray.inference` and `xray.imaging`; never records or the
+web (and the app never imports it).
 """

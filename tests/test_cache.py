@@ -109,3 +109,18 @@ def test_the_training_splits_of_a_real_source_hit_on_the_second_run(shared_data,
     first = cached_pixels(samples, (224, 224), "bilinear", cache_dir=tmp_path)
     second = cached_pixels(list(samples), (224, 224), "bilinear", cache_dir=tmp_path)
     assert not first.hit and second.hit and len(second) == 12
+
+
+def test_the_input_jpeg_step_is_cached_as_the_evaluation_transform_applies_it(images, tmp_path):
+    from xray.imaging.transforms import build_transform
+
+    plain = cached_pixels(images, (224, 224), "bicubic", cache_dir=tmp_path)
+    jpeg = cached_pixels(images, (224, 224), "bicubic", cache_dir=tmp_path, jpeg_quality=75)
+    assert not jpeg.hit and jpeg.key != plain.key and not torch.equal(jpeg.pixels, plain.pixels)
+    assert cached_pixels(images, (224, 224), "bicubic", cache_dir=tmp_path, jpeg_quality=75).hit
+    assert not cached_pixels(images, (224, 224), "bicubic", cache_dir=tmp_path, jpeg_quality=50).hit
+    config = {"input_size": (3, 224, 224), "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406),
+              "std": (0.229, 0.224, 0.225)}  # fmt: skip
+    with_step, without = build_transform(config, jpeg_quality=75), build_transform(config)
+    for cached, decoded in zip(jpeg.arrays(), load_pixels(images, (224, 224), "bicubic"), strict=True):
+        assert torch.equal(without(cached), with_step(decoded))  # the upload path's JPEG step, exactly

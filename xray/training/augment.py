@@ -1,11 +1,12 @@
 """Training augmentation on whole batches of cached uint8 tensors, and the datasets the training loop reads.
 
-The pixel cache (`xray.training.cache`) holds every image already resized to the model's input. The dataset hands
-out those uint8 tensors (after the optional input JPEG step, `jpeg_round_trip`, the inference code's); the loop
-augments each batch at once (`BatchAugment`: one `affine_grid`/`grid_sample` for the batch's random rotations,
-shifts and zooms, then flips and brightness/contrast, every image with its own draw) and normalises it with
-`xray.imaging.transforms.normalise_batch`, the evaluation transform's own arithmetic. The order of the steps is
-the evaluation transform's: resize (cached), JPEG step, rotation/shift/zoom, flip, brightness/contrast.
+The pixel cache (`xray.training.cache`) holds every image already resized to the model's input (and passed
+through the optional input JPEG step, `jpeg_round_trip`, the inference code's). The dataset hands out those uint8
+tensors; the loop augments each batch at once (`BatchAugment`: one `affine_grid`/`grid_sample` for the batch's
+random rotations, shifts and zooms, then flips and brightness/contrast, every image with its own draw) and
+normalises it with `xray.imaging.transforms.normalise_batch`, the evaluation transform's own arithmetic. The
+order of the steps is the evaluation transform's: resize and JPEG step (cached), rotation/shift/zoom, flip,
+brightness/contrast.
 
 Why batches: per-image torchvision.transforms.v2 on uint8 tensors was measured at 2 threads slower than the PIL
 augmentation it replaces (its many small operations pay the thread pool's start-up each time), while one batched
@@ -95,17 +96,6 @@ def build_augment(
     return BatchAugment(rotation=rotation, translate=translate, zoom=zoom, hflip=hflip, intensity=intensity)
 
 
-def jpeg_tensor(image: torch.Tensor, quality: int) -> torch.Tensor:
-    """One uint8 (C, H, W) image after the inference transform's JPEG round trip at `quality`."""
-    from PIL import Image
-
-    from xray.imaging.transforms import jpeg_round_trip
-
-    array = image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
-    out = torch.from_numpy(np.array(jpeg_round_trip(Image.fromarray(np.ascontiguousarray(array)), quality=quality)))
-    return out.unsqueeze(0) if out.ndim == 2 else out.permute(2, 0, 1)
-
-
 class CachedImages(torch.utils.data.Dataset):
     """Training or validation images from a uint8 (N, C, H, W) pixel tensor: returns (uint8 image, label, index).
 
@@ -113,21 +103,17 @@ class CachedImages(torch.utils.data.Dataset):
     extras (a teacher's cached logits for distillation).
     """
 
-    def __init__(self, pixels: torch.Tensor, targets: Sequence[int], *, jpeg_quality: int | None = None) -> None:
+    def __init__(self, pixels: torch.Tensor, targets: Sequence[int]) -> None:
         if len(pixels) != len(targets):
             raise ValueError(f"{len(pixels)} images for {len(targets)} targets")
         self.pixels = pixels
         self.targets = np.asarray(targets, dtype=np.int64)
-        self.jpeg_quality = jpeg_quality
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        image = self.pixels[index]
-        if self.jpeg_quality:
-            image = jpeg_tensor(image, self.jpeg_quality)
-        return image, int(self.targets[index]), index
+        return self.pixels[index], int(self.targets[index]), index
 
 
 class DecodedEachStep(CachedImages):

@@ -35,13 +35,15 @@ def default_cache_dir() -> Path:
     return cache_dir() / "pixels"
 
 
-def pixel_cache_key(samples: Sequence[Sample], size: tuple[int, int], interpolation: str) -> str | None:
+def pixel_cache_key(samples: Sequence[Sample], size: tuple[int, int], interpolation: str,
+                    jpeg_quality: int | None = None) -> str | None:  # fmt: skip
     """Hash naming the cache file of `samples` at `size`; None when a sample is not a file (in-memory datasets).
 
     Each file's path, size in bytes and modification time (ns) enter the hash: replacing an image changes its
     size or time even when its name stays.
     """
-    digest = hashlib.sha256(f"v{CACHE_VERSION}|{size[0]}x{size[1]}|{interpolation}|{len(samples)}".encode())
+    head = f"v{CACHE_VERSION}|{size[0]}x{size[1]}|{interpolation}|jpeg{jpeg_quality or 0}|{len(samples)}"
+    digest = hashlib.sha256(head.encode())
     for sample in samples:
         if not isinstance(sample.source, (str, Path)):
             return None
@@ -78,11 +80,19 @@ class PixelCache:
         return [image.transpose(1, 2, 0) for image in data]
 
 
-def _decode(samples: Sequence[Sample], size: tuple[int, int], interpolation: str, progress: bool) -> torch.Tensor:
+def _decode(samples: Sequence[Sample], size: tuple[int, int], interpolation: str, progress: bool,
+            jpeg_quality: int | None = None) -> torch.Tensor:  # fmt: skip
+    from PIL import Image
     from tqdm.auto import tqdm
 
-    images = [read_pixels(s, size, interpolation) for s in tqdm(samples, desc="decode", disable=not progress,
-                                                                 leave=False)]  # fmt: skip
+    from xray.imaging.transforms import jpeg_round_trip
+
+    images = []
+    for sample in tqdm(samples, desc="decode", disable=not progress, leave=False):
+        image = read_pixels(sample, size, interpolation)
+        if jpeg_quality:  # the transform's input JPEG step: after the resize, before any augmentation
+            image = np.asarray(jpeg_round_trip(Image.fromarray(image), quality=jpeg_quality))
+        images.append(image)
     channels = 3 if any(image.ndim == 3 for image in images) else 1
     out = torch.empty((len(images), channels, *size), dtype=torch.uint8)
     for i, image in enumerate(images):
@@ -98,6 +108,7 @@ def cached_pixels(
     *,
     cache_dir: Path | None = None,
     store: bool = True,
+    jpeg_quality: int | None = None,
     progress: bool = False,
 ) -> PixelCache:
     """The samples' pixels at `size`, decoded once and kept in `cache_dir` for every later epoch and run.
@@ -109,12 +120,15 @@ def cached_pixels(
         cache_dir: folder of cache files (default `default_cache_dir()`); the file is written atomically, so runs
             sharing the folder never read half a file.
         store: False decodes into memory and neither reads nor writes a cache file.
+        jpeg_quality: also pass every resized image through the input JPEG step at this quality
+            (`jpeg_round_trip`, config.json `input_jpeg_quality`): training and validation then pay it once. The
+            evaluation code wants pixels before that step (its transform applies it), so it leaves this None.
         progress: show a progress bar while decoding.
     """
     size = (int(size[0]), int(size[1]))
-    key = pixel_cache_key(samples, size, interpolation) if store else None
+    key = pixel_cache_key(samples, size, interpolation, jpeg_quality) if store else None
     if key is None:
-        return PixelCache(_decode(samples, size, interpolation, progress))
+        return PixelCache(_decode(samples, size, interpolation, progress, jpeg_quality))
     path = Path(cache_dir or default_cache_dir()) / f"{key}.pt"
     if path.is_file():
         try:
@@ -126,11 +140,12 @@ def cached_pixels(
         except (RuntimeError, OSError, KeyError, EOFError) as exc:  # a damaged file is rebuilt, never trusted
             logger.warning("pixel cache %s unreadable (%s): decoding again", path, exc)
         logger.warning("pixel cache %s does not match its data: decoding again", path)
-    pixels = _decode(samples, size, interpolation, progress)
+    pixels = _decode(samples, size, interpolation, progress, jpeg_quality)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save({"key": key, "version": CACHE_VERSION, "size": list(size), "interpolation": interpolation,
-                "files": [str(s.source) for s in samples], "pixels": pixels}, tmp)  # fmt: skip
+                "jpeg_quality": jpeg_quality, "files": [str(s.source) for s in samples], "pixels": pixels},
+               tmp)  # fmt: skip
     os.replace(tmp, path)
     logger.info("pixel cache written: %d images at %dx%d to %s (%.0f MB)", len(samples), *size, path,
                 path.stat().st_size / 1e6)  # fmt: skip

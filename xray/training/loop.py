@@ -265,16 +265,17 @@ class TrainingData:
 
 def load_cached_splits(args: Any, samples: Sequence[Sequence[Any]], data_config: dict[str, Any],
                        dist: Distributed) -> list[Any]:  # fmt: skip
-    """Each sample list's `PixelCache` at the model's input size: rank 0 decodes (or reads), then the other ranks read.
+    """Each sample list's `PixelCache` at the model's input size, after the input JPEG step if any.
 
-    `--no-pixel-cache` decodes into memory without storing anything.
+    Rank 0 decodes (or reads), then the other ranks read; `--no-pixel-cache` decodes into memory, storing nothing.
     """
     from xray.training.cache import cached_pixels
 
     size = tuple(data_config["input_size"][1:])
     interpolation = str(data_config.get("interpolation", "bilinear"))
+    # the input JPEG step is deterministic and comes before augmentation: applied once, in the cache
     kw = {"cache_dir": Path(args.cache_dir) if getattr(args, "cache_dir", None) else None,
-          "store": not getattr(args, "no_pixel_cache", False)}  # fmt: skip
+          "store": not getattr(args, "no_pixel_cache", False), "jpeg_quality": args.input_jpeg_quality}  # fmt: skip
     out: list[Any] = []
     if dist.is_main:
         out = [cached_pixels(s, size, interpolation, progress=True, **kw) for s in samples]
@@ -296,8 +297,8 @@ def prepare_data(args: Any, splits, data_config: dict[str, Any], dist: Distribut
     y_train, y_val = splits.targets("train"), splits.targets("val")
     augment = build_augment(rotation=args.rotation, translate=args.translate, zoom=args.zoom, hflip=args.hflip,
                             intensity=args.intensity)  # fmt: skip
-    train_ds = CachedImages(train_px.pixels, y_train, jpeg_quality=args.input_jpeg_quality)
-    val_ds = CachedImages(val_px.pixels, y_val, jpeg_quality=args.input_jpeg_quality)
+    train_ds = CachedImages(train_px.pixels, y_train)
+    val_ds = CachedImages(val_px.pixels, y_val)
     generator = torch.Generator().manual_seed(args.seed)
     num_classes = len(splits.label_names)
     weights = training_weights(splits.train, y_train, num_classes, balance=args.balance, power=args.source_balance)

@@ -14,8 +14,9 @@ split never chooses anything. This file is the command line: the loop, the pixel
 support and distillation live in `xray.training` (loop, cache, augment, checkpoint, distributed, distill, run).
 
 Speed (`python -m xray.bench --train`): each image is decoded once into an on-disk cache of uint8 tensors at the
-training resolution (`--cache-dir`), augmented as a tensor, and trained under bf16 autocast with fp32 weights
-where the CPU/GPU computes bf16 natively (`--precision auto`); validation and the shipped metrics are fp32.
+training resolution (`--cache-dir`), augmented in batches as tensors, and trained under bf16 autocast with fp32
+weights where that is faster for the model on this machine (`--precision auto` times both on a copy at the start);
+validation and the shipped metrics are fp32.
 Every epoch ends with OUT/checkpoint.pt; `--resume` continues from it with the same state.
 
 Under `torchrun` (WORLD_SIZE > 1) the same command trains with DistributedDataParallel: NCCL on CUDA (one GPU per
@@ -146,7 +147,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     train.add_argument(
         "--precision", choices=PRECISIONS, default="auto",
-        help="training arithmetic: bf16 autocast (fp32 weights) or fp32; auto: bf16 where the hardware has it",
+        help="training arithmetic: bf16 autocast (fp32 weights) or fp32; auto: where the hardware has bf16, the "
+        "faster of the two for this model, timed on a copy at the start of the run",
     )  # fmt: skip
     train.add_argument(
         "--cache-dir", default=None, metavar="DIR",

@@ -10,7 +10,7 @@ from xray.imaging.transforms import build_transform, data_config_for
 from xray.training.augment import CachedImages, build_augment
 from xray.training.cache import cached_pixels
 from xray.training.data import Sample
-from xray.training.loop import bf16_supported, network_input, resolve_precision, train_step
+from xray.training.loop import bf16_supported, network_input, probe_precision, resolve_precision, train_step
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +67,22 @@ def test_the_network_input_is_the_evaluation_transform_of_the_cached_pixels(batc
 def test_precision_choice():
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
-    assert resolve_precision("auto", cpu) == ("bf16" if bf16_supported(cpu) else "fp32")
+    assert resolve_precision("auto", cpu) == ("auto" if bf16_supported(cpu) else "fp32")  # auto: measured
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp16", cpu)
+
+
+def test_the_precision_probe_times_both_on_a_copy_and_leaves_the_run_untouched(batch):
+    _, labels, pixels = batch
+    torch.manual_seed(0)
+    model = timm.create_model("mobilenetv3_small_100", num_classes=2).train().to(memory_format=torch.channels_last)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    speeds = probe_precision(model, pixels[:4], labels[:4], data_config_for(model), device=torch.device("cpu"),
+                             steps=1, rounds=1)  # fmt: skip
+    assert set(speeds) == {"fp32", "bf16"} and min(speeds.values()) > 0
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # weights and BatchNorm statistics
+    assert torch.equal(torch.get_rng_state(), rng)
 
 
 def test_augmentation_draws_per_image_and_off_means_identity(batch):

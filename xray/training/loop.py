@@ -6,8 +6,9 @@
    ranks (`xray.training.distributed`), each batch augmented as a tensor (`xray.training.augment`);
 2. `make_loss`: class-weighted cross-entropy, the global batch's under torchrun, or distillation from a teacher's
    cached logits (`xray.training.distill`);
-3. `run_epoch`: optimiser steps with the learning-rate schedule (`lr_at`), under bf16 autocast when the machine
-   has it (`resolve_precision`; the weights and the optimiser stay fp32), with the time budget;
+3. `run_epoch`: optimiser steps with the learning-rate schedule (`lr_at`), under bf16 autocast when that is
+   faster for this model on this machine (`choose_precision`; the weights and the optimiser stay fp32), with the
+   time budget;
 4. `end_epoch`: fp32 validation (`validate`), the best weights, early stopping, and the checkpoint written after
    every epoch (`xray.training.checkpoint`, read back by `--resume`).
 """
@@ -46,16 +47,47 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """`fp32` or `bf16` for --precision: `auto` is bf16 where the hardware computes it natively, else fp32.
+    """`fp32`, `bf16` or `auto` (to be measured by `probe_precision`) for --precision.
 
-    bf16 autocast was faster than fp32 for every architecture `python -m xray.bench --train` measured on this
-    project's AMX CPU (README, "Training speed"); without native bf16 it is emulated and slower.
+    `auto` stays `auto` only where the hardware computes bf16 natively; elsewhere bf16 is emulated and slower, so
+    `auto` is fp32 at once.
     """
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
-    if requested == "auto":
-        return "bf16" if bf16_supported(device) else "fp32"
+    if requested == "auto" and not bf16_supported(device):
+        return "fp32"
     return requested
+
+
+def probe_precision(model: torch.nn.Module, pixels: torch.Tensor, y: torch.Tensor, data_config: dict[str, Any], *,
+                    device: torch.device, steps: int = 2, rounds: int = 2) -> dict[str, float]:  # fmt: skip
+    """Training images/s of this model on this machine in fp32 and in bf16 autocast, measured on a copy.
+
+    Whether bf16 pays depends on the architecture (depthwise convolutions gain little) and on what else the
+    machine is running, so `--precision auto` measures it at the start of a run: each precision trains a copy
+    of the model (with its own optimiser) for one untimed and `steps` timed steps on one batch, alternately, for
+    `rounds` rounds; the best round counts (the least disturbed by other processes). The model, the optimiser and
+    every random stream of the run are left as they were.
+
+    Returns:
+        {"fp32": images/s, "bf16": images/s}.
+    """
+    x = network_input(pixels, device, data_config)
+    criterion = torch.nn.CrossEntropyLoss()
+    speeds: dict[str, float] = {}
+    rng = torch.get_rng_state()  # dropout and stochastic depth draw from it: the run's stream stays untouched
+    for _ in range(rounds):
+        for precision in ("fp32", "bf16"):
+            trial = copy.deepcopy(model).train()
+            optimizer = torch.optim.AdamW([p for p in trial.parameters() if p.requires_grad], lr=1e-6)
+            train_step(trial, optimizer, x, y, criterion, precision=precision)
+            start = time.perf_counter()
+            for _ in range(steps):
+                train_step(trial, optimizer, x, y, criterion, precision=precision)
+            speed = steps * len(y) / (time.perf_counter() - start)
+            speeds[precision] = max(speeds.get(precision, 0.0), speed)
+    torch.set_rng_state(rng)
+    return speeds
 
 
 def network_input(pixels: torch.Tensor, device: torch.device, data_config: dict[str, Any]) -> torch.Tensor:
@@ -440,6 +472,31 @@ def end_epoch(args: Any, net: torch.nn.Module, model: torch.nn.Module, data: Tra
         logger.info("stopping: %s", state["stop_reason"])
 
 
+def choose_precision(args: Any, model: torch.nn.Module, data: TrainingData, data_config: dict[str, Any],
+                     state: dict[str, Any], dist: Distributed) -> str:  # fmt: skip
+    """--precision of this run: as asked, or for `auto` the faster one measured on rank 0 (`probe_precision`).
+
+    The choice is kept in the loop state, so a resumed run continues in the precision it started with.
+    """
+    if state.get("precision"):
+        return state["precision"]
+    precision = resolve_precision(getattr(args, "precision", "auto") or "auto", dist.device)
+    if precision == "auto":
+        probe = None
+        if dist.is_main:
+            count = min(len(data.train_ds), dist.local_batch(args.batch_size))
+            pixels = data.train_ds.pixels[:count]
+            y = torch.from_numpy(data.train_ds.targets[:count]).to(dist.device)
+            probe = probe_precision(model, pixels, y, data_config, device=dist.device)
+        probe = dist.broadcast(probe)
+        precision = "bf16" if probe["bf16"] > probe["fp32"] else "fp32"
+        state["precision_probe"] = probe
+        logger.info("--precision auto: fp32 %.1f img/s, bf16 autocast %.1f img/s on this machine now: %s",
+                    probe["fp32"], probe["bf16"], precision)  # fmt: skip
+    state["precision"] = precision
+    return precision
+
+
 def train(
     args: Any, splits, out: Path, dist: Distributed | None = None
 ) -> tuple[torch.nn.Module, list[dict[str, float]], dict]:
@@ -461,7 +518,6 @@ def train(
     model = create_model(args, num_classes)
     data_config = data_config_for(model)
     logger.info("data config %s", data_config)
-    precision = resolve_precision(getattr(args, "precision", "auto") or "auto", device)
     data = prepare_data(args, splits, data_config, dist)
     teacher = None
     if getattr(args, "teacher", None):
@@ -482,6 +538,7 @@ def train(
     ckpt_path = out / CHECKPOINT_NAME
     if args.resume:
         resume_checkpoint(ckpt_path, model=net, optimizer=optimizer, state=state, generator=data.generator, dist=dist)
+    precision = choose_precision(args, net, data, data_config, state, dist)
     if dist.enabled:
         # after the resume: DDP starts every rank from rank 0's weights and buffers
         model = torch.nn.parallel.DistributedDataParallel(
@@ -519,6 +576,7 @@ def train(
         "device": f"{dist.world_size} x {device.type} (DDP, {dist.backend})" if dist.enabled else str(device),
         "threads": torch.get_num_threads(),
         "precision": precision,
+        "precision_probe": state.get("precision_probe"),
         "pixel_cache": str(data.train_pixels.path.parent) if data.train_pixels.path else None,
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
     }

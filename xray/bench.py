@@ -231,7 +231,8 @@ def train_main(args: argparse.Namespace) -> int:
         print(json.dumps({"machine": machine_description(), "load_before": load_before, "load_after": load_after,
                           "batch": args.batch, "steps": args.steps, "rounds": args.rounds, "decode": decode,
                           "rows": [{"arch": r.arch, "setting": r.setting, "images_per_s": r.images_per_s,
-                                    "median": r.median} for r in rows]}, indent=1))  # fmt: skip
+                                    "median": r.median, "images_per_cpu_s": r.images_per_cpu_s,
+                                    "cpu_median": r.cpu_median} for r in rows]}, indent=1))  # fmt: skip
         return 0
     print(f"Machine: {machine_description()}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; "
           f"{len(samples)} images, {args.rounds} rounds of {args.warmup} + {args.steps} steps")  # fmt: skip

@@ -11,7 +11,8 @@ augmentation, forward, backward, AdamW) with batches of real images:
 - `decode-bf16`: no cache: every step decodes and resizes its files again, then as `cache-bf16`.
 
 Settings are interleaved (every architecture and setting once per round, `repeats` rounds), so a neighbour's load
-on a shared machine falls on all of them alike; the table gives the median and the range over the rounds.
+on a shared machine falls on all of them alike; the table gives the median and the range over the rounds, of
+wall-clock images/s and of images per CPU-second of this process (steadier when other processes share the cores).
 """
 
 from __future__ import annotations
@@ -39,16 +40,26 @@ AUGMENTATION = {"rotation": 10.0, "translate": 0.05, "zoom": 0.1, "hflip": False
 
 @dataclass
 class TrainSpeed:
-    """Images per second of one architecture and setting, one figure per round."""
+    """Images per second of one architecture and setting, one figure per round.
+
+    `images_per_s` is wall-clock speed; `images_per_cpu_s` divides by the CPU time this process used instead, which
+    other processes on a shared machine disturb far less (they take turns on the cores; the work per image stays).
+    """
 
     arch: str
     setting: str
     images_per_s: list[float] = field(default_factory=list)
+    images_per_cpu_s: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
-        """Median over the rounds."""
+        """Median wall-clock images/s over the rounds."""
         return statistics.median(self.images_per_s)
+
+    @property
+    def cpu_median(self) -> float:
+        """Median images per CPU-second over the rounds."""
+        return statistics.median(self.images_per_cpu_s) if self.images_per_cpu_s else float("nan")
 
 
 def _loader(arch: str, setting: str, samples: Sequence[Any], targets: np.ndarray, data_config: dict[str, Any],
@@ -78,10 +89,11 @@ def _loader(arch: str, setting: str, samples: Sequence[Any], targets: np.ndarray
 
 
 def time_setting(arch: str, setting: str, samples: Sequence[Any], targets: np.ndarray, *, batch: int = 32,
-                 steps: int = 4, warmup: int = 2, cache_dir: Path | None = None) -> float:  # fmt: skip
-    """Training images per second of `arch` under `setting`, over `steps` steps after `warmup` untimed ones.
+                 steps: int = 4, warmup: int = 2, cache_dir: Path | None = None) -> tuple[float, float]:  # fmt: skip
+    """Training (images per second, images per CPU-second) of `arch` under `setting`.
 
-    The model is freshly initialised (random weights train at the speed of trained ones), one output per class.
+    Timed over `steps` steps after `warmup` untimed ones. The model is freshly initialised (random weights train
+    at the speed of trained ones), one output per class.
     """
     import timm
 
@@ -104,10 +116,10 @@ def time_setting(arch: str, setting: str, samples: Sequence[Any], targets: np.nd
             yield from loader
 
     stream = batches()
-    start = 0.0
+    start = cpu_start = 0.0
     for i in range(warmup + steps):
         if i == warmup:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
         if setting == "before":  # train.py's own step before the cache: float batches, fp32
             x, y = next(stream)
             x = x.to(device).contiguous(memory_format=torch.channels_last)
@@ -117,7 +129,7 @@ def time_setting(arch: str, setting: str, samples: Sequence[Any], targets: np.nd
         loss = train_step(model, optimizer, x, y, criterion, precision=precision)
         if not torch.isfinite(loss):
             raise RuntimeError(f"{arch} {setting}: loss {float(loss)} at step {i}")
-    return steps * batch / (time.perf_counter() - start)
+    return steps * batch / (time.perf_counter() - start), steps * batch / (time.process_time() - cpu_start)
 
 
 def decode_cost(samples: Sequence[Any], size: tuple[int, int], interpolation: str, cache_dir: Path) -> dict[str, float]:
@@ -154,23 +166,29 @@ def bench_training(
     for round_ in range(repeats):
         for arch in archs:
             for setting in settings:
-                speed = time_setting(arch, setting, samples, targets, batch=batch, steps=steps, warmup=warmup,
-                                     cache_dir=cache_dir)  # fmt: skip
+                speed, cpu_speed = time_setting(arch, setting, samples, targets, batch=batch, steps=steps,
+                                                warmup=warmup, cache_dir=cache_dir)  # fmt: skip
                 rows[arch, setting].images_per_s.append(speed)
-                logger.info("round %d: %s %s %.1f img/s (load %.2f)", round_ + 1, arch, setting, speed,
-                            os.getloadavg()[0])  # fmt: skip
+                rows[arch, setting].images_per_cpu_s.append(cpu_speed)
+                logger.info("round %d: %s %s %.1f img/s, %.1f img/CPU-s (load %.2f)", round_ + 1, arch, setting,
+                            speed, cpu_speed, os.getloadavg()[0])  # fmt: skip
     return list(rows.values())
 
 
 def to_markdown(rows: Sequence[TrainSpeed], *, batch: int, baseline: str = "before") -> str:
-    """The README table: median and range of images/s, and the speed-up over `baseline` per architecture."""
-    base = {r.arch: r.median for r in rows if r.setting == baseline}
-    lines = [f"| architecture | setting | train img/s (batch {batch}), median | range over rounds | vs {baseline} |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    """The README table: wall-clock and CPU-time images/s (median, range) and speed-ups over `baseline`."""
+    base = {r.arch: r for r in rows if r.setting == baseline}
+    lines = [f"| architecture | setting | train img/s (batch {batch}), median | range over rounds | vs {baseline} | "
+             f"img per CPU-s, median | range | vs {baseline} (CPU) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
-        ratio = f"{r.median / base[r.arch]:.2f}x" if r.arch in base else "n/a"
+        ref = base.get(r.arch)
+        ratio = f"{r.median / ref.median:.2f}x" if ref else "n/a"
+        cpu_ratio = f"{r.cpu_median / ref.cpu_median:.2f}x" if ref and r.images_per_cpu_s else "n/a"
+        cpu_range = (f"{min(r.images_per_cpu_s):.1f}-{max(r.images_per_cpu_s):.1f}" if r.images_per_cpu_s
+                     else "n/a")  # fmt: skip
         lines.append(f"| {r.arch} | {r.setting} | {r.median:.1f} | {min(r.images_per_s):.1f}-"
-                     f"{max(r.images_per_s):.1f} ({len(r.images_per_s)}) | {ratio} |")  # fmt: skip
+                     f"{max(r.images_per_s):.1f} ({len(r.images_per_s)}) | {ratio} | {r.cpu_median:.1f} | "
+                     f"{cpu_range} | {cpu_ratio} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -42,10 +42,11 @@ test: install-dev
 lint: install-dev
 	$(BIN)/ruff check .
 
-## Model-only speed per architecture, then what one Diagnose upload costs stage by stage
+## Model-only speed per architecture, what one Diagnose upload costs stage by stage, then training images/s
 bench: install
 	$(BIN)/python -m xray.bench
 	$(BIN)/python -m xray.bench_request
+	$(BIN)/python -m xray.bench --train
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

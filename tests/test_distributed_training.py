@@ -47,6 +47,8 @@ ARGS = [
     "--warmup-steps", "2", "--bootstrap", "0", "--threads", "1", "--seed", "3",
     # no augmentation: rank 1 draws its augmentations from its own stream, so they would differ from one process's
     "--rotation", "0", "--translate", "0", "--zoom", "0", "--intensity", "0",
+    # fp32: bf16 rounds each half-batch's activations differently from the whole batch's, far above the tolerances
+    "--precision", "fp32",
 ]  # fmt: skip
 
 

@@ -201,7 +201,7 @@ def test_freeze_early_stops_gradients_before_the_cut():
 
 
 def test_class_weights_balance_the_loss():
-    weights = train._class_weights(np.array([0, 1, 1, 1]), 2).numpy()
+    weights = train.class_weights(np.array([0, 1, 1, 1]), 2).numpy()
     # 1 NORMAL and 3 PNEUMONIA: each class contributes equally (1 * w0 == 3 * w1)
     assert weights[0] == pytest.approx(3 * weights[1])
 

@@ -1,9 +1,13 @@
-"""Speed benchmark: `python -m xray.bench [--archs ...] [--threads N] [--markdown]`.
+"""Speed benchmark: `python -m xray.bench [--archs ...] [--threads N]`; `--train` for training speed.
 
 For each architecture: cold start (fresh interpreter: import + load), warm load time, p50/p95 latency of
 predict alone and of predict + Grad-CAM on one real-size image, and batch throughput. Every architecture runs
 through the same `xray` code path the app uses; DenseNet-121 (the CheXNet / torchxrayvision architecture) is
 the reference each row is compared with.
+
+`--train` measures training instead: images/s per architecture and setting (train.py before the pixel cache,
+cached uint8 tensors in fp32 and in bf16 autocast, decoding every step), interleaved rounds, median and range
+(`xray.training.throughput`).
 """
 
 from __future__ import annotations
@@ -155,13 +159,26 @@ def _bench_image(path: str | None) -> object:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print a Markdown table."""
     parser = argparse.ArgumentParser(prog="python -m xray.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--archs", nargs="+", default=DEFAULT_ARCHS)
+    parser.add_argument("--archs", nargs="+", default=None, help="timm architectures (default: per mode)")
     parser.add_argument("--image", default=None, help="image to time (default: first example X-ray)")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-onnx", action="store_true", help="eager PyTorch only (XRAY_ONNX=0)")
+    train = parser.add_argument_group("training speed (--train)")
+    train.add_argument("--train", action="store_true", help="measure training images/s instead of inference")
+    train.add_argument("--data", action="append", default=[], metavar="PATH",
+                       help="training images (train.py's --data); default: the example X-rays")  # fmt: skip
+    train.add_argument("--settings", nargs="+", default=None, help="training settings (default: before, "
+                       "cache-fp32, cache-bf16; also decode-bf16)")  # fmt: skip
+    train.add_argument("--steps", type=int, default=4, help="timed training steps per measurement")
+    train.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
+    train.add_argument("--rounds", type=int, default=2, help="interleaved rounds over every architecture/setting")
+    train.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     args = parser.parse_args(argv)
+    if args.train:
+        return train_main(args)
+    args.archs = args.archs or DEFAULT_ARCHS
     from xray.config import get_settings
 
     if args.no_onnx:
@@ -184,6 +201,44 @@ def main(argv: list[str] | None = None) -> int:
     engine = "eager PyTorch" if os.environ.get("XRAY_ONNX") == "0" else "ONNX Runtime features + PyTorch head"
     print(f"Machine: {machine_description()}; {engine}" + (f"; image {size[0]}x{size[1]}" if size else ""))
     print(to_markdown(rows, args.batch))
+    return 0
+
+
+def train_main(args: argparse.Namespace) -> int:
+    """`--train`: training images/s per architecture and setting (`xray.training.throughput`)."""
+    import json
+
+    from xray.training import throughput
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    archs = args.archs or list(throughput.TRAIN_ARCHS)
+    settings = args.settings or list(throughput.DEFAULT_SETTINGS)
+    unknown = sorted(set(settings) - set(throughput.SETTINGS))
+    if unknown:
+        raise SystemExit(f"unknown --settings {unknown}; known: {', '.join(throughput.SETTINGS)}")
+    samples, targets = throughput.benchmark_samples(args.data, args.batch * (args.warmup + args.steps))
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        cache_dir = Path(tmp) / "pixels"
+        decode = throughput.decode_cost(samples, (224, 224), "bicubic", cache_dir)
+        rows = throughput.bench_training(samples, targets, archs=archs, settings=settings, batch=args.batch,
+                                         steps=args.steps, warmup=args.warmup, repeats=args.rounds,
+                                         cache_dir=cache_dir)  # fmt: skip
+    load_after = os.getloadavg()
+    if args.json:
+        print(json.dumps({"machine": machine_description(), "load_before": load_before, "load_after": load_after,
+                          "batch": args.batch, "steps": args.steps, "rounds": args.rounds, "decode": decode,
+                          "rows": [{"arch": r.arch, "setting": r.setting, "images_per_s": r.images_per_s,
+                                    "median": r.median, "images_per_cpu_s": r.images_per_cpu_s,
+                                    "cpu_median": r.cpu_median} for r in rows]}, indent=1))  # fmt: skip
+        return 0
+    print(f"Machine: {machine_description()}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; "
+          f"{len(samples)} images, {args.rounds} rounds of {args.warmup} + {args.steps} steps")  # fmt: skip
+    print(f"Decode + resize to 224x224: {decode['decode_ms']:.1f} ms/image (every run before the cache); pixel cache "
+          f"read: {decode['cache_ms']:.2f} ms/image ({decode['images']} images)")  # fmt: skip
+    print(throughput.to_markdown(rows, batch=args.batch))
     return 0
 
 

@@ -102,8 +102,28 @@ def _normalise(image: Image.Image, *, mean: torch.Tensor, std: torch.Tensor) -> 
     copy would (the training JPEGs are grey stored as RGB).
     """
     tensor = torch.from_numpy(np.array(image, dtype=np.float32, copy=True))
-    tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
-    return tensor.div_(255.0).sub_(mean).div_(std) if tensor.shape[0] == 3 else (tensor / 255.0 - mean) / std
+    return _normalise_float(tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1), mean, std)
+
+
+def _normalise_float(tensor: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(x / 255 - mean) / std on float [..., C, H, W] pixels (C 1 or 3), in place when C is 3; three channels out."""
+    return tensor.div_(255.0).sub_(mean).div_(std) if tensor.shape[-3] == 3 else (tensor / 255.0 - mean) / std
+
+
+def normalise_batch(pixels: torch.Tensor, data_config: dict[str, Any]) -> torch.Tensor:
+    """The transform's last step on a batch of resized uint8 pixels: float (B, 3, H, W) network input.
+
+    Training augments uint8 tensors from the pixel cache and normalises whole batches here; the arithmetic is
+    the evaluation transform's own (`build_transform`), so a cached image reaches the network as an upload does.
+
+    Args:
+        pixels: (B, C, H, W) values 0..255 (uint8, or float after augmentation) with C 1 (grey) or 3, already at
+            the model's input size; left unchanged.
+        data_config: the model's timm data config (`mean`, `std`).
+    """
+    mean = torch.tensor(data_config["mean"], dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+    std = torch.tensor(data_config["std"], dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+    return _normalise_float(pixels.to(torch.float32, copy=True), mean, std)
 
 
 def build_transform(

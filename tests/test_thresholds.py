@@ -96,7 +96,8 @@ def test_training_time_sources_leave_out_images_added_later_and_the_splits_match
     recorded_splits = make_splits([old], label_names=["NORMAL", "PNEUMONIA", "COVID-19"], seed=0)
     recorded = _recorded(recorded_splits)
     metrics = {"data": {"sources": [str(root)], "data_sources": recorded}, "training": {"seed": 0}}
-    splits = T.rebuild_splits(metrics, ["NORMAL", "PNEUMONIA", "COVID-19"], None)
+    splits, left_out = T.rebuild_splits(metrics, ["NORMAL", "PNEUMONIA", "COVID-19"], None)
+    assert left_out == 40  # cxnet and the later NIH files
     assert sorted(str(s.source) for s in splits.val) == sorted(str(s.source) for s in recorded_splits.val)
     assert not any("cxnet" in str(s.source) or Path(str(s.source)).name.startswith("nih_1") for s in splits.val)
     metrics["data"]["data_sources"]["val"] = {"rsna": 1}
@@ -149,3 +150,8 @@ def test_cli_writes_thresholds_chosen_on_validation_keeping_the_pooled_one(tiny_
     assert entry["adults"] == pytest.approx(expected["adults"]["threshold"])
     table = json.loads((model / "metrics.json").read_text())["population_thresholds"]
     assert set(table["validation"]["sources"]) == {"kermany-224", "rsna"} and "test" not in table
+    section = "\n".join(T.render_card_section(json.loads((model / "metrics.json").read_text()), level=3))
+    assert section.startswith("### Per-population thresholds (children, adults)")
+    assert f"children {entry['children']:.3f}, adults {entry['adults']:.3f}" in section
+    assert "| kermany-224 | children" in section and "| rsna | adults" in section and "Test, read once" not in section
+    assert T.render_card_section({}) == []  # a model without them: no section

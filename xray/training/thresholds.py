@@ -122,8 +122,11 @@ def _data_folder(recorded: str, data_root: Path | None) -> Path:
     return data_root / path.name if data_root is not None else path
 
 
-def training_time_sources(metrics: dict[str, Any], data_root: Path | None) -> list[list[Sample]]:
-    """The model's data sources as it was trained on them: its recorded folders, minus images added since."""
+def training_time_sources(metrics: dict[str, Any], data_root: Path | None) -> tuple[list[list[Sample]], int]:
+    """The model's data sources as it was trained on them, and how many images were left out as added since.
+
+    The sources are its recorded folders, less what `ADDED_LATER` and its recorded source list rule out.
+    """
     from xray.training.data import load_samples, merge_labels, parse_label_map
 
     data = metrics.get("data") or {}
@@ -133,7 +136,7 @@ def training_time_sources(metrics: dict[str, Any], data_root: Path | None) -> li
         raise DatasetError("This model's metrics.json records no data sources, so its validation split is unknown.")
     known = set((data.get("data_sources") or {}).get("train") or {})
     mapping = parse_label_map(data.get("label_map") or training.get("label_map"))
-    out = []
+    out, left_out = [], 0
     for folder in folders:
         samples = load_samples(_data_folder(folder, data_root))
         kept = [
@@ -141,14 +144,15 @@ def training_time_sources(metrics: dict[str, Any], data_root: Path | None) -> li
             if (not known or s.data_source in known)
             and not (s.data_source in ADDED_LATER and ADDED_LATER[s.data_source].match(Path(str(s.source)).name))
         ]  # fmt: skip
+        left_out += len(samples) - len(kept)
         if len(kept) < len(samples):
             logger.info("%s: %d images added after this model was trained left out", folder, len(samples) - len(kept))
         out.append(merge_labels(kept, mapping))
-    return out
+    return out, left_out
 
 
-def rebuild_splits(metrics: dict[str, Any], label_names: Sequence[str], data_root: Path | None):
-    """The model's train/val/test splits, checked against the per-source counts its metrics.json records.
+def rebuild_splits(metrics: dict[str, Any], label_names: Sequence[str], data_root: Path | None) -> tuple[Any, int]:
+    """The model's train/val/test splits, checked against its recorded per-source counts, and the images left out.
 
     Raises:
         DatasetError: the rebuilt counts differ from the recorded ones (the data changed in a way not accounted for).
@@ -158,8 +162,9 @@ def rebuild_splits(metrics: dict[str, Any], label_names: Sequence[str], data_roo
     from xray.training.data import make_splits
 
     training = metrics.get("training") or {}
+    sources, left_out = training_time_sources(metrics, data_root)
     splits = make_splits(
-        training_time_sources(metrics, data_root),
+        sources,
         label_names=label_names,
         val_fraction=float(training.get("val_fraction", 0.15)),
         test_fraction=float(training.get("test_fraction", 0.2)),
@@ -173,7 +178,7 @@ def rebuild_splits(metrics: dict[str, Any], label_names: Sequence[str], data_roo
                 f"The rebuilt {split} split ({counts}) differs from the one this model recorded ({recorded[split]}): "
                 "its validation images cannot be told apart from its training images."
             )
-    return splits
+    return splits, left_out
 
 
 def score(loaded: Any, samples: Sequence[Sample]) -> np.ndarray:
@@ -218,7 +223,7 @@ def run_thresholds_command(args: Any) -> int:
         print(f"{loaded.name} has {len(loaded.label_names)} classes and decides by argmax: no threshold to choose.")
         return 0
     data_root = Path(args.data) if args.data else None
-    splits = rebuild_splits(loaded.metrics, loaded.label_names, data_root)
+    splits, left_out = rebuild_splits(loaded.metrics, loaded.label_names, data_root)
     min_sensitivity = float((loaded.metrics.get("training") or {}).get("min_sensitivity", 0.95))
     val_sources = [s.data_source for s in splits.val]
     y_val, p_val = _targets(loaded, splits.val), score(loaded, splits.val)
@@ -233,9 +238,16 @@ def run_thresholds_command(args: Any) -> int:
               f"{c['sensitivity']:.4f}, specificity {c['specificity']:.4f}; sources {', '.join(c['sources'])})")
     val_table = source_table(y_val, p_val, val_sources, pooled, per_population)
     print(format_table(val_table, "validation (accuracy, sensitivity, specificity):"))
+    chosen_on = (
+        f"Chosen on this model's own validation split, rebuilt with make_splits (seed "
+        f"{(loaded.metrics.get('training') or {}).get('seed', 0)}) from the sources it was trained on, less the "
+        f"{left_out} images added to them after it was trained; the rebuilt per-source counts equal the "
+        f"recorded ones and the pooled rule on it gives back {refit['threshold']:.3f} (sensitivity "
+        f"{100 * refit['sensitivity']:.1f}%, specificity {100 * refit['specificity']:.1f}%)."
+    )
     result: dict[str, Any] = {
         "rule": RULE.format(min_sensitivity), "pooled_threshold": pooled, "populations": chosen,
-        "validation": {"pooled_refit": refit, "sources": val_table},
+        "chosen_on": chosen_on, "validation": {"pooled_refit": refit, "sources": val_table},
     }  # fmt: skip
     folder = loaded.path
     if args.write:
@@ -286,3 +298,76 @@ def _update_metrics(folder: Path, values: dict[str, Any]) -> None:
     metrics = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     metrics.setdefault("population_thresholds", {}).update(values)
     path.write_text(json.dumps(_clean(metrics), indent=1) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------- model card
+
+
+def _count(k: int, n: int, ci: bool) -> str:
+    """`381/390 = 97.7% (95.7-98.8)`, or `n/a` for an empty group."""
+    if not n:
+        return "n/a"
+    text = f"{k}/{n} = {100 * k / n:.1f}%"
+    if ci:
+        low, high = M.wilson_interval(k, n)
+        text += f" ({100 * low:.1f}-{100 * high:.1f})"
+    return text
+
+
+def _card_table(table: dict[str, dict[str, Any]], pooled: float, ci: bool) -> list[str]:
+    from xray.trust.operating import format_threshold
+
+    lines = [
+        f"| source | population (threshold) | n | accuracy: {format_threshold(pooled)} -> population | sensitivity: "
+        f"{format_threshold(pooled)} -> population | specificity: {format_threshold(pooled)} -> population |",
+        "|---|---|---|---|---|---|",
+    ]
+    for source, row in table.items():
+        a, b = row["pooled"], row["population_threshold"]
+        cells = [
+            f"{_count(a['tp'] + a['tn'], a['n'], ci)} -> {_count(b['tp'] + b['tn'], b['n'], ci)}",
+            f"{_count(a['tp'], a['positives'], ci)} -> {_count(b['tp'], b['positives'], ci)}"
+            if a["positives"] else "n/a",
+            f"{_count(a['tn'], a['negatives'], ci)} -> {_count(b['tn'], b['negatives'], ci)}"
+            if a["negatives"] else "n/a",
+        ]  # fmt: skip
+        lines.append(
+            f"| {source} | {row['population']} ({format_threshold(b['threshold'])}) | {a['n']} | " + " | ".join(cells)
+            + " |"
+        )
+    return lines
+
+
+def render_card_section(metrics: dict[str, Any], *, level: int = 2) -> list[str]:
+    """The model card's per-population threshold section from metrics.json's `population_thresholds` ([] if none)."""
+    from xray.trust.operating import format_threshold
+
+    entry = metrics.get("population_thresholds") or {}
+    chosen = entry.get("populations") or {}
+    if not chosen or not entry.get("validation"):
+        return []
+    pooled = float(entry["pooled_threshold"])
+    names = ", ".join(f"{name} {format_threshold(c['threshold'])}" for name, c in chosen.items())
+    groups = "; ".join(f"{name}: {c['n']} validation images ({', '.join(c['sources'])})" for name, c in chosen.items())
+    lines = [
+        f"{'#' * level} Per-population thresholds ({', '.join(chosen)})",
+        "",
+        f"One threshold on the positive class's probability per population, in config.json `thresholds`: {names} "
+        f"(the pooled {format_threshold(pooled)} stays as the fallback). Rule: {entry['rule']}; {groups}. "
+        f"{entry.get('chosen_on', '')} The app takes the population from the DICOM PatientAge (under 18 years: "
+        "children), else from the doctor (Adult / Child, default Adult), and says which threshold it used and why.",
+        "",
+        "Validation (the split the thresholds were chosen on):",
+        "",
+        *_card_table(entry["validation"]["sources"], pooled, ci=False),
+    ]
+    test = entry.get("test")
+    if test:
+        lines += [
+            "",
+            "Test, read once after the thresholds were stored (`python -m xray thresholds --report-test`; 95% Wilson "
+            "intervals):",
+            "",
+            *_card_table(test["sources"], pooled, ci=True),
+        ]
+    return lines + [""]

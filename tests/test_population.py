@@ -75,7 +75,12 @@ def test_dicom_age_wins_over_the_doctors_choice(split_model: Path):
     # a malformed age does not decide: the doctor's choice does
     choice = P.choose_threshold(loaded, patient_age="45 years", population="Child")
     assert (choice.threshold, choice.population, choice.why) == (0.0, "children", "chosen by the doctor")
-    assert P.choose_threshold(loaded).population == "adults"  # nothing known: adults
+    nobody = P.choose_threshold(loaded)  # nothing known: adults, and it says so
+    assert (nobody.population, nobody.reason) == ("adults", "default")
+    assert nobody.why == "no age given: most patients are adults"
+    sample = P.choose_threshold(loaded, sample_population="children", population="Adult")
+    assert (sample.population, sample.why) == ("children", "known from the sample's source")
+    assert P.choose_threshold(loaded, patient_age="070Y", sample_population="children").population == "adults"
     assert describe_threshold(1.0, "adults", "from the DICOM age 45 years") == (
         "threshold 1.000 for adults (from the DICOM age 45 years)"
     )

@@ -259,6 +259,7 @@ def test_record_summary_history_csv_and_pdf_say_which_threshold_and_why(session,
     assert by_doctor.label == by_doctor.record.predicted_label == "PNEUMONIA"
     assert by_doctor.record.population_reason == "chosen by the doctor"
     assert (default.record.threshold, default.record.population, default.label) == (1.0, "adults", "NORMAL")
+    assert default.record.population_reason == "no age given: most patients are adults"
     stored = crud.get_record(session, doctor=alice, record_id=by_age.record.id)
     assert "operating threshold 1.000 for adults (from the DICOM age 45 years)" in views.result_summary(stored)
     assert "threshold 0.000 for children (chosen by the doctor)" in history.record_markdown(by_doctor.record)

@@ -21,7 +21,7 @@ ADULT_AGE_YEARS = 18.0
 #: The doctor-facing names of the populations (form choices) and back.
 POPULATION_CHOICES = {"Adult": ADULTS, "Child": CHILDREN}
 
-FROM_DICOM, FROM_DOCTOR, FROM_SAMPLE = "dicom", "doctor", "sample"
+FROM_DICOM, FROM_DOCTOR, FROM_SAMPLE, FROM_DEFAULT = "dicom", "doctor", "sample", "default"
 
 # DICOM Age String (AS): nnnD, nnnW, nnnM or nnnY; tolerate missing zero padding and surrounding spaces.
 _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.IGNORECASE)
@@ -78,7 +78,8 @@ class ThresholdChoice:
     Attributes:
         threshold: the threshold on the positive-class probability (None: argmax model).
         population: `children` / `adults` when the model has per-population thresholds, else None (pooled).
-        reason: where the population came from: `dicom`, `doctor` or `sample`; None for the pooled threshold.
+        reason: where the population came from: `dicom`, `doctor`, `sample` or `default` (nobody chose: adults);
+            None for the pooled threshold.
         age_years: the DICOM age when it decided the population.
     """
 
@@ -95,7 +96,9 @@ class ThresholdChoice:
         if self.reason == FROM_DICOM and self.age_years is not None:
             return f"from the DICOM age {format_age(self.age_years)}"
         if self.reason == FROM_SAMPLE:
-            return "the sample's data source"
+            return "known from the sample's source"
+        if self.reason == FROM_DEFAULT:
+            return "no age given: most patients are adults"
         return "chosen by the doctor"
 
 
@@ -121,7 +124,7 @@ def choose_threshold(
     Args:
         loaded: the model (`LoadedModel`: `threshold`, `config`).
         patient_age: the DICOM PatientAge text, if any.
-        population: the doctor's choice ("Adult" / "Child"; empty: adults).
+        population: the doctor's choice ("Adult" / "Child"); None or empty: nobody chose, adults.
         sample_population: the population of a sample whose source is known.
 
     Raises:
@@ -137,4 +140,5 @@ def choose_threshold(
         return ThresholdChoice(per_population[group], group, FROM_DICOM, years)
     if sample_population in POPULATIONS:
         return ThresholdChoice(per_population[sample_population], sample_population, FROM_SAMPLE)
-    return ThresholdChoice(per_population[choice], choice, FROM_DOCTOR)
+    chosen = population is not None and str(population).strip() != ""
+    return ThresholdChoice(per_population[choice], choice, FROM_DOCTOR if chosen else FROM_DEFAULT)

@@ -103,7 +103,8 @@ def threshold_choice(loaded: Any, image: XrayImage | None, population: str | Non
         InvalidInputError: the doctor's choice is neither Adult nor Child.
     """
     metadata = getattr(image, "metadata", None) or {}
-    return choose_threshold(loaded, patient_age=metadata.get("PatientAge"), population=parse_population(population))
+    parse_population(population)  # an unknown choice is the doctor's form error
+    return choose_threshold(loaded, patient_age=metadata.get("PatientAge"), population=population)
 
 
 def diagnose(

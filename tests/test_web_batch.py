@@ -161,3 +161,32 @@ def test_batch_form_checks_come_before_any_file_is_read():
     with pytest.raises(InvalidInputError, match="(?i)model"):
         batch.check_batch_form(["a.png"], "2024-01-01", "other", ["m"])
     assert batch.check_batch_form(["a.png"], "2024-01-01", "m", ["m"], today=date(2024, 1, 2)) is None
+
+
+def test_batch_patient_group_applies_to_files_without_a_dicom_age(session, store, doctors, tiny_model_dir, tmp_path):
+    from tests.dicom_files import make_dicom
+    from xray.inference.models import update_config
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "split-model")
+    update_config(folder, thresholds={"children": 0.0, "adults": 1.0, "rule": "test", "chosen_on": "test"})
+    model = f"local-dir:{folder}"
+    alice, _ = doctors
+    pixels = (np.random.default_rng(2).random((256, 256)) * 255).astype(np.uint8)
+    adult = tmp_path / "adult.dcm"
+    adult.write_bytes(make_dicom(pixels, PatientAge="062Y", PatientID="P-62"))
+    rows = batch.diagnose_batch(
+        session, store, doctor=alice, files=[PNEUMONIA_JPEG, adult], exam_date="2025-06-02", model_name=model,
+        allowed_models=[model], max_upload_bytes=1 * MB, max_pixels=50_000_000, today=TODAY, population="Child",
+    )  # fmt: skip
+    by_file = {r.file: r for r in rows}
+    assert by_file[PNEUMONIA_JPEG.name].threshold == "threshold 0.000 for children (chosen by the doctor)"
+    assert by_file[PNEUMONIA_JPEG.name].label == "PNEUMONIA"
+    assert by_file["adult.dcm"].threshold == "threshold 1.000 for adults (from the DICOM age 62 years)"
+    assert by_file["adult.dcm"].label == "NORMAL"
+    exported = list(csv.DictReader(batch.batch_csv(rows, out_dir=tmp_path).open()))
+    assert [r["threshold"] for r in exported] == [by_file[n].threshold for n in (PNEUMONIA_JPEG.name, "adult.dcm")]
+    with pytest.raises(InvalidInputError, match="Unknown patient group"):
+        batch.diagnose_batch(
+            session, store, doctor=alice, files=[PNEUMONIA_JPEG], exam_date="2025-06-02", model_name=model,
+            allowed_models=[model], max_upload_bytes=1 * MB, max_pixels=50_000_000, today=TODAY, population="x",
+        )  # fmt: skip

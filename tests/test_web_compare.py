@@ -121,3 +121,21 @@ def test_compare_gives_test_auc_per_population_not_the_pooled_headline(tiny_mode
     assert text.startswith("children AUC ") and "adults AUC " in text
     tiny = registry.describe_model(f"local-dir:{tiny_model_dir}")  # no per-source figures: the registry's line
     assert compare.tested_figures(tiny) == (registry.format_headline(tiny.headline) or "none")
+
+
+def test_compare_says_which_population_threshold_decided(tiny_model_dir, tmp_path):
+    import shutil
+
+    from xray.inference.models import update_config
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "split-model")
+    update_config(folder, thresholds={"children": 0.0, "adults": 1.0, "rule": "test", "chosen_on": "test"})
+    names = [f"local-dir:{folder}", f"local-dir:{tiny_model_dir}"]
+    split, plain = compare.compare_models(PNEUMONIA_JPEG, filename=None, model_names=names, max_upload_bytes=5 * MB,
+                                          max_pixels=10**8)  # fmt: skip
+    assert split.label == "NORMAL" and split.threshold == (
+        "threshold 1.000 for adults (no age given: most patients are adults)"
+    )
+    assert plain.threshold == "" and split.probabilities == plain.probabilities
+    rows = compare.comparison_rows([split, plain])
+    assert rows[0][3] == f"NORMAL ({split.threshold})" and rows[1][3] == plain.label

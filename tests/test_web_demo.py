@@ -273,3 +273,24 @@ def test_two_requests_for_the_same_new_sample_count_once(model_name):
         results = list(pool.map(lambda _: demo.show_sample(name, **_show(model_name, limiter, cache, [model_name])),
                                 range(2)))  # fmt: skip
     assert results[0] == results[1] and results[0][0] and len(cache) == 1
+
+
+def test_demo_samples_use_the_childrens_threshold_and_uploads_the_adults(tiny_model_dir, tmp_path):
+    """The bundled samples are Kermany children; a visitor's upload without a DICOM age is taken as an adult."""
+    import shutil
+
+    from xray.inference.models import update_config
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "split-model")
+    update_config(folder, thresholds={"children": 0.0, "adults": 1.0, "rule": "test", "chosen_on": "test"})
+    model = f"local-dir:{folder}"
+    sample = demo.analyse_sample(
+        PNEUMONIA_JPEG.name, offered=demo.samples(), model_name=model, allowed_models=[model], max_pixels=10**8
+    )
+    assert sample.label == "PNEUMONIA"
+    assert "operating threshold 0.000 for children (known from the sample's source)" in sample.summary
+    upload = demo.analyse_bytes(
+        PNEUMONIA_JPEG.read_bytes(), filename="upload.jpeg", model_name=model, allowed_models=[model], max_pixels=10**8
+    )
+    assert upload.label == "NORMAL" and upload.probabilities == sample.probabilities
+    assert "operating threshold 1.000 for adults (no age given: most patients are adults)" in upload.summary

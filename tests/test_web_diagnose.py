@@ -225,3 +225,60 @@ def test_trust_small_and_blank_images_are_flagged(session, store, doctors, model
     Image.fromarray(np.full((400, 400), 128, np.uint8)).save(blank)
     assert "too_small" in _diagnose(session, store, alice, model_name, source=small).gate.codes
     assert _diagnose(session, store, alice, model_name, source=blank).gate.codes == ["blank"]
+
+
+@pytest.fixture
+def split_model(tiny_model_dir: Path, tmp_path: Path) -> str:
+    """The tiny model with per-population thresholds: children 0.0 (always PNEUMONIA), adults 1.0 (NORMAL)."""
+    import shutil
+
+    from xray.inference.models import update_config
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "split-model")
+    update_config(folder, thresholds={"children": 0.0, "adults": 1.0, "rule": "test", "chosen_on": "test"})
+    return f"local-dir:{folder}"
+
+
+def test_record_summary_history_csv_and_pdf_say_which_threshold_and_why(session, store, doctors, split_model, tmp_path):
+    import csv
+
+    from pypdf import PdfReader
+
+    from xray.web import review
+
+    alice, _ = doctors
+    pixels = (np.random.default_rng(1).random((256, 256)) * 255).astype(np.uint8)
+    dicom_adult = make_dicom(pixels, PatientAge="045Y", PatientID="A-45")
+    # the DICOM age decides over the doctor's "Child"
+    by_age = _diagnose(session, store, alice, split_model, source=dicom_adult, filename="adult.dcm", population="Child")
+    by_doctor = _diagnose(session, store, alice, split_model, population="Child")
+    default = _diagnose(session, store, alice, split_model)  # no age, no choice: adults
+    assert (by_age.record.threshold, by_age.record.population) == (1.0, "adults") and by_age.label == "NORMAL"
+    assert by_age.record.population_reason == "from the DICOM age 45 years"
+    assert (by_doctor.record.threshold, by_doctor.record.population) == (0.0, "children")
+    assert by_doctor.label == by_doctor.record.predicted_label == "PNEUMONIA"
+    assert by_doctor.record.population_reason == "chosen by the doctor"
+    assert (default.record.threshold, default.record.population, default.label) == (1.0, "adults", "NORMAL")
+    assert default.record.population_reason == "no age given: most patients are adults"
+    stored = crud.get_record(session, doctor=alice, record_id=by_age.record.id)
+    assert "operating threshold 1.000 for adults (from the DICOM age 45 years)" in views.result_summary(stored)
+    assert "threshold 0.000 for children (chosen by the doctor)" in history.record_markdown(by_doctor.record)
+    rows = {int(r["record_id"]): r for r in csv.DictReader(
+        history.export_csv(session, doctor=alice, filters=crud.RecordFilter(), out_dir=tmp_path).open()
+    )}  # fmt: skip
+    assert (rows[by_age.record.id]["threshold"], rows[by_age.record.id]["threshold_population"]) == ("1.000", "adults")
+    assert rows[by_age.record.id]["threshold_reason"] == "from the DICOM age 45 years"
+    assert rows[by_doctor.record.id]["threshold_reason"] == "chosen by the doctor"
+    path = review.record_report(session, store, doctor=alice, record_id=by_doctor.record.id, max_pixels=50_000_000,
+                               out_dir=tmp_path)  # fmt: skip
+    text = " ".join(PdfReader(path).pages[0].extract_text().split())
+    assert "Threshold used: threshold 0.000 for children (chosen by the doctor)" in text
+    with pytest.raises(InvalidInputError, match="Unknown patient group 'teen'"):
+        _diagnose(session, store, alice, split_model, population="teen")
+
+
+def test_model_without_population_thresholds_records_no_population(session, store, doctors, model_name):
+    alice, _ = doctors
+    record = _diagnose(session, store, alice, model_name, population="Child").record
+    assert (record.threshold, record.population, record.population_reason) == (0.5, None, None)
+    assert views.result_summary(record).endswith("operating threshold 0.500.")

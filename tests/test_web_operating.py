@@ -95,3 +95,15 @@ def test_threshold_is_shown_one_way_everywhere():
                     probabilities={"NORMAL": 0.4593, "PNEUMONIA": 0.5407}, predicted_label="PNEUMONIA")  # fmt: skip
     text = operating.operating_markdown(info, defaults.threshold, 0.1, record)
     assert "current result is PNEUMONIA" in text and "the model's own threshold gave" not in text
+
+
+def test_a_record_decided_at_its_populations_threshold_names_it_under_another_threshold():
+    from xray.records.db import Record
+
+    info = registry.describe_model("pneumonia")
+    record = Record(model_name=info.name, label_names=["NORMAL", "PNEUMONIA"], positive_label="PNEUMONIA",
+                    probabilities={"NORMAL": 0.7, "PNEUMONIA": 0.3}, predicted_label="PNEUMONIA", threshold=0.113,
+                    population="adults", population_reason="chosen by the doctor")  # fmt: skip
+    text = operating.operating_markdown(info, 0.541, 0.1, record)
+    assert "current result is NORMAL" in text and "(its threshold 0.113 for adults gave PNEUMONIA)" in text
+    assert "current result is PNEUMONIA" in operating.operating_markdown(info, 0.113, 0.1, record)

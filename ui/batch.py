@@ -8,7 +8,7 @@ import gradio as gr
 from sqlmodel import Session
 
 from ui.common import AppContext, quiet, today
-from xray.web import batch
+from xray.web import batch, forms
 
 
 def batch_tab(ctx: AppContext) -> None:
@@ -26,6 +26,10 @@ def batch_tab(ctx: AppContext) -> None:
             ))  # fmt: skip
             with gr.Column(scale=1):
                 exam_date = quiet(gr.DateTime(value=today, include_time=False, type="string", label="Exam date"))
+                population = gr.Radio(
+                    list(forms.PATIENT_GROUPS), value=forms.PATIENT_GROUPS[0], label="Patients",
+                    info=forms.PATIENT_GROUP_INFO, elem_id="xray-batch-population",
+                )  # fmt: skip
                 model = gr.Dropdown(
                     choices=ctx.model_choices, value=ctx.default_model, label="Model",
                     info=ctx.model_info,
@@ -40,7 +44,7 @@ def batch_tab(ctx: AppContext) -> None:
     # the form's cheap checks first, on an event without outputs: one message, no error badge on the table
     run.click(ctx.handler(check_batch_form), [files, exam_date, model], None, api_visibility="private").success(
         ctx.handler(run_batch),
-        [files, exam_date, model],
+        [files, exam_date, model, population],  # the patient group last: older API clients keep working
         [table, caveat, csv_file],
         api_name="batch",
         concurrency_id="inference",
@@ -57,7 +61,8 @@ def run_batch(
     files: list[str] | None,
     exam: str | None,
     model_name: str | None,
-    request: gr.Request,
+    population: str | None = None,
+    request: gr.Request = None,
     progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's way to ask for a progress tracker
 ) -> tuple[Any, str, Any]:
     """Diagnose and save every file, with a progress bar; the table, the caveats and the CSV."""
@@ -78,6 +83,7 @@ def run_batch(
             max_upload_bytes=ctx.max_bytes,
             max_pixels=ctx.max_pixels,
             progress=tick,
+            population=population,
         )
     table_value = {"headers": batch.BATCH_COLUMNS, "data": batch.batch_table(rows)}
     caveats = "\n\n".join(f"⚠️ {w}" for w in batch.batch_caveats(rows))

@@ -31,7 +31,7 @@ def diagnose_tab(ctx: AppContext) -> gr.Dropdown:
             )
         with gr.Row():
             with gr.Column(scale=1):
-                upload, patient, exam_date, model, method, run = _diagnose_form(ctx)
+                upload, patient, exam_date, model, method, run, population = _diagnose_form(ctx)
             with gr.Column(scale=2):
                 probabilities = gr.Label(
                     label="Probabilities (calibrated)", num_top_classes=5, elem_id="xray-probabilities"
@@ -64,7 +64,8 @@ def diagnose_tab(ctx: AppContext) -> gr.Dropdown:
         ctx.handler(check_form), [upload, patient, exam_date, model, method], None, api_visibility="private"
     ).success(
         ctx.handler(run_diagnose),
-        [upload, patient, exam_date, model, method, opacity],
+        # the patient group last: API clients written before it keep working (its default is Adult)
+        [upload, patient, exam_date, model, method, opacity, population],
         [
             probabilities, summary, original, overlay, target, model_info, heat_info, gate_box, reveal_btn,
             view_state, shown_state, record_id_out, gate_note,
@@ -103,13 +104,22 @@ def diagnose_tab(ctx: AppContext) -> gr.Dropdown:
     return model
 
 
-def _diagnose_form(ctx: AppContext) -> tuple[gr.File, gr.Textbox, gr.DateTime, gr.Dropdown, gr.Radio, gr.Button]:
-    """The upload with its preview, patient fields, model, CAM method, the run button and the sample X-rays."""
+def _diagnose_form(
+    ctx: AppContext,
+) -> tuple[gr.File, gr.Textbox, gr.DateTime, gr.Dropdown, gr.Radio, gr.Button, gr.Radio]:
+    """The upload with its preview, patient fields, model, CAM method, the run button and the sample X-rays.
+
+    Also the patient group (Adult / Child), returned last.
+    """
     upload = quiet(gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", file_types=ctx.upload_types, type="filepath"))
     preview_image = gr.Image(
         label="Uploaded image", interactive=False, height=260, elem_id="xray-preview", format=DISPLAY_FORMAT
     )
     patient = gr.Textbox(label="Patient name or ID")
+    population = gr.Radio(
+        list(forms.PATIENT_GROUPS), value=forms.PATIENT_GROUPS[0], label="Patient", info=forms.PATIENT_GROUP_INFO,
+        elem_id="xray-population",
+    )  # fmt: skip
     exam_date = quiet(gr.DateTime(
         value=today,
         include_time=False,
@@ -126,15 +136,16 @@ def _diagnose_form(ctx: AppContext) -> tuple[gr.File, gr.Textbox, gr.DateTime, g
     examples = registry.example_files()
     if examples:
         gr.Examples(
-            examples=[[str(p), f"Sample patient {i}"] for i, p in enumerate(examples, 1)],
-            inputs=[upload, patient],
+            # the samples are Kermany's children: their patient group is Child
+            examples=[[str(p), f"Sample patient {i}", "Child"] for i, p in enumerate(examples, 1)],
+            inputs=[upload, patient, population],
             example_labels=[_example_label(i, p) for i, p in enumerate(examples, 1)],
             label="Sample X-rays (Kermany et al. 2018, CC BY 4.0): click one, then Analyse",
         )
     upload.change(
         ctx.handler(preview), upload, [preview_image, patient, exam_date, upload], api_visibility="private"
     )
-    return upload, patient, exam_date, model, method, run
+    return upload, patient, exam_date, model, method, run, population
 
 
 def _operating_panel(ctx: AppContext) -> tuple[gr.Accordion, gr.Slider, gr.Number, gr.Markdown]:
@@ -194,9 +205,13 @@ def run_diagnose(
     model_name: str | None,
     method: str | None,
     alpha: float,
-    request: gr.Request,
+    population: str | None = None,
+    request: gr.Request = None,
 ) -> tuple[Any, ...]:
-    """Analyse and save the upload; an out-of-scope image gets the gate's reasons, its prediction hidden."""
+    """Analyse and save the upload; an out-of-scope image gets the gate's reasons, its prediction hidden.
+
+    `population` (Adult / Child) picks a per-population threshold when the file has no DICOM PatientAge.
+    """
     with Session(ctx.engine) as session:
         doctor = ctx.doctor(session, request)
         result = diagnose.diagnose(
@@ -212,6 +227,7 @@ def run_diagnose(
             method=method,
             max_upload_bytes=ctx.max_bytes,
             max_pixels=ctx.max_pixels,
+            population=population,
         )
         record = result.record
         summary = views.result_summary(record)

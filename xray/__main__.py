@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_predict(subparsers)
     _add_evaluate(subparsers)
+    _add_thresholds(subparsers)
     _add_users(subparsers)
     _add_publish(subparsers)
     _add_lungs(subparsers)
@@ -236,6 +237,26 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from xray.training.evaluate import run_evaluate_command
 
     return run_evaluate_command(args)
+
+
+def _add_thresholds(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "thresholds", help="choose one threshold per population (children, adults) on the model's validation split"
+    )
+    p.add_argument("--model", required=True, help="model name (bundled, local-dir:PATH or hf-hub:org/name)")
+    p.add_argument("--data", default=None, metavar="ROOT",
+                   help="folder holding the model's recorded data folders (default: the recorded paths)")
+    p.add_argument("--write", action="store_true",
+                   help="store the thresholds in config.json and the per-source table in metrics.json")
+    p.add_argument("--report-test", action="store_true",
+                   help="then read the test splits once, at the thresholds stored in config.json")
+    p.set_defaults(func=_run_thresholds)
+
+
+def _run_thresholds(args: argparse.Namespace) -> int:
+    from xray.training.thresholds import run_thresholds_command
+
+    return run_thresholds_command(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

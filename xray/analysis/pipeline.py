@@ -22,7 +22,7 @@ import torch
 from xray.errors import OodStatsError
 from xray.inference.explain import Explanation, explain
 from xray.inference.models import LoadedModel
-from xray.inference.predict import Prediction, batches, to_prediction
+from xray.inference.predict import Prediction, batches, decide, to_prediction
 from xray.trust import gate
 from xray.trust.lungs import HeatmapCheck, assess_heatmap
 
@@ -149,6 +149,7 @@ def analyse(
     target_label: str | None = None,
     method: str = "gradcam",
     checks: bool = True,
+    threshold: float | None = None,
 ) -> Analysis:
     """Predict, explain and check one image from one forward pass.
 
@@ -158,12 +159,14 @@ def analyse(
         target_label: the class the heatmap explains; default the predicted class.
         method: gradcam, gradcam++ or hirescam.
         checks: run the input gate and the heat-in-lungs check (off when only a new heatmap is wanted).
+        threshold: the threshold to decide with (`xray.inference.population.choose_threshold`); default the
+            model's pooled one.
 
     Returns:
         The `Analysis`; raises ValueError for an unknown method or class (callers validate form input first).
     """
     start = time.perf_counter()
-    prediction, explanation = explain(loaded, image, target_label=target_label, method=method)
+    prediction, explanation = explain(loaded, image, target_label=target_label, method=method, threshold=threshold)
     latency_ms = (time.perf_counter() - start) * 1000
     result = Analysis(
         model=loaded, prediction=prediction, features=explanation.features, explanation=explanation,
@@ -199,6 +202,7 @@ def analyse_many(
     batch_size: int = 32,
     heatmaps: bool = False,
     checks: bool = True,
+    thresholds: Sequence[float | None] | None = None,
 ) -> list[Analysis]:
     """`analyse` for many images: batched forward passes, a heatmap (and heat-in-lungs check) only when asked.
 
@@ -208,12 +212,18 @@ def analyse_many(
         batch_size: images per forward pass.
         heatmaps: compute each image's Grad-CAM (one forward and head backward per image, as `analyse`).
         checks: run the input gate (and, with heatmaps, the heat-in-lungs check).
+        thresholds: each image's threshold (a population's); default the model's pooled one for every image.
     """
+    thresholds = list(thresholds) if thresholds is not None else [None] * len(images)
     if heatmaps:
-        return [analyse(loaded, image, checks=checks) for image in images]
+        return [analyse(loaded, image, checks=checks, threshold=t) for image, t in zip(images, thresholds, strict=True)]
     loaded.model.eval()
     start = time.perf_counter()
     predictions, features = _predict_with_features(loaded, images, batch_size)
+    predictions = [
+        p if t is None else Prediction(decide(loaded, list(p.probabilities.values()), t), p.probabilities, p.logits)
+        for p, t in zip(predictions, thresholds, strict=True)
+    ]
     per_image_ms = (time.perf_counter() - start) * 1000 / max(1, len(images))
     results = [
         Analysis(model=loaded, prediction=p, features=f, latency_ms=per_image_ms)

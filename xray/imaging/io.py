@@ -59,8 +59,11 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", 
 #: Pillow formats allowed to decode uploads (the JPEG opener also returns multi-picture "MPO" camera files).
 PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 
-#: The DICOM tags returned in `XrayImage.metadata` (when present), to prefill the doctor's form.
-DICOM_METADATA_TAGS = ("PatientName", "PatientID", "StudyDate", "Modality", "ViewPosition", "BodyPartExamined")
+#: The DICOM tags returned in `XrayImage.metadata` (when present), to prefill the doctor's form; PatientAge
+#: ("045Y") picks the threshold of a model with one per population (`xray.inference.population`).
+DICOM_METADATA_TAGS = (
+    "PatientName", "PatientID", "StudyDate", "Modality", "ViewPosition", "BodyPartExamined", "PatientAge",
+)
 
 #: A pixel counts as coloured when its channels differ by more than this (out of 255); grey JPEGs saved
 #: as RGB differ by a few levels at most.

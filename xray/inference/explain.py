@@ -103,13 +103,14 @@ class _DecisionTarget:
     forward pass that the heatmap is computed from.
     """
 
-    def __init__(self, loaded: LoadedModel, target_label: str | None) -> None:
+    def __init__(self, loaded: LoadedModel, target_label: str | None, threshold: float | None = None) -> None:
         self.loaded = loaded
+        self.threshold = threshold
         self.target_label = target_label
         self.prediction: Prediction | None = None
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
-        self.prediction = to_prediction(self.loaded, output)
+        self.prediction = to_prediction(self.loaded, output, self.threshold)
         self.target_label = self.target_label or self.prediction.label
         return output[self.loaded.label_names.index(self.target_label)]
 
@@ -140,6 +141,7 @@ def explain(
     *,
     target_label: str | None = None,
     method: str = "gradcam",
+    threshold: float | None = None,
 ) -> tuple[Prediction, Explanation]:
     """Predict one image and explain a class with a CAM, from one forward and one backward pass.
 
@@ -148,6 +150,7 @@ def explain(
         image: an `XrayImage`, PIL image or HxW(x3) uint8 array.
         target_label: the class to explain; default: the predicted class.
         method: "gradcam", "gradcam++" or "hirescam".
+        threshold: the threshold to decide with (a population's); default the model's own.
 
     Returns:
         The prediction and the explanation (heatmap at the image's own resolution).
@@ -160,7 +163,7 @@ def explain(
     if pixels.ndim == 2:
         pixels = np.repeat(pixels[:, :, None], 3, axis=2)
     batch = preprocess(loaded, [image if isinstance(image, XrayImage) else pixels])
-    target = _DecisionTarget(loaded, target_label)
+    target = _DecisionTarget(loaded, target_label, threshold)
     layer = cam_target_layer(loaded.model, tuple(loaded.data_config["input_size"]))
     captured: list[torch.Tensor] = []
     classifier = loaded.model.get_classifier() if hasattr(loaded.model, "get_classifier") else None

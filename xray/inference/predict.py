@@ -52,12 +52,15 @@ def decide(loaded: LoadedModel, probabilities: Sequence[float], threshold: float
     return labels[int(np.argmax(probabilities))]
 
 
-def to_prediction(loaded: LoadedModel, logits: torch.Tensor) -> Prediction:
-    """Turn one row of logits into a `Prediction` (temperature scaling + decision rule)."""
+def to_prediction(loaded: LoadedModel, logits: torch.Tensor, threshold: float | None = None) -> Prediction:
+    """Turn one row of logits into a `Prediction` (temperature scaling + decision rule).
+
+    `threshold` overrides the model's pooled one (a population's threshold, `xray.inference.population`).
+    """
     logits = logits.detach().float().cpu()
     probs = torch.softmax(logits / loaded.temperature, dim=-1).numpy()
     return Prediction(
-        label=decide(loaded, probs),
+        label=decide(loaded, probs, threshold),
         probabilities={name: float(p) for name, p in zip(loaded.label_names, probs, strict=True)},
         logits=[float(v) for v in logits],
     )

@@ -79,6 +79,10 @@ class Record(SQLModel, table=True):
     predicted_label: str = Field(index=True, max_length=100)
     positive_label: str | None = Field(default=None, max_length=100)
     threshold: float | None = None
+    # Models with one threshold per population: the population whose threshold `threshold` is, and why it was
+    # chosen ("from the DICOM age 45 years", "chosen by the doctor"); None for a model's pooled threshold.
+    population: str | None = Field(default=None, max_length=20)
+    population_reason: str | None = Field(default=None, max_length=100)
     cam_method: str = Field(default="gradcam", max_length=20)
     cam_target_label: str = Field(default="", max_length=100)
     heatmap_sha256: str | None = Field(default=None, max_length=64)

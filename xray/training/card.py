@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from xray.training.thresholds import render_card_section
 from xray.trust.operating import format_threshold
 
 DISCLAIMER = (
@@ -469,6 +470,7 @@ def render_model_card(
         "",
     ]
     lines += render_per_source(result)
+    lines += render_card_section(result)
     if gate:
         lines += render_gate_section(gate)
     lines += ["## Limitations", ""]
@@ -563,6 +565,7 @@ def render_comparison(entries: Sequence[dict[str, Any]], *, defaults: dict[str, 
                 lines += [f"### {e['name']} per data source", ""]
                 lines += render_sampling(e["metrics"].get("data") or {}) + [""]
                 lines += per_source
+            lines += render_card_section(e["metrics"], level=4)
         for e in rows:
             if e.get("gate"):
                 lines += render_gate_section(e["gate"], level=3)

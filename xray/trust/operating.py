@@ -171,3 +171,17 @@ def describe(point: OperatingPoint, positive_label: str = "positive") -> str:
         f"specificity {pct(point.specificity)}. If {point.prevalence:.0%} of patients have {positive_label}: "
         f"a positive result is right {pct(point.ppv)} of the time (PPV), a negative one {pct(point.npv)} (NPV)."
     )
+
+
+def describe_threshold(threshold: float | None, population: str | None = None, why: str | None = None) -> str:
+    """The threshold a result was decided with, as every view says it.
+
+    `threshold 0.612 for adults (chosen by the doctor)`; `threshold 0.541` for a model's pooled threshold; '' for an
+    argmax model.
+    """
+    if threshold is None:
+        return ""
+    text = f"threshold {format_threshold(threshold)}"
+    if population:
+        text += f" for {population}" + (f" ({why})" if why else "")
+    return text

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from xray.trust.operating import format_threshold
+from xray.trust.operating import describe_threshold, format_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,8 @@ def build_report(
     target_label: str | None = None,
     warnings: Sequence[str] = (),
     scope_warning: str | None = None,
+    population: str | None = None,
+    population_reason: str | None = None,
 ) -> bytes:
     """Render a record as a one-page A4 PDF.
 
@@ -124,6 +126,8 @@ def build_report(
         warnings: heatmap warnings and the model's caveat, to repeat on the report.
         scope_warning: the input gate's warning when the image is out of scope: printed as prominently as the
             result, right above it.
+        population: the population whose threshold decided it (models with one per population), else None.
+        population_reason: why that population ("from the DICOM age 45 years", "chosen by the doctor").
 
     Returns:
         The PDF file as bytes.
@@ -173,7 +177,7 @@ def build_report(
         _text_part(
             target, width, probabilities=probabilities, predicted_label=predicted_label, threshold=threshold,
             positive_label=positive_label, final_read=final_read, final_note=final_note, warnings=warnings,
-            scope_warning=scope_warning,
+            scope_warning=scope_warning, population=population, population_reason=population_reason,
         )  # fmt: skip
 
     top = pdf.get_y()
@@ -227,6 +231,8 @@ def _text_part(
     final_note: str | None,
     warnings: Sequence[str],
     scope_warning: str | None,
+    population: str | None = None,
+    population_reason: str | None = None,
 ) -> None:
     """Everything below the pictures: model output, the out-of-scope warning, other warnings, the final read."""
     pdf.set_font("DejaVu", "B", 11)
@@ -257,6 +263,10 @@ def _text_part(
     if threshold is not None and positive_label:
         decision += f"  (called {positive_label} when its probability is at least {format_threshold(threshold)})"
     pdf.multi_cell(width, 5.5, _text(decision), new_x="LMARGIN", new_y="NEXT", align="L")
+    if threshold is not None and positive_label and population:
+        pdf.set_font("DejaVu", "", 10)
+        used = f"Threshold used: {describe_threshold(threshold, population, population_reason)}"
+        pdf.multi_cell(width, 5.5, _text(used), new_x="LMARGIN", new_y="NEXT", align="L")
 
     shown = [w for w in warnings if w]
     if shown:

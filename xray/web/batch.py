@@ -23,6 +23,7 @@ from xray.errors import InvalidInputError, XrayError
 from xray.imaging.io import IMAGE_EXTENSIONS
 from xray.records.db import Doctor
 from xray.records.storage import ImageStore
+from xray.trust.operating import describe_threshold
 from xray.web import forms
 from xray.web.diagnose import diagnose
 from xray.web.registry import caveat_warnings, load_registered_model
@@ -63,6 +64,7 @@ class BatchRow:
     error: str | None = None
     caveat: str | None = None
     gate_reasons: list[str] | None = None  # the input gate's reasons; non-empty: out of scope
+    threshold: str = ""  # the threshold it was decided with, and why ("threshold 0.112 for adults (...)")
 
 
 def _zip_items(path: Path, *, max_bytes: int, budget: int) -> list[BatchItem]:
@@ -170,11 +172,14 @@ def diagnose_batch(
     max_pixels: int,
     progress: Callable[[int, int, str], None] | None = None,
     today: date | None = None,
+    population: str | None = None,
 ) -> list[BatchRow]:
     """Diagnose and save every file of a batch for `doctor`, through the same path as a single upload.
 
     The patient is the file name without its extension unless the DICOM header names one; the exam date is
     the header's when it has one, else `exam_date`. A file that fails gets its error in its row; the others go on.
+    `population` (the doctor's "Adult" / "Child") picks the threshold of a model with one per population for the
+    files without a DICOM PatientAge.
 
     Raises:
         InvalidInputError: nothing uploaded, a bad exam date or model (checked before any file is processed).
@@ -182,6 +187,7 @@ def diagnose_batch(
     from xray.analysis.pipeline import input_check_text
 
     fallback_date = forms.parse_exam_date(exam_date, today=today)
+    forms.parse_population(population)  # a bad choice fails the batch, not each row
     load_registered_model(model_name, allowed_models)  # a bad model fails the batch, not each row
     items = batch_items(files, max_bytes=max_upload_bytes)
     rows = []
@@ -213,6 +219,7 @@ def diagnose_batch(
                 max_pixels=max_pixels,
                 today=today,
                 image=image,
+                population=population,
             )
         except XrayError as exc:
             row.error = str(exc)
@@ -223,6 +230,8 @@ def diagnose_batch(
         row.gate = input_check_text(result.gate, result.gate_note)
         row.gate_reasons = result.record.gate_reasons
         row.caveat = result.model.caveat
+        record = result.record
+        row.threshold = describe_threshold(record.threshold, record.population, record.population_reason)
     if progress is not None:
         progress(len(items), len(items), "done")
     logger.info("%s ran a batch of %d files (%d failed)", doctor.username, len(rows), sum(bool(r.error) for r in rows))
@@ -261,13 +270,13 @@ def batch_csv(rows: Sequence[BatchRow], *, out_dir: str | Path | None = None) ->
         labels += [name for name in r.probabilities if name not in labels]
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["file", "record_id", "patient", "predicted_label", *[f"p_{n}" for n in labels], "input_check",
-                     "error", "model_caveat"])  # fmt: skip
+    writer.writerow(["file", "record_id", "patient", "predicted_label", *[f"p_{n}" for n in labels], "threshold",
+                     "input_check", "error", "model_caveat"])  # fmt: skip
     for r in rows:
         values = [
             r.file, r.record_id or "", r.patient, r.label or "",
             *[f"{r.probabilities[n]:.4f}" if n in r.probabilities else "" for n in labels],
-            r.gate, r.error or "", r.caveat or "",
+            r.threshold, r.gate, r.error or "", r.caveat or "",
         ]  # fmt: skip
         writer.writerow([csv_cell(v) for v in values])
     folder = Path(tempfile.mkdtemp(prefix="xray-batch-", dir=out_dir))

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from xray.errors import InvalidInputError, XrayError
+from xray.inference.population import choose_threshold
+from xray.trust.operating import describe_threshold
 from xray.web.diagnose import check_method
 from xray.web.forms import load_image, read_upload
 from xray.web.registry import ModelInfo, describe_model, format_headline
@@ -39,6 +41,7 @@ class Comparison:
     error: str | None = None
     gate: Any = None  # xray.trust.gate.GateResult
     gate_note: str | None = None
+    threshold: str = ""  # for a model with one threshold per population: which one decided, and why
 
 
 def tested_figures(info: ModelInfo) -> str:
@@ -93,7 +96,10 @@ def compare_models(
         info = describe_model(name)
         try:
             # each model runs its own input gate on its own features; the heat check is not shown here
-            analysis = analyse(loaded := load_model(name), image, method=method)
+            loaded = load_model(name)
+            # no doctor's choice here: the DICOM age's population, else adults (most patients)
+            choice = choose_threshold(loaded, patient_age=image.metadata.get("PatientAge"))
+            analysis = analyse(loaded, image, method=method, threshold=choice.threshold)
         except XrayError as exc:
             results.append(Comparison(info=info, error=str(exc)))
             continue
@@ -106,6 +112,8 @@ def compare_models(
                 label=analysis.label,
                 probabilities=dict(analysis.probabilities),
                 latency_ms=analysis.latency_ms,
+                threshold=describe_threshold(choice.threshold, choice.population, choice.why)
+                if choice.population else "",
                 view=make_view(
                     image,
                     analysis.heatmap,
@@ -116,6 +124,13 @@ def compare_models(
             )
         )
     return results
+
+
+def _output(c: Comparison) -> str:
+    """The output cell: the label (with the population's threshold that decided it), or the model's error."""
+    if c.error is not None:
+        return f"error: {c.error}"
+    return f"{c.label} ({c.threshold})" if c.threshold else str(c.label)
 
 
 def comparison_rows(results: Sequence[Comparison]) -> list[list[Any]]:
@@ -130,7 +145,7 @@ def comparison_rows(results: Sequence[Comparison]) -> list[list[Any]]:
                 c.info.name,
                 c.info.architecture,
                 c.version,
-                c.label if c.error is None else f"error: {c.error}",
+                _output(c),
                 probs,
                 None if c.latency_ms is None else round(c.latency_ms, 1),
                 tested_figures(c.info),
@@ -174,7 +189,7 @@ def _model_column(c: Comparison) -> list[str]:
 
     probs = ", ".join(f"{k} {v:.3f}" for k, v in c.probabilities.items())
     cells = [
-        c.info.architecture, c.version, c.label if c.error is None else f"error: {c.error}", probs,
+        c.info.architecture, c.version, _output(c), probs,
         "" if c.latency_ms is None else f"{c.latency_ms:.1f}", tested_figures(c.info),
         input_check_text(c.gate, c.gate_note), c.info.caveat or "",
     ]  # fmt: skip

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from xray.errors import InvalidInputError, XrayError
+from xray.inference.population import CHILDREN, choose_threshold
 from xray.web.forms import load_image, read_upload
 from xray.web.registry import caveat_warnings, example_files, load_registered_model
 from xray.web.views import heat_markdown, image_data_uri, make_view, md_escape, prediction_summary
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds over which `XRAY_DEMO_RATE` analyses are allowed.
 RATE_WINDOW_S = 60.0
+#: The bundled samples are Kermany et al.'s paediatric X-rays (children aged 1-5): their threshold is the children's.
+SAMPLE_POPULATION = CHILDREN
 #: Long side of the sample thumbnails on the demo page.
 THUMBNAIL_SIDE = 160
 #: Heatmap opacity of the demo's overlay (the doctors' app has a slider).
@@ -316,8 +319,12 @@ def analyse_bytes(
     model_name: str | None,
     allowed_models: Sequence[str],
     max_pixels: int,
+    sample_population: str | None = None,
 ) -> DemoResult:
     """Decode the image, run the pipeline once (prediction, Grad-CAM, input gate, heat check), keep nothing.
+
+    A model with one threshold per population decides with the DICOM PatientAge's population, else
+    `sample_population` (a bundled sample's, whose source is known), else the adults' (most patients).
 
     Raises:
         XrayError subclasses with a message for the visitor.
@@ -326,7 +333,10 @@ def analyse_bytes(
 
     image = load_image(data, filename=filename, max_pixels=max_pixels)
     loaded = load_registered_model(model_name, allowed_models)
-    analysis = analyse(loaded, image)
+    choice = choose_threshold(
+        loaded, patient_age=image.metadata.get("PatientAge"), sample_population=sample_population
+    )
+    analysis = analyse(loaded, image, threshold=choice.threshold)
     explanation = analysis.explanation
     view = make_view(
         image, explanation.heatmap, target_label=explanation.target_label, method="gradcam", record_id=None
@@ -339,7 +349,10 @@ def analyse_bytes(
         version=str(loaded.version),
         label=analysis.label,
         probabilities=probabilities,
-        summary=prediction_summary(analysis.label, probabilities, loaded.threshold, loaded.positive_label),
+        summary=prediction_summary(
+            analysis.label, probabilities, choice.threshold, loaded.positive_label, population=choice.population,
+            why=choice.why or None,
+        ),
         in_scope=analysis.in_scope,
         reasons=analysis.reasons,
         gate_note=analysis.gate_note,
@@ -371,6 +384,7 @@ def analyse_sample(
         model_name=model_name,
         allowed_models=allowed_models,
         max_pixels=max_pixels,
+        sample_population=SAMPLE_POPULATION,
     )
 
 

@@ -16,10 +16,11 @@ from sqlmodel import Session
 
 from xray.errors import InvalidInputError
 from xray.imaging.io import XrayImage
+from xray.inference.population import ThresholdChoice, choose_threshold
 from xray.records import crud
 from xray.records.db import Doctor, Record
 from xray.records.storage import ImageStore
-from xray.web.forms import load_image, parse_exam_date, parse_patient, read_upload
+from xray.web.forms import load_image, parse_exam_date, parse_patient, parse_population, read_upload
 from xray.web.history import owned_record, stored_image
 from xray.web.registry import caveat_warnings, load_registered_model
 from xray.web.views import HeatmapView, make_view
@@ -95,6 +96,17 @@ def check_form(
         load_registered_model(model_name, allowed_models)  # its message says what to choose
 
 
+def threshold_choice(loaded: Any, image: XrayImage | None, population: str | None) -> ThresholdChoice:
+    """The threshold one image is decided with: its DICOM PatientAge's population, else the doctor's choice.
+
+    Raises:
+        InvalidInputError: the doctor's choice is neither Adult nor Child.
+    """
+    metadata = getattr(image, "metadata", None) or {}
+    parse_population(population)  # an unknown choice is the doctor's form error
+    return choose_threshold(loaded, patient_age=metadata.get("PatientAge"), population=population)
+
+
 def diagnose(
     session: Session,
     store: ImageStore,
@@ -112,6 +124,7 @@ def diagnose(
     max_pixels: int,
     today: date | None = None,
     image: XrayImage | None = None,
+    population: str | None = None,
 ) -> Diagnosis:
     """Validate the form, predict with a Grad-CAM heatmap, and save the image and the record for `doctor`.
 
@@ -132,6 +145,8 @@ def diagnose(
         today: the date "today" is checked against (tests).
         image: `source` already decoded by `load_image` with the same limits (the Batch tab decodes each file
             once, for its DICOM fields); decoded here when None.
+        population: the doctor's "Adult" / "Child" (default adults), for a model with one threshold per
+            population when the file has no DICOM PatientAge (which takes precedence).
 
     Raises:
         XrayError subclasses with a message for the doctor; nothing is saved then.
@@ -141,6 +156,7 @@ def diagnose(
     patient = parse_patient(patient_name)
     exam = parse_exam_date(exam_date, today=today)
     method = check_method(method)
+    parse_population(population)
     data = read_upload(source, max_bytes=max_upload_bytes)
     if filename is None and isinstance(source, (str, Path)):
         filename = Path(source).name
@@ -148,7 +164,8 @@ def diagnose(
         image = load_image(data, filename=filename, max_pixels=max_pixels)
     loaded = load_registered_model(model_name, allowed_models)
     target = check_target(loaded, target_label)
-    analysis = analyse(loaded, image, target_label=target, method=method)
+    choice = threshold_choice(loaded, image, population)
+    analysis = analyse(loaded, image, target_label=target, method=method, threshold=choice.threshold)
     prediction, explanation, gate_result, heat = (
         analysis.prediction, analysis.explanation, analysis.gate, analysis.heatmap_check
     )
@@ -172,7 +189,9 @@ def diagnose(
         probabilities={k: float(v) for k, v in prediction.probabilities.items()},
         predicted_label=prediction.label,
         positive_label=loaded.positive_label,
-        threshold=loaded.threshold,
+        threshold=choice.threshold,
+        population=choice.population,
+        population_reason=choice.why or None,
         cam_method=method,
         cam_target_label=explanation.target_label,
         heatmap_sha256=heatmap_sha,

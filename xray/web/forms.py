@@ -61,6 +61,27 @@ def _parse_date(value: str | date | None, field_name: str) -> date | None:
         raise InvalidInputError(f"{field_name} '{value}' is not a date: use YYYY-MM-DD, e.g. 2024-03-31.") from None
 
 
+#: The Diagnose and Batch forms' patient group (picks the threshold of a model with one per population).
+PATIENT_GROUPS = ("Adult", "Child")
+PATIENT_GROUP_INFO = (
+    "Used when the file has no DICOM PatientAge (which decides) and the model has one threshold per population"
+)
+
+
+def parse_population(value: str | None) -> str:
+    """The doctor's patient group ("Adult" / "Child"; empty: adults) as `adults` / `children`.
+
+    Raises:
+        InvalidInputError: any other value.
+    """
+    from xray.inference.population import parse_population as parse
+
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from exc
+
+
 def parse_exam_date(value: str | date | None, *, today: date | None = None) -> date:
     """Validate the exam date (required, YYYY-MM-DD, not in the future, not before 1900).
 

@@ -253,7 +253,7 @@ def records_csv(records: Sequence[Record]) -> str:
         labels += [name for name in r.label_names if name not in labels]
     header = [
         "record_id", "saved_utc", "patient", "exam_date", "predicted_label", "input_check", "positive_label",
-        "threshold",
+        "threshold", "threshold_population", "threshold_reason",
         *[f"p_{name}" for name in labels],
         "model_name", "model_version", "architecture", "heatmap_method", "image_sha256", "image_filename",
         "final_read", "final_note", "final_read_utc",
@@ -274,6 +274,8 @@ def records_csv(records: Sequence[Record]) -> str:
                     input_check_cell(r.gate_reasons),
                     r.positive_label or "",
                     "" if r.threshold is None else format_threshold(r.threshold),
+                    r.population or "",
+                    r.population_reason or "",
                     *["" if name not in r.probabilities else f"{r.probabilities[name]:.4f}" for name in labels],
                     r.model_name,
                     r.model_version,

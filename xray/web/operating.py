@@ -91,7 +91,7 @@ def operating_markdown(info: ModelInfo | None, threshold: Any, prevalence: Any, 
     Raises:
         OperatingPointError: threshold or prevalence outside 0..1.
     """
-    from xray.trust.operating import describe, format_threshold, operating_point, roc_from_metrics
+    from xray.trust.operating import describe, describe_threshold, format_threshold, operating_point, roc_from_metrics
 
     defaults = operating_defaults(info)
     if not defaults.available or info is None:
@@ -106,9 +106,10 @@ def operating_markdown(info: ModelInfo | None, threshold: Any, prevalence: Any, 
         label = verdict(record, point.threshold)
         if label is not None:
             p = record.probabilities.get(defaults.positive_label or "", math.nan)
-            changed = (
-                "" if label == record.predicted_label else f" (the model's own threshold gave {record.predicted_label})"
-            )
+            # a record decided with its population's threshold names it (the slider starts at the pooled one)
+            own = (f"its {describe_threshold(record.threshold, record.population)}" if record.population
+                   and record.threshold is not None else "the model's own threshold")  # fmt: skip
+            changed = "" if label == record.predicted_label else f" ({own} gave {record.predicted_label})"
             lines += [
                 "",
                 f"**Under this threshold the current result is {label}**: P({defaults.positive_label}) = {p:.3f}"

@@ -217,6 +217,8 @@ def record_report(
         target_label=detail.view.target_label,
         warnings=warnings,
         scope_warning=gate_warning(record.gate_reasons),
+        population=record.population,
+        population_reason=record.population_reason,
     )
     folder = Path(tempfile.mkdtemp(prefix="xray-report-", dir=out_dir))
     path = folder / f"xray-report-record-{record.id}.pdf"

@@ -15,7 +15,7 @@ import numpy as np
 
 from xray.imaging.io import PREVIEW_MAX_SIDE, XrayImage
 from xray.records.db import Record
-from xray.trust.operating import format_threshold
+from xray.trust.operating import describe_threshold
 from xray.web.forms import parse_opacity
 
 NOTICE = (
@@ -91,20 +91,32 @@ def md_escape(text: str) -> str:
 
 
 def result_summary(record: Record) -> str:
-    """One Markdown sentence stating the model's output against its operating threshold."""
-    return prediction_summary(record.predicted_label, record.probabilities, record.threshold, record.positive_label)
+    """One Markdown sentence stating the model's output against the threshold it was decided with (and why)."""
+    return prediction_summary(
+        record.predicted_label, record.probabilities, record.threshold, record.positive_label,
+        population=record.population, why=record.population_reason,
+    )  # fmt: skip
 
 
 def prediction_summary(
-    label: str, probabilities: dict[str, float], threshold: float | None, positive_label: str | None
+    label: str,
+    probabilities: dict[str, float],
+    threshold: float | None,
+    positive_label: str | None,
+    *,
+    population: str | None = None,
+    why: str | None = None,
 ) -> str:
-    """`result_summary` for a prediction that is not a record (the public demo)."""
+    """`result_summary` for a prediction that is not a record (the public demo).
+
+    With a population, the threshold is that population's and the sentence says why it was chosen.
+    """
     if threshold is not None and positive_label:
         p_pos = probabilities.get(positive_label, float("nan"))
         relation = "at or above" if p_pos >= threshold else "below"
         return (
             f"**Model output: {label}**: P({positive_label}) = {p_pos:.3f}, {relation} the model's operating "
-            f"threshold {format_threshold(threshold)}."
+            f"{describe_threshold(threshold, population, why)}."
         )
     return f"**Model output: {label}** (most probable class, P = {probabilities.get(label, float('nan')):.3f})."
 

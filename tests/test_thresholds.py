@@ -155,3 +155,28 @@ def test_cli_writes_thresholds_chosen_on_validation_keeping_the_pooled_one(tiny_
     assert f"children {entry['children']:.3f}, adults {entry['adults']:.3f}" in section
     assert "| kermany-224 | children" in section and "| rsna | adults" in section and "Test, read once" not in section
     assert T.render_card_section({}) == []  # a model without them: no section
+    # --keep-pooled adults: the adults' own threshold is printed and recorded, the pooled one is stored
+    assert main(["thresholds", "--model", f"local-dir:{model}", "--write", "--keep-pooled", "adults"]) == 0
+    kept = json.loads((model / "config.json").read_text())["thresholds"]
+    assert kept["adults"] == 0.5 and kept["kept_pooled"] == ["adults"]
+    assert kept["children"] == pytest.approx(expected["children"]["threshold"])
+    recorded = json.loads((model / "metrics.json").read_text())["population_thresholds"]["populations"]["adults"]
+    assert recorded["own_threshold"] == pytest.approx(expected["adults"]["threshold"]) and recorded["kept_pooled"]
+
+
+def test_bundled_pneumonia_keeps_the_pooled_threshold_for_adults_and_says_why():
+    import json
+
+    from xray.config import PROJECT_ROOT
+    from xray.training.thresholds import render_card_section
+
+    folder = PROJECT_ROOT / "models" / "pneumonia"
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    assert config["thresholds"]["adults"] == config["threshold"] and config["thresholds"]["kept_pooled"] == ["adults"]
+    adults = metrics["population_thresholds"]["populations"]["adults"]
+    assert adults["kept_pooled"] and adults["threshold"] == config["threshold"] and adults["own_threshold"] < 0.5
+    assert config["thresholds"]["children"] == metrics["population_thresholds"]["populations"]["children"]["threshold"]
+    card = "\n".join(render_card_section(metrics))
+    assert "Adults keep the pooled threshold: the rule's own adults threshold, " in card
+    assert card in (folder / "README.md").read_text(encoding="utf-8")  # the shipped card is the rendered one

@@ -250,6 +250,9 @@ def _add_thresholds(subparsers: argparse._SubParsersAction) -> None:
                    help="store the thresholds in config.json and the per-source table in metrics.json")
     p.add_argument("--report-test", action="store_true",
                    help="then read the test splits once, at the thresholds stored in config.json")
+    p.add_argument("--keep-pooled", action="append", default=[], choices=["children", "adults"], metavar="POPULATION",
+                   help="this population keeps the pooled threshold (its own is printed, not stored), e.g. when "
+                        "its validation specificity at the rule's threshold is unacceptable; repeatable")
     p.set_defaults(func=_run_thresholds)
 
 

@@ -232,10 +232,17 @@ def run_thresholds_command(args: Any) -> int:
     print(f"pooled threshold {pooled:.4f}; the rule on the rebuilt validation split gives {refit['threshold']:.4f} "
           f"(sensitivity {refit['sensitivity']:.4f}, specificity {refit['specificity']:.4f})")
     chosen = select_population_thresholds(y_val, p_val, val_sources, min_sensitivity=min_sensitivity)
-    per_population = {name: c["threshold"] for name, c in chosen.items()}
     for name, c in chosen.items():
         print(f"{name}: threshold {c['threshold']:.4f} ({c['rule']}; validation n={c['n']}, sensitivity "
               f"{c['sensitivity']:.4f}, specificity {c['specificity']:.4f}; sources {', '.join(c['sources'])})")
+    kept = sorted(set(getattr(args, "keep_pooled", None) or []))
+    for name in kept:
+        if name in chosen:
+            chosen[name] = {**chosen[name], "own_threshold": chosen[name]["threshold"], "threshold": pooled,
+                            "kept_pooled": True}  # fmt: skip
+            print(f"{name}: keeps the pooled threshold {pooled:.4f} (--keep-pooled); its own was "
+                  f"{chosen[name]['own_threshold']:.4f}")
+    per_population = {name: c["threshold"] for name, c in chosen.items()}
     val_table = source_table(y_val, p_val, val_sources, pooled, per_population)
     print(format_table(val_table, "validation (accuracy, sensitivity, specificity):"))
     chosen_on = (
@@ -247,7 +254,7 @@ def run_thresholds_command(args: Any) -> int:
     )
     result: dict[str, Any] = {
         "rule": RULE.format(min_sensitivity), "pooled_threshold": pooled, "populations": chosen,
-        "chosen_on": chosen_on, "validation": {"pooled_refit": refit, "sources": val_table},
+        "chosen_on": chosen_on, "validation": {"pooled_refit": refit, "sources": val_table}, "kept_pooled": kept,
     }  # fmt: skip
     folder = loaded.path
     if args.write:
@@ -256,6 +263,7 @@ def run_thresholds_command(args: Any) -> int:
         counts = ", ".join(f"{n}: {c['n']} images ({', '.join(c['sources'])})" for n, c in chosen.items())
         update_config(folder, thresholds={
             **per_population, "rule": RULE.format(min_sensitivity),
+            **({"kept_pooled": kept} if kept else {}),
             "chosen_on": f"validation split of the training data (make_splits, seed "
                          f"{(loaded.metrics.get('training') or {}).get('seed', 0)}) - {counts}",
         })  # fmt: skip
@@ -357,6 +365,16 @@ def render_card_section(metrics: dict[str, Any], *, level: int = 2) -> list[str]
         f"{entry.get('chosen_on', '')} The app takes the population from the DICOM PatientAge (under 18 years: "
         "children), else from the doctor (Adult / Child, default Adult), and says which threshold it used and why.",
         "",
+    ]
+    for name, c in chosen.items():
+        if c.get("kept_pooled"):
+            lines[2] += (
+                f" {name.capitalize()} keep the pooled threshold: the rule's own {name} threshold, "
+                f"{format_threshold(c['own_threshold'])}, reached validation sensitivity {100 * c['sensitivity']:.1f}% "
+                f"but specificity {100 * c['specificity']:.1f}% ({c['n']} images), too many normal patients called "
+                "positive for a population that is mostly normal."
+            )
+    lines += [
         "Validation (the split the thresholds were chosen on):",
         "",
         *_card_table(entry["validation"]["sources"], pooled, ci=False),

@@ -172,7 +172,8 @@ def _run_http(
         uploaded = await client.post("gradio_api/upload", files={"files": (image.name, payloads[image])})
         uploaded.raise_for_status()
         file_data = {"path": uploaded.json()[0], "orig_name": image.name, "meta": {"_type": "gradio.FileData"}}
-        data = [file_data, f"{name}/patient-{i}", "2024-01-15", model, "gradcam", 0.4]
+        # every input of the event, the patient group (Adult / Child) last: the raw HTTP API has no defaults
+        data = [file_data, f"{name}/patient-{i}", "2024-01-15", model, "gradcam", 0.4, "Adult"]
         # One session per doctor, as one browser tab has: Gradio sets up a session's state once.
         queued = await client.post("gradio_api/call/diagnose", json={"data": data, "session_hash": sessions[name]})
         queued.raise_for_status()

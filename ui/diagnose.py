@@ -322,19 +322,24 @@ def change_target(
     """A new heatmap for another class of the record on screen."""
     if view is None or view.record_id is None or not target or target == view.target_label:
         return gr.update(), view
+    new_view = _redraw(ctx, view, target, method or view.method, request)
+    return new_view.overlay(alpha), new_view
+
+
+def _redraw(ctx: AppContext, view: HeatmapView, target: str, method: str, request: gr.Request) -> HeatmapView:
+    """The signed-in doctor's record on screen explained again (`xray.web.diagnose.reexplain`); nothing saved."""
     with Session(ctx.engine) as session:
         doctor = ctx.doctor(session, request)
-        new_view = diagnose.reexplain(
+        return diagnose.reexplain(
             session,
             ctx.store,
             doctor=doctor,
             record_id=view.record_id,
             target_label=target,
-            method=method or view.method,
+            method=method,
             allowed_models=ctx.models,
             max_pixels=ctx.max_pixels,
         )
-    return new_view.overlay(alpha), new_view
 
 
 def change_method(
@@ -344,18 +349,7 @@ def change_method(
     label = f"{diagnose.CAM_NAMES.get(method or '', 'Grad-CAM')} heatmap"
     if view is None or view.record_id is None or not method or method == view.method:
         return gr.update(label=label), view  # nothing on screen: the method applies to the next analysis
-    with Session(ctx.engine) as session:
-        doctor = ctx.doctor(session, request)
-        new_view = diagnose.reexplain(
-            session,
-            ctx.store,
-            doctor=doctor,
-            record_id=view.record_id,
-            target_label=view.target_label,
-            method=method,
-            allowed_models=ctx.models,
-            max_pixels=ctx.max_pixels,
-        )
+    new_view = _redraw(ctx, view, view.target_label, method, request)
     return gr.update(value=new_view.overlay(alpha), label=label), new_view
 
 

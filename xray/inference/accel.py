@@ -71,8 +71,6 @@ def export_features(model: torch.nn.Module, input_size: tuple[int, int, int], pa
 
 def feature_session(loaded: Any) -> Any:
     """The ONNX Runtime session computing `forward_features` for a loaded model (exported on first use)."""
-    import onnxruntime as ort
-
     key = f"{loaded.architecture}-{loaded.version}-{'x'.join(map(str, loaded.data_config['input_size']))}"
     with _LOCK:
         if key in _SESSIONS:
@@ -81,15 +79,25 @@ def feature_session(loaded: Any) -> Any:
         if not path.is_file():
             logger.info("exporting %s to ONNX (once; cached at %s)", loaded.name, path)
             export_features(loaded.model, tuple(loaded.data_config["input_size"]), path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle workers sleep instead of spinning: the app's requests interleave ONNX Runtime with torch and numpy
-        # work on few cores, and a spinning pool takes the core the next step needs (README, Performance).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = cpu_session(str(path), threads=torch.get_num_threads())
         _SESSIONS[key] = session
         return session
+
+
+def cpu_session(model: str | bytes, *, threads: int) -> Any:
+    """An ONNX Runtime CPU session of an ONNX file path or bytes, with `threads` intra-op threads that sleep when idle.
+
+    Idle workers sleep instead of spinning: the app's requests interleave ONNX Runtime with torch and numpy work on
+    few cores, and a spinning pool takes the core the next step needs (README, Performance).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def forward_features(loaded: Any, batch: torch.Tensor) -> torch.Tensor:

@@ -212,6 +212,24 @@ def read_config(path: Path) -> dict[str, Any]:
     return config
 
 
+def read_metrics(path: Path) -> dict[str, Any]:
+    """A model folder's metrics.json, or {} when it has none."""
+    metrics_path = path / METRICS_NAME
+    return json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+
+
+def weights_version(weights: Path) -> str:
+    """A local folder's version: the first 12 hex digits of its weights' SHA-256 (hub folders use the revision)."""
+    return hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+
+
+def onnx_by_default() -> bool:
+    """Whether a model runs on ONNX Runtime unless told: the `XRAY_ONNX` setting, when onnxruntime is installed."""
+    from xray.inference.accel import onnx_available
+
+    return get_settings().onnx and onnx_available()
+
+
 def build_model(config: dict[str, Any]) -> torch.nn.Module:
     """Create the timm network a config.json describes, without weights."""
     import timm
@@ -262,14 +280,11 @@ def load_model_dir(
     labels = list(config["label_names"])
     binary = len(labels) == 2
     positive = config.get("positive_label") or (labels[1] if binary else None)
-    metrics_path = path / METRICS_NAME
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+    metrics = read_metrics(path)
     if version is None:
-        version = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+        version = weights_version(weights)
     if accelerated is None:
-        from xray.inference.accel import onnx_available
-
-        accelerated = get_settings().onnx and onnx_available()
+        accelerated = onnx_by_default()
     return LoadedModel(
         name=name or f"{LOCAL_PREFIX}{path}",
         model=model,

@@ -18,7 +18,6 @@ two threads waiting on each other for cores that other processes held. Outputs a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -38,7 +37,6 @@ TASK = "lung-segmentation"
 ARCHITECTURE = "monai.networks.nets.UNet"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-METRICS_NAME = "metrics.json"
 
 #: The shipped network's shape (also the default for training): about 0.4 M parameters.
 DEFAULT_NETWORK: dict[str, Any] = {
@@ -83,7 +81,7 @@ class LungSegmenter:
             import io
             import warnings
 
-            import onnxruntime as ort
+            from xray.inference.accel import cpu_session
 
             buffer = io.BytesIO()
             example = torch.zeros(1, 1, self.input_side, self.input_side)
@@ -93,11 +91,7 @@ class LungSegmenter:
                 warnings.filterwarnings("ignore", message=".*instance_norm.*")
                 torch.onnx.export(self.model, example, buffer, input_names=["grey"], output_names=["logits"],
                                   dynamo=False)  # fmt: skip
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = 1
-            options.inter_op_num_threads = 1
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self._session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+            self._session = cpu_session(buffer.getvalue(), threads=1)
         return self._session
 
     def logits(self, grey: np.ndarray) -> np.ndarray:
@@ -204,20 +198,18 @@ def load_segmenter_dir(path: Path, *, name: str | None = None, version: str | No
     except RuntimeError as exc:
         raise ModelConfigError(f"{weights} does not match the network in {path / CONFIG_NAME}: {exc}") from exc
     model.eval().requires_grad_(False)
-    metrics_path = path / METRICS_NAME
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
-    if accelerated is None:
-        from xray.config import get_settings
-        from xray.inference.accel import onnx_available
+    from xray.inference.models import onnx_by_default, read_metrics, weights_version
 
-        accelerated = get_settings().onnx and onnx_available()
+    metrics = read_metrics(path)
+    if accelerated is None:
+        accelerated = onnx_by_default()
     return LungSegmenter(
         name=name or f"local-dir:{path}",
         model=model,
         input_side=int(config.get("input_side", DEFAULT_INPUT_SIDE)),
         threshold=float(config.get("threshold", 0.5)),
         path=path,
-        version=version or hashlib.sha256(weights.read_bytes()).hexdigest()[:12],
+        version=version or weights_version(weights),
         config=config,
         metrics=metrics,
         accelerated=accelerated,

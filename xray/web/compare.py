@@ -20,7 +20,7 @@ from xray.errors import InvalidInputError, XrayError
 from xray.inference.population import choose_threshold
 from xray.trust.operating import describe_threshold
 from xray.web.diagnose import check_method
-from xray.web.forms import load_image, read_upload
+from xray.web.forms import load_image, read_upload, require_upload
 from xray.web.registry import ModelInfo, describe_model, format_headline
 from xray.web.views import HeatmapView, make_view
 
@@ -63,8 +63,7 @@ def check_compare_form(source: str | Path | bytes | None, model_names: Sequence[
     check_method(method)
     if not model_names:
         raise InvalidInputError("No model is installed to compare.")
-    if source is None or (isinstance(source, (str, Path)) and not str(source)):
-        read_upload(None, max_bytes=0)  # its message names the accepted formats
+    require_upload(source)
 
 
 def compare_models(

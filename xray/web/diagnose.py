@@ -20,7 +20,14 @@ from xray.inference.population import ThresholdChoice, choose_threshold
 from xray.records import crud
 from xray.records.db import Doctor, Record
 from xray.records.storage import ImageStore
-from xray.web.forms import load_image, parse_exam_date, parse_patient, parse_population, read_upload
+from xray.web.forms import (
+    load_image,
+    parse_exam_date,
+    parse_patient,
+    parse_population,
+    read_upload,
+    require_upload,
+)
 from xray.web.history import owned_record, stored_image
 from xray.web.registry import caveat_warnings, load_registered_model
 from xray.web.views import HeatmapView, make_view
@@ -87,8 +94,7 @@ def check_form(
     Raises:
         InvalidInputError: no file, no patient, a bad or future exam date, an unknown model or heatmap method.
     """
-    if source is None or (isinstance(source, (str, Path)) and not str(source)):
-        read_upload(None, max_bytes=0)  # its message names the accepted formats
+    require_upload(source)
     parse_patient(patient_name)
     parse_exam_date(exam_date, today=today)
     check_method(method)

@@ -155,6 +155,18 @@ def parse_opacity(value: Any) -> float:
 # ---------------------------------------------------------------------------------------------- uploads
 
 
+def require_upload(source: str | Path | bytes | None) -> None:
+    """Refuse a form without a file (the message names the accepted formats).
+
+    Raises:
+        InvalidInputError: nothing uploaded.
+    """
+    if source is None or (isinstance(source, (str, Path)) and not str(source)):
+        raise InvalidInputError(
+            f"Upload a chest X-ray first ({', '.join(sorted(e.lstrip('.').upper() for e in IMAGE_EXTENSIONS))})."
+        )
+
+
 def read_upload(source: str | Path | bytes | None, *, max_bytes: int) -> bytes:
     """The uploaded file's bytes, size-checked.
 
@@ -163,10 +175,7 @@ def read_upload(source: str | Path | bytes | None, *, max_bytes: int) -> bytes:
         UploadTooLargeError: larger than `max_bytes`.
         ImageReadError: the file cannot be read.
     """
-    if source is None or (isinstance(source, (str, Path)) and not str(source)):
-        raise InvalidInputError(
-            f"Upload a chest X-ray first ({', '.join(sorted(e.lstrip('.').upper() for e in IMAGE_EXTENSIONS))})."
-        )
+    require_upload(source)
     if isinstance(source, bytes):
         data = source
     else:

@@ -103,15 +103,10 @@ def model_files(name: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     Raises:
         XrayError, OSError or ValueError: the model cannot be found or its files are unreadable.
     """
-    import json
-
-    from xray.inference.models import METRICS_NAME, read_config, resolve_model_dir
+    from xray.inference.models import read_config, read_metrics, resolve_model_dir
 
     path, _revision = resolve_model_dir(name)
-    config = read_config(path)
-    metrics_path = path / METRICS_NAME
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
-    return path, config, metrics
+    return path, read_config(path), read_metrics(path)
 
 
 def describe_model(name: str) -> ModelInfo:

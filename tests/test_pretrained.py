@@ -7,10 +7,16 @@ import pytest
 import torch
 
 from xray.errors import PretrainedWeightsError
-from xray.training.pretrained import create_model, efficientnet_lite0_offline, lukemelas_to_timm
+from xray.training.pretrained import (
+    create_model,
+    efficientnet_lite0_offline,
+    efficientnet_lite_offline,
+    lukemelas_to_timm,
+)
 
 # ImageNet-1k class indices: 652 military uniform, 834 suit, 457 bow tie, 906 Windsor tie
 MILITARY_UNIFORM = 652
+BOW_TIE = 457
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +61,27 @@ def test_offline_weights_use_tf_lite_normalisation_end_to_end(lite0_imagenet, tm
     x = torch.randn(1, 3, 224, 224)
     with torch.inference_mode():
         np.testing.assert_allclose(loaded.model(x).numpy(), model.eval()(x).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize(("architecture", "size"), [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_lite1_and_lite2_packages_classify_a_natural_image_at_their_own_size(architecture, size):
+    from xray.imaging.transforms import build_transform, data_config_for
+
+    model = efficientnet_lite_offline(architecture).eval()
+    config = data_config_for(model)
+    assert config["input_size"] == (3, size, size)
+    assert tuple(config["mean"]) == (0.5, 0.5, 0.5)
+    with torch.inference_mode():
+        probs = model(build_transform(config, train=False)(_grace_hopper()).unsqueeze(0)).softmax(1)[0]
+    # the bigger Lites split their vote between her uniform and her bow tie: both lead, well above chance
+    top2 = set(probs.topk(2).indices.tolist())
+    assert top2 == {MILITARY_UNIFORM, BOW_TIE}
+    assert probs[MILITARY_UNIFORM] > 0.05
+
+
+def test_an_architecture_without_an_offline_package_is_named_in_the_error():
+    with pytest.raises(PretrainedWeightsError, match="efficientnet_lite2"):
+        efficientnet_lite_offline("efficientnet_lite4")
 
 
 def test_rename_rejects_a_checkpoint_of_another_shape():

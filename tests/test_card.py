@@ -119,12 +119,14 @@ def test_model_card_shows_each_data_source_and_the_probe(name: str) -> None:
     table = metrics["per_source"]
     rsna = _row(lines, "rsna |")
     if len(labels) == 2:
-        assert "| source | n | ROC AUC | accuracy | sensitivity | specificity |" in lines
+        assert "| source | n | ROC AUC | accuracy | sensitivity | specificity | ECE |" in lines
         # rsna holds NORMALs only: no AUC, no sensitivity; accuracy = specificity, with its Wilson interval
         assert rsna.startswith("| rsna | 3 (NORMAL 3) | n/a | ")
+        rsna_values = table["sources"]["rsna"]["value"]
         low, high = table["sources"]["rsna"]["ci95"]["specificity"]
-        assert rsna.endswith(f"| n/a | {card._fmt(table['sources']['rsna']['value']['specificity'], pct=True)} "
-                             f"({card._fmt(low, pct=True)}-{card._fmt(high, pct=True)}) |")  # fmt: skip
+        assert rsna.endswith(f"| n/a | {card._fmt(rsna_values['specificity'], pct=True)} "
+                             f"({card._fmt(low, pct=True)}-{card._fmt(high, pct=True)}) | "
+                             f"{card._fmt(rsna_values['ece'])} |")  # fmt: skip
     else:
         assert "| source | n | macro AUC | accuracy | sens. NORMAL | spec. NORMAL | sens. PNEUMONIA |" in text
     pooled = _row(lines, "**pooled**")

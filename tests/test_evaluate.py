@@ -290,6 +290,9 @@ def test_per_source_metrics_on_arrays_never_crash_on_one_class():
     assert a["ci95"]["specificity"] == pytest.approx(a["ci95"]["accuracy"])
     assert b["value"]["sensitivity"] == 0.5 and np.isnan(b["value"]["specificity"])
     assert c["value"]["auc"] == 1.0 and c["value"]["accuracy"] == 1.0
+    # ECE per source, top-label: a's confidences 0.9 (right), 0.7 (wrong), 0.8 (right) -> (0.1 + 0.7 + 0.2) / 3
+    assert a["value"]["ece"] == pytest.approx(1 / 3)
+    assert c["value"]["ece"] == pytest.approx((0.4 + 0.2) / 2)  # 0.6 and 0.8 confident, both right
     low, high = c["ci95"]["accuracy"]
     assert 0.1 < low < 0.5 and high == pytest.approx(1.0)  # 2 of 2 correct: Wilson, not a bootstrap's degenerate [1, 1]
     probe = shortcut_probe(table, ["NORMAL", "PNEUMONIA"])["sources"]

@@ -100,8 +100,18 @@ def test_training_time_sources_leave_out_images_added_later_and_the_splits_match
     assert left_out == 40  # cxnet and the later NIH files
     assert sorted(str(s.source) for s in splits.val) == sorted(str(s.source) for s in recorded_splits.val)
     assert not any("cxnet" in str(s.source) or Path(str(s.source)).name.startswith("nih_1") for s in splits.val)
+    # a model trained on the data as they are now (NIH files added later included) gets its own split back
+    new_splits = make_splits(
+        [[s for s in load_samples(root) if s.data_source in {"rsna", "nih"}]],
+        label_names=["NORMAL", "PNEUMONIA", "COVID-19"], seed=0,
+    )  # fmt: skip
+    new_metrics = {"data": {"sources": [str(root)], "data_sources": _recorded(new_splits)}, "training": {"seed": 0}}
+    splits, left_out = T.rebuild_splits(new_metrics, ["NORMAL", "PNEUMONIA", "COVID-19"], None)
+    assert left_out == 20  # only cxnet, a source it never had
+    assert sorted(str(s.source) for s in splits.val) == sorted(str(s.source) for s in new_splits.val)
+    assert any(Path(str(s.source)).name.startswith("nih_") and "nihzech" not in str(s.source) for s in splits.train)
     metrics["data"]["data_sources"]["val"] = {"rsna": 1}
-    with pytest.raises(Exception, match="differs from the one this model recorded"):
+    with pytest.raises(Exception, match="differs from the recorded one"):
         T.rebuild_splits(metrics, ["NORMAL", "PNEUMONIA", "COVID-19"], None)
 
 
@@ -162,6 +172,13 @@ def test_cli_writes_thresholds_chosen_on_validation_keeping_the_pooled_one(tiny_
     assert kept["children"] == pytest.approx(expected["children"]["threshold"])
     recorded = json.loads((model / "metrics.json").read_text())["population_thresholds"]["populations"]["adults"]
     assert recorded["own_threshold"] == pytest.approx(expected["adults"]["threshold"]) and recorded["kept_pooled"]
+    # --min-specificity: the written-in-advance fallback; a population below the floor keeps the pooled threshold
+    floor = (expected["children"]["specificity"] + 1e-9, 0.0)
+    for value, keeps in ((floor[0], ["children"]), (floor[1], [])):
+        assert main(["thresholds", "--model", f"local-dir:{model}", "--write", "--min-specificity", str(value)]) == 0
+        stored = json.loads((model / "config.json").read_text())["thresholds"]
+        assert stored.get("kept_pooled", []) == keeps
+        assert stored["children"] == (0.5 if keeps else pytest.approx(expected["children"]["threshold"]))
 
 
 def test_bundled_pneumonia_keeps_the_pooled_threshold_for_adults_and_says_why():

@@ -253,6 +253,9 @@ def _add_thresholds(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-pooled", action="append", default=[], choices=["children", "adults"], metavar="POPULATION",
                    help="this population keeps the pooled threshold (its own is printed, not stored), e.g. when "
                         "its validation specificity at the rule's threshold is unacceptable; repeatable")
+    p.add_argument("--min-specificity", type=float, default=None, metavar="SPEC",
+                   help="a population whose own threshold has validation specificity below SPEC (0-1) keeps the "
+                        "pooled threshold, as --keep-pooled: the fallback rule written before the figures are seen")
     p.set_defaults(func=_run_thresholds)
 
 

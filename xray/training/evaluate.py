@@ -182,6 +182,8 @@ def group_metrics(
     y_true = np.asarray(y_true)
     matrix = M.confusion_matrix(y_true, M.predict_labels(probs, threshold), len(label_names))
     value = M.classification_metrics(y_true, probs, label_names, threshold)
+    # calibration per group: a model calibrated on pooled validation can be over-confident on one source only
+    value["ece"] = M.expected_calibration_error(y_true, probs)
     ci: dict[str, list[float]] = {}
     if n_boot:
         boot = M.bootstrap_ci(
@@ -555,16 +557,18 @@ def _number(value: float | None, ci: Sequence[float | None] | None = None, *, pc
 
 
 def per_source_columns(label_names: Sequence[str]) -> list[tuple[str, str, bool]]:
-    """(header, metric key, as percent) of the per-source table: AUC, accuracy, then sensitivity and specificity.
+    """(header, metric key, as percent) of the per-source table: AUC, accuracy, sensitivity and specificity, ECE.
 
     Binary models: of the positive class. More classes: macro AUC and each class's sensitivity and specificity.
+    ECE: top-label expected calibration error of the calibrated probabilities (15 bins).
     """
     columns = [("ROC AUC" if len(label_names) == 2 else "macro AUC", "auc", False), ("accuracy", "accuracy", True)]
     if len(label_names) == 2:
-        return columns + [("sensitivity", "sensitivity", True), ("specificity", "specificity", True)]
-    for name in label_names:
-        columns += [(f"sens. {name}", f"sensitivity/{name}", True), (f"spec. {name}", f"specificity/{name}", True)]
-    return columns
+        columns += [("sensitivity", "sensitivity", True), ("specificity", "specificity", True)]
+    else:
+        for name in label_names:
+            columns += [(f"sens. {name}", f"sensitivity/{name}", True), (f"spec. {name}", f"specificity/{name}", True)]
+    return columns + [("ECE", "ece", False)]
 
 
 def format_per_source(result: dict[str, Any]) -> list[str]:

@@ -122,10 +122,13 @@ def _data_folder(recorded: str, data_root: Path | None) -> Path:
     return data_root / path.name if data_root is not None else path
 
 
-def training_time_sources(metrics: dict[str, Any], data_root: Path | None) -> tuple[list[list[Sample]], int]:
+def training_time_sources(
+    metrics: dict[str, Any], data_root: Path | None, *, drop_added_later: bool = True
+) -> tuple[list[list[Sample]], int]:
     """The model's data sources as it was trained on them, and how many images were left out as added since.
 
-    The sources are its recorded folders, less what `ADDED_LATER` and its recorded source list rule out.
+    The sources are its recorded folders, less the sources its metrics.json does not list and, with
+    `drop_added_later`, less the images `ADDED_LATER` names (for a model trained before the data grew).
     """
     from xray.training.data import load_samples, merge_labels, parse_label_map
 
@@ -142,11 +145,13 @@ def training_time_sources(metrics: dict[str, Any], data_root: Path | None) -> tu
         kept = [
             s for s in samples
             if (not known or s.data_source in known)
-            and not (s.data_source in ADDED_LATER and ADDED_LATER[s.data_source].match(Path(str(s.source)).name))
+            and not (drop_added_later and s.data_source in ADDED_LATER
+                     and ADDED_LATER[s.data_source].match(Path(str(s.source)).name))
         ]  # fmt: skip
         left_out += len(samples) - len(kept)
         if len(kept) < len(samples):
-            logger.info("%s: %d images added after this model was trained left out", folder, len(samples) - len(kept))
+            logger.info("%s: %d images left out (added after this model was trained, or a source it never had)",
+                        folder, len(samples) - len(kept))  # fmt: skip
         out.append(merge_labels(kept, mapping))
     return out, left_out
 
@@ -154,31 +159,38 @@ def training_time_sources(metrics: dict[str, Any], data_root: Path | None) -> tu
 def rebuild_splits(metrics: dict[str, Any], label_names: Sequence[str], data_root: Path | None) -> tuple[Any, int]:
     """The model's train/val/test splits, checked against its recorded per-source counts, and the images left out.
 
+    The data as they are now are tried first (a model trained on today's data), then without the images added
+    since (`ADDED_LATER`, a model trained before); the split whose train and validation counts per source equal
+    the recorded ones is the model's.
+
     Raises:
-        DatasetError: the rebuilt counts differ from the recorded ones (the data changed in a way not accounted for).
+        DatasetError: neither rebuilt split has the recorded counts (the data changed in a way not accounted for).
     """
     from collections import Counter
 
     from xray.training.data import make_splits
 
     training = metrics.get("training") or {}
-    sources, left_out = training_time_sources(metrics, data_root)
-    splits = make_splits(
-        sources,
-        label_names=label_names,
-        val_fraction=float(training.get("val_fraction", 0.15)),
-        test_fraction=float(training.get("test_fraction", 0.2)),
-        seed=int(training.get("seed", 0)),
-    )
     recorded = (metrics.get("data") or {}).get("data_sources") or {}
-    for split in ("train", "val"):
-        counts = dict(Counter(s.data_source for s in getattr(splits, split)))
-        if recorded.get(split) and counts != recorded[split]:
-            raise DatasetError(
-                f"The rebuilt {split} split ({counts}) differs from the one this model recorded ({recorded[split]}): "
-                "its validation images cannot be told apart from its training images."
-            )
-    return splits, left_out
+    mismatch = ""
+    for drop_added_later in (False, True):
+        sources, left_out = training_time_sources(metrics, data_root, drop_added_later=drop_added_later)
+        splits = make_splits(
+            sources,
+            label_names=label_names,
+            val_fraction=float(training.get("val_fraction", 0.15)),
+            test_fraction=float(training.get("test_fraction", 0.2)),
+            seed=int(training.get("seed", 0)),
+        )
+        mismatch = ""
+        for split in ("train", "val"):
+            counts = dict(Counter(s.data_source for s in getattr(splits, split)))
+            if recorded.get(split) and counts != recorded[split]:
+                mismatch = f"The rebuilt {split} split ({counts}) differs from the recorded one ({recorded[split]})"
+                break
+        if not mismatch:
+            return splits, left_out
+    raise DatasetError(f"{mismatch}: its validation images cannot be told apart from its training images.")
 
 
 def score(loaded: Any, samples: Sequence[Sample]) -> np.ndarray:
@@ -235,7 +247,15 @@ def run_thresholds_command(args: Any) -> int:
     for name, c in chosen.items():
         print(f"{name}: threshold {c['threshold']:.4f} ({c['rule']}; validation n={c['n']}, sensitivity "
               f"{c['sensitivity']:.4f}, specificity {c['specificity']:.4f}; sources {', '.join(c['sources'])})")
-    kept = sorted(set(getattr(args, "keep_pooled", None) or []))
+    kept = set(getattr(args, "keep_pooled", None) or [])
+    floor = getattr(args, "min_specificity", None)
+    if floor is not None:
+        low = {name for name, c in chosen.items() if c["specificity"] is None or c["specificity"] < floor}
+        for name in sorted(low - kept):
+            print(f"{name}: validation specificity {chosen[name]['specificity']:.4f} at its own threshold is below "
+                  f"--min-specificity {floor:.2f}")
+        kept |= low
+    kept = sorted(kept)
     for name in kept:
         if name in chosen:
             chosen[name] = {**chosen[name], "own_threshold": chosen[name]["threshold"], "threshold": pooled,

@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(subparsers)
     _add_evaluate(subparsers)
     _add_thresholds(subparsers)
+    _add_backbones(subparsers)
     _add_users(subparsers)
     _add_publish(subparsers)
     _add_lungs(subparsers)
@@ -257,6 +258,31 @@ def _add_thresholds(subparsers: argparse._SubParsersAction) -> None:
                    help="a population whose own threshold has validation specificity below SPEC (0-1) keeps the "
                         "pooled threshold, as --keep-pooled: the fallback rule written before the figures are seen")
     p.set_defaults(func=_run_thresholds)
+
+
+def _add_backbones(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "backbones", help="compare trained backbones on the same validation split and apply the selection rule"
+    )
+    p.add_argument("--reference", required=True, metavar="MODEL",
+                   help="the run whose recorded data and seed define the validation split (every run must share it)")
+    p.add_argument("--run", action="append", required=True, metavar="NAME=MODEL",
+                   help="a compared run: row name and model (local-dir:PATH, hf-hub:org/name); repeatable")
+    p.add_argument("--shipped", required=True, metavar="NAME[=MODEL]",
+                   help="the model shipped today, the rule's baseline (e.g. pneumonia)")
+    p.add_argument("--data", default=None, metavar="ROOT",
+                   help="folder holding the recorded data folders (default: the recorded paths)")
+    p.add_argument("--margin", type=float, default=0.01,
+                   help="validation AUC a MobileNetV3 may lose to the best run on each source and still be the default")
+    p.add_argument("--latency-image", default=None, metavar="IMAGE", help="image timed for the CPU latency column")
+    p.add_argument("--out", default=None, metavar="JSON", help="write the comparison here (models/backbones.json)")
+    p.set_defaults(func=_run_backbones)
+
+
+def _run_backbones(args: argparse.Namespace) -> int:
+    from xray.training.backbones import run_backbones_command
+
+    return run_backbones_command(args)
 
 
 def _run_thresholds(args: argparse.Namespace) -> int:

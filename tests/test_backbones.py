@@ -1,0 +1,159 @@
+"""The backbone comparison: the selection rule on validation, the real CLI on real tiny models, the card table."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xray.training import backbones as B
+
+
+def _row(name: str, arch: str, pooled: float, sources: dict[str, tuple[float | None, float]]) -> dict:
+    return {
+        "name": name,
+        "architecture": arch,
+        "validation": {
+            "pooled": {"auc": pooled},
+            "sources": {s: {"auc": auc, "accuracy": acc} for s, (auc, acc) in sources.items()},
+        },
+    }
+
+
+SHIPPED = _row("shipped", "efficientnet_lite0", 0.95, {"kermany-224": (0.97, 0.90), "nih": (0.70, 0.60),
+                                                       "rsna": (None, 0.80)})  # fmt: skip
+
+
+def test_rule_qualifies_on_pooled_auc_and_every_source_accuracy_and_picks_the_highest_auc():
+    long = _row("lite0-long", "efficientnet_lite0", 0.97, {"kermany-224": (0.99, 0.95), "nih": (0.85, 0.75),
+                                                           "rsna": (None, 0.85)})  # fmt: skip
+    worse_rsna = _row("lite1", "efficientnet_lite1", 0.98, {"kermany-224": (0.99, 0.96), "nih": (0.86, 0.80),
+                                                            "rsna": (None, 0.70)})  # fmt: skip
+    low_auc = _row("r18", "resnet18", 0.90, {"kermany-224": (0.95, 0.95), "nih": (0.80, 0.80), "rsna": (None, 0.9)})
+    mnv3 = _row("mnv3", "mobilenetv3_large_100", 0.965, {"kermany-224": (0.985, 0.95), "nih": (0.80, 0.70),
+                                                         "rsna": (None, 0.90)})  # fmt: skip
+    decision = B.choose([long, worse_rsna, low_auc, mnv3], SHIPPED)
+    # the highest pooled AUC (lite1) is out: one source's accuracy fell below the shipped model's
+    assert decision["fails"]["lite1"] == ["rsna: accuracy 70.0% < 80.0%"]
+    assert decision["fails"]["r18"] == ["pooled AUC 0.900 < 0.950"]
+    assert decision["fails"]["lite0-long"] == [] and decision["best"] == "lite0-long"
+    assert decision["sources_with_both_classes"] == ["kermany-224", "nih"]
+    # the MobileNetV3 qualifies but is 0.05 AUC short on nih: not the default, the gap is recorded per source
+    (m,) = decision["mobilenet"]
+    assert m["qualifies"] and not m["within_margin"] and m["auc_gap"] == pytest.approx({"kermany-224": 0.005,
+                                                                                       "nih": 0.05})  # fmt: skip
+    assert decision["default"] == "lite0-long"
+    # within the margin everywhere, it becomes the default
+    close = _row("mnv3", "mobilenetv3_large_100", 0.965, {"kermany-224": (0.985, 0.95), "nih": (0.845, 0.70),
+                                                          "rsna": (None, 0.90)})  # fmt: skip
+    assert B.choose([long, close], SHIPPED)["default"] == "mnv3"
+    # nothing qualifies: the shipped model stays
+    nothing = B.choose([low_auc], SHIPPED)
+    assert nothing["default"] == "shipped" and nothing["best"] is None
+
+
+@pytest.fixture()
+def compared(tiny_model_dir: Path, tmp_path: Path) -> dict:
+    """Generated children and adults, and three real tiny models that 'trained' on them (same recorded split)."""
+    import timm
+    from PIL import Image
+
+    from xray.inference.models import save_model, update_config
+    from xray.training.data import load_samples, make_splits
+    from xray.training.evaluate import per_source_metrics
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    for folder, source in (("kermany-224", None), ("adults", "nih")):
+        rows = ["path,label,source,patient_id,split"]
+        for label in ("NORMAL", "PNEUMONIA"):
+            for i in range(20):
+                path = data / folder / "train" / label / f"{label}-{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray((rng.random((48, 48)) * 255).astype(np.uint8)).save(path)
+                rows.append(f"train/{label}/{label}-{i}.png,{label},{source},{source}-{label}-{i},train")
+        if source:
+            (data / folder / "metadata.csv").write_text("\n".join(rows) + "\n")
+    folders = [str(data / "kermany-224"), str(data / "adults")]
+    splits = make_splits([load_samples(f) for f in folders], label_names=["NORMAL", "PNEUMONIA"], seed=0)
+    recorded = {s: dict(Counter(x.data_source for x in getattr(splits, s))) for s in ("train", "val")}
+    y = np.array([0, 1] * 10)
+    probs = np.stack([1 - rng.random(20), rng.random(20)], axis=1)
+    probs /= probs.sum(1, keepdims=True)
+    per_source = per_source_metrics(y, probs, ["NORMAL", "PNEUMONIA"], ["kermany-224"] * 10 + ["nih"] * 10, 0.5,
+                                    n_boot=20)  # fmt: skip
+    models = {}
+    import torch
+
+    torch.manual_seed(1)
+    resnet = save_model(timm.create_model("resnet18", num_classes=2), tmp_path / "r18",
+                        label_names=["NORMAL", "PNEUMONIA"])  # fmt: skip
+    for name, source_dir, init, teacher in (("mnv3", tiny_model_dir, "scratch", "local-dir:/runs/lite0-long"),
+                                            ("r18", resnet, "scratch", None),
+                                            ("shipped", tiny_model_dir, "imagenet", None)):  # fmt: skip
+        folder = shutil.copytree(source_dir, tmp_path / f"m-{name}")
+        update_config(folder, threshold=0.5, positive_label="PNEUMONIA")
+        training = {"seed": 0, "init": init, "teacher": teacher, "epochs_run": 2, "steps_run": 10, "batch_size": 32,
+                    "train_seconds": 120.0, "precision": "fp32"}  # fmt: skip
+        metrics = {"data": {"sources": folders, "data_sources": recorded}, "training": training,
+                   "per_source": per_source}  # fmt: skip
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        models[name] = folder
+    return {"models": models, "splits": splits, "data": data, "tmp": tmp_path}
+
+
+def test_cli_scores_every_run_on_the_reference_validation_split_and_writes_the_table(compared: dict):
+    from xray.__main__ import main
+    from xray.inference.models import load_model_dir
+    from xray.training.thresholds import score
+
+    models, splits = compared["models"], compared["splits"]
+    out = compared["tmp"] / "backbones.json"
+    image = next((compared["data"] / "kermany-224" / "train" / "NORMAL").glob("*.png"))
+    args = ["backbones", "--reference", f"local-dir:{models['mnv3']}",
+            "--run", f"mnv3 distilled=local-dir:{models['mnv3']}", "--run", f"r18 scratch=local-dir:{models['r18']}",
+            "--shipped", f"shipped=local-dir:{models['shipped']}",
+            "--latency-image", str(image), "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    table = json.loads(out.read_text())
+    assert table["validation_counts"] == dict(Counter(s.data_source for s in splits.val))
+    mnv3, r18 = table["runs"]
+    # the validation figures are the real models' on the rebuilt split, at each model's threshold
+    loaded = load_model_dir(models["r18"])
+    p = score(loaded, splits.val)
+    y = np.array([s.label == "PNEUMONIA" for s in splits.val], dtype=int)
+    assert r18["validation"]["pooled"]["accuracy"] == pytest.approx(float(((p >= 0.5) == y).mean()))
+    nih = np.array([s.data_source == "nih" for s in splits.val])
+    assert r18["validation"]["sources"]["nih"]["n"] == int(nih.sum())
+    assert mnv3["init"] == "scratch, distilled from lite0-long" and r18["init"] == "scratch"
+    assert mnv3["training_images"] == 320 and mnv3["images_per_second"] == pytest.approx(320 / 120)
+    assert mnv3["latency"]["p50_ms"] > 0
+    assert mnv3["weights_bytes"] == (models["mnv3"] / "model.safetensors").stat().st_size
+    assert table["shipped"]["shipped"] and table["shipped"]["init"] == "ImageNet"
+    # the shipped model is the same network as the distilled run here: equal figures qualify it (>= in the rule)
+    assert table["decision"]["fails"]["mnv3 distilled"] == []
+    lines = B.render_backbone_table(table)
+    text = "\n".join(lines)
+    assert "| model | init | val AUC (pooled) | test AUC kermany-224 | test AUC nih |" in text
+    row = next(line for line in lines if line.startswith("| r18 scratch"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "scratch" and cells[-3:] == ["2", "2 min", "2.7 (fp32)"]
+    assert "shipped (shipped before)" in text and "- r18 scratch: " in text
+
+
+def test_a_run_trained_on_another_split_is_refused(compared: dict, caplog: pytest.LogCaptureFixture):
+    from xray.__main__ import main
+
+    models = compared["models"]
+    metrics = json.loads((models["r18"] / "metrics.json").read_text())
+    metrics["data"]["data_sources"]["val"]["nih"] += 1
+    (models["r18"] / "metrics.json").write_text(json.dumps(metrics))
+    out = compared["tmp"] / "backbones.json"
+    code = main(["backbones", "--reference", f"local-dir:{models['mnv3']}", "--run", f"r18=local-dir:{models['r18']}",
+                 "--shipped", f"shipped=local-dir:{models['shipped']}", "--out", str(out)])  # fmt: skip
+    assert code == 2 and not out.exists()
+    assert "r18 was trained on another val split" in caplog.text and "same data, label map" in caplog.text

@@ -1,0 +1,314 @@
+"""The backbone comparison: validation per data source (what chooses), test per source (read after), speed and size.
+
+`python -m xray backbones --reference MODEL --run NAME=MODEL ... --shipped pneumonia --data ../shared/data
+--out models/backbones.json`:
+
+1. rebuilds the reference run's validation split (every compared run was trained on the same data, label map,
+   fractions and seed, so it is theirs too; each run's recorded per-source counts are checked against it);
+2. scores every run and the shipped model on it through the app's preprocessing, at each model's own threshold,
+   and applies the selection rule of docs/adult-models.md (issue 20): a run qualifies when its pooled validation
+   AUC is at least the shipped model's and its accuracy on every data source's validation images is at least the
+   shipped model's; the best is the qualifying run with the highest pooled validation AUC; a MobileNetV3 becomes
+   the default when it qualifies and its validation AUC is within `margin` of the best's on every data source
+   whose validation holds both classes;
+3. copies each run's test figures (per data source, with 95% CIs, as train.py measured them) and training facts,
+   and times one image through `xray.inference.predict.predict` for the latency column.
+
+The JSON feeds model_card.md (`render_backbone_table`) and the Models page (`xray.web.backbones`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xray.errors import DatasetError
+from xray.training import metrics as M
+
+logger = logging.getLogger(__name__)
+
+#: What the rule compares on validation; one place, so the card and the page say the same.
+RULE = (
+    "validation only: pooled AUC >= the shipped model's and accuracy on every data source's validation images >= "
+    "the shipped model's (each at its own threshold); the best is the highest pooled validation AUC; a MobileNetV3 "
+    "is the default when it passes and is within {margin:.2f} validation AUC of the best on every data source "
+    "holding both classes"
+)
+MOBILENET_PREFIX = "mobilenetv3"
+
+
+def _init_text(training: dict[str, Any]) -> str:
+    """`ImageNet`, `scratch`, `scratch, distilled from X` or `fine-tuned from X`."""
+    init = str(training.get("init") or "imagenet")
+    teacher = training.get("teacher")
+    if init == "imagenet":
+        text = "ImageNet"
+    elif init == "scratch":
+        text = "scratch"
+    else:
+        text = f"fine-tuned from {Path(init.split(':', 1)[-1]).name}"
+    if teacher:
+        text += f", distilled from {Path(str(teacher).split(':', 1)[-1]).name}"
+    return text
+
+
+def validation_by_source(loaded: Any, samples: Sequence[Any]) -> dict[str, Any]:
+    """AUC and accuracy at the model's own threshold, per data source and pooled, on validation samples."""
+    from xray.training.thresholds import score
+
+    if loaded.threshold is None or len(loaded.label_names) != 2:
+        raise DatasetError(f"{loaded.name} has {len(loaded.label_names)} classes: the comparison is for binary models.")
+    y = np.array([s.label == loaded.positive_label for s in samples], dtype=np.int64)
+    p = score(loaded, samples)
+    sources = np.array([s.data_source for s in samples], dtype=object)
+    threshold = float(loaded.threshold)
+
+    def group(mask: np.ndarray) -> dict[str, Any]:
+        yy, pp = y[mask], p[mask]
+        both = 0 < yy.sum() < len(yy)
+        return {
+            "n": int(mask.sum()),
+            "positives": int(yy.sum()),
+            "auc": float(M.roc_auc(yy, np.stack([1 - pp, pp], axis=1))["auc"]) if both else None,
+            "accuracy": float(((pp >= threshold).astype(int) == yy).mean()),
+        }
+
+    return {
+        "threshold": threshold,
+        "sources": {name: group(sources == name) for name in dict.fromkeys(sources.tolist())},
+        "pooled": group(np.ones(len(y), dtype=bool)),
+    }
+
+
+def test_by_source(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The test figures train.py stored (metrics.json `per_source`), reduced to what the comparison shows."""
+    table = metrics.get("per_source") or {}
+    keys = ("auc", "accuracy", "sensitivity", "specificity", "ece")
+
+    def reduce(block: dict[str, Any]) -> dict[str, Any]:
+        value, ci = block.get("value") or {}, block.get("ci95") or {}
+        return {"n": block["n"], "counts": block["counts"],
+                **{k: value.get(k) for k in keys}, **{f"{k}_ci": ci.get(k) for k in keys if ci.get(k)}}  # fmt: skip
+
+    return {
+        "threshold": table.get("threshold"),
+        "sources": {name: reduce(block) for name, block in (table.get("sources") or {}).items()},
+        "pooled": reduce(table["pooled"]) if table.get("pooled") else None,
+    }
+
+
+def run_row(name: str, loaded: Any, samples: Sequence[Any], *, latency_image: Any | None) -> dict[str, Any]:
+    """One row of the comparison: training facts, validation and test per source, size and latency."""
+    from xray.training.evaluate import measure_latency
+
+    metrics = loaded.metrics or {}
+    training = metrics.get("training") or {}
+    steps = training.get("steps_run")
+    images = int(steps) * int(training.get("batch_size", 32)) if steps else None
+    seconds = training.get("train_seconds")
+    weights = loaded.path / "model.safetensors" if loaded.path else None
+    return {
+        "name": name,
+        "model": loaded.name,
+        "architecture": loaded.architecture,
+        "init": _init_text(training),
+        "input_size": list(loaded.data_config["input_size"][1:]),
+        "epochs": training.get("epochs_run"),
+        "training_images": images,
+        "train_seconds": seconds,
+        "images_per_second": images / seconds if images and seconds else None,
+        "precision": training.get("precision"),
+        "parameters": loaded.num_parameters,
+        "weights_bytes": weights.stat().st_size if weights and weights.is_file() else None,
+        "latency": measure_latency(loaded, latency_image) if latency_image is not None else None,
+        "validation": validation_by_source(loaded, samples),
+        "test": test_by_source(metrics),
+    }
+
+
+def choose(rows: list[dict[str, Any]], shipped: dict[str, Any], *, margin: float = 0.01) -> dict[str, Any]:
+    """The selection rule on validation (see the module docstring): which runs qualify, the best, the default."""
+    base = shipped["validation"]
+    verdicts = {}
+    for row in rows:
+        val = row["validation"]
+        short = [
+            f"{source}: accuracy {100 * val['sources'][source]['accuracy']:.1f}% < {100 * b['accuracy']:.1f}%"
+            for source, b in base["sources"].items()
+            if val["sources"].get(source) and val["sources"][source]["accuracy"] < b["accuracy"]
+        ]
+        if val["pooled"]["auc"] < base["pooled"]["auc"]:
+            short.insert(0, f"pooled AUC {val['pooled']['auc']:.3f} < {base['pooled']['auc']:.3f}")
+        verdicts[row["name"]] = short
+    qualified = [r for r in rows if not verdicts[r["name"]]]
+    best = max(qualified, key=lambda r: r["validation"]["pooled"]["auc"]) if qualified else None
+    both = [s for s, g in base["sources"].items() if g["auc"] is not None]
+    mobilenets = []
+    for row in rows:
+        if not row["architecture"].startswith(MOBILENET_PREFIX) or best is None:
+            continue
+        gaps = {s: best["validation"]["sources"][s]["auc"] - row["validation"]["sources"][s]["auc"] for s in both}
+        mobilenets.append({"name": row["name"], "qualifies": not verdicts[row["name"]], "auc_gap": gaps,
+                           "within_margin": all(g <= margin for g in gaps.values())})  # fmt: skip
+    default = next((m["name"] for m in mobilenets if m["qualifies"] and m["within_margin"]), None)
+    return {
+        "rule": RULE.format(margin=margin),
+        "margin": margin,
+        "shipped": shipped["name"],
+        "fails": verdicts,
+        "best": best["name"] if best else None,
+        "mobilenet": mobilenets,
+        "default": default or (best["name"] if best else shipped["name"]),
+        "sources_with_both_classes": both,
+    }
+
+
+def _check_same_split(row_metrics: dict[str, Any], reference: dict[str, Any], name: str) -> None:
+    """Every compared run must have been trained on the reference's split (same per-source counts)."""
+    ref = (reference.get("data") or {}).get("data_sources") or {}
+    own = (row_metrics.get("data") or {}).get("data_sources") or {}
+    for split in ("train", "val"):
+        if own.get(split) != ref.get(split):
+            raise DatasetError(
+                f"{name} was trained on another {split} split ({own.get(split)}) than the reference "
+                f"({ref.get(split)}): compare runs of the same data, label map, fractions and seed."
+            )
+
+
+def run_backbones_command(args: Any) -> int:
+    """`python -m xray backbones` (see the module docstring)."""
+    from xray.imaging.io import read_image
+    from xray.inference.models import load_model
+    from xray.training.thresholds import rebuild_splits
+
+    reference = load_model(args.reference)
+    splits, _ = rebuild_splits(reference.metrics, reference.label_names, Path(args.data) if args.data else None)
+    counts = dict(Counter(s.data_source for s in splits.val))
+    logger.info("validation split of %s: %s", reference.name, counts)
+    image = read_image(Path(args.latency_image).read_bytes()) if args.latency_image else None
+    rows = []
+    for spec in args.run:
+        name, _, model = spec.partition("=")
+        loaded = load_model(model)
+        _check_same_split(loaded.metrics or {}, reference.metrics, name)
+        rows.append(run_row(name, loaded, splits.val, latency_image=image))
+        val = rows[-1]["validation"]
+        print(f"{name}: validation pooled AUC {val['pooled']['auc']:.4f}; "
+              + ", ".join(f"{s} AUC {g['auc'] if g['auc'] is None else round(g['auc'], 4)} acc {g['accuracy']:.3f}"
+                          for s, g in val["sources"].items()))  # fmt: skip
+    shipped_name, _, shipped_model = args.shipped.partition("=")
+    shipped = run_row(shipped_name, load_model(shipped_model or shipped_name), splits.val, latency_image=image)
+    shipped["shipped"] = True
+    decision = choose(rows, shipped, margin=args.margin)
+    print(json.dumps({k: decision[k] for k in ("fails", "best", "mobilenet", "default")}, indent=1))
+    out = {
+        "validation_counts": counts,
+        "reference": reference.name,
+        "decision": decision,
+        "runs": rows,
+        "shipped": shipped,
+        "latency_image": Path(args.latency_image).name if args.latency_image else None,
+    }
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=1, default=float) + "\n", encoding="utf-8")
+        print(f"wrote {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------- rendering (model_card.md; the page has HTML)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _auc(group: dict[str, Any] | None) -> str:
+    if not group or group.get("auc") is None:
+        return "n/a"
+    ci = group.get("auc_ci")
+    return f"{group['auc']:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+
+
+def _rate(group: dict[str, Any] | None, key: str) -> str:
+    if not group or group.get(key) is None:
+        return "n/a"
+    ci = group.get(f"{key}_ci")
+    return _pct(group[key]) + (f" ({_pct(ci[0])}-{_pct(ci[1])})" if ci else "")
+
+
+def comparison_sources(table: dict[str, Any]) -> list[str]:
+    """Data sources whose test split holds both classes (they have an AUC), in the runs' order."""
+    first = table["runs"][0]["test"]["sources"] if table["runs"] else {}
+    return [s for s, g in first.items() if g.get("auc") is not None]
+
+
+def row_cells(row: dict[str, Any], sources: Sequence[str]) -> list[str]:
+    """One row's cells, as the card and the page show them (see `COLUMNS`)."""
+    test = row["test"]
+    pooled = test.get("pooled") or {}
+    latency = (row.get("latency") or {}).get("p50_ms")
+    minutes = row["train_seconds"] / 60 if row.get("train_seconds") else None
+    eces = [g.get("ece") for g in test["sources"].values() if g.get("ece") is not None]
+    return [
+        row["name"],
+        row["init"],
+        f"{row['validation']['pooled']['auc']:.3f}",
+        *[_auc(test["sources"].get(s)) for s in sources],
+        _rate(pooled, "sensitivity"),
+        _rate(pooled, "specificity"),
+        "n/a" if pooled.get("ece") is None else f"{pooled['ece']:.3f}",
+        f"{max(eces):.3f}" if eces else "n/a",
+        "n/a" if latency is None else f"{latency:.0f} ms",
+        "n/a" if row.get("weights_bytes") is None else f"{row['weights_bytes'] / 1e6:.1f} MB",
+        "n/a" if row.get("epochs") is None else str(row["epochs"]),
+        "n/a" if minutes is None else f"{minutes:.0f} min",
+        "n/a" if row.get("images_per_second") is None else f"{row['images_per_second']:.1f} ({row['precision']})",
+    ]
+
+
+def columns(sources: Sequence[str]) -> list[str]:
+    """Headers matching `row_cells`."""
+    return ["model", "init", "val AUC (pooled)", *[f"test AUC {s}" for s in sources], "sensitivity @thr (pooled)",
+            "specificity @thr (pooled)", "ECE (pooled)", "ECE (worst source)", "CPU p50", "size", "epochs",
+            "wall time", "img/s (precision)"]  # fmt: skip
+
+
+def render_backbone_table(table: dict[str, Any], *, level: int = 3) -> list[str]:
+    """model_card.md's backbone comparison: every run and the shipped model, and what the rule chose."""
+    sources = comparison_sources(table)
+    rows = [*table["runs"], table["shipped"]]
+    lines = [
+        "#" * level + " Backbone comparison (same data, sampling and training-image budget)",
+        "",
+        f"Chosen on validation ({sum(table['validation_counts'].values())} images: "
+        + ", ".join(f"{k} {v}" for k, v in table["validation_counts"].items())
+        + f"); rule: {table['decision']['rule']}. Test figures (95% CIs) were read after the choice. "
+        "ECE: top-label expected calibration error after temperature scaling; latency: one image through the "
+        f"app's code path on 2 CPU threads ({table.get('latency_image') or 'no image'}).",
+        "",
+        "| " + " | ".join(columns(sources)) + " |",
+        "|" + "---|" * len(columns(sources)),
+    ]
+    for row in rows:
+        cells = row_cells(row, sources)
+        if row.get("shipped"):
+            cells[0] += " (shipped before)"
+        if row["name"] == table["decision"]["default"]:
+            cells[0] = f"**{cells[0]} (default)**"
+        lines.append("| " + " | ".join(cells) + " |")
+    decision = table["decision"]
+    lines.append("")
+    for name, fails in decision["fails"].items():
+        lines.append(f"- {name}: {'passes the rule' if not fails else 'fails: ' + '; '.join(fails)}.")
+    for m in decision["mobilenet"]:
+        gaps = ", ".join(f"{s} {gap:+.3f}" for s, gap in m["auc_gap"].items())
+        within = "within" if m["within_margin"] else "not within"
+        lines.append(f"- {m['name']} vs the best ({decision['best']}), validation AUC short by: {gaps} "
+                     f"({within} {decision['margin']:.2f} on every source).")  # fmt: skip
+    return lines + [""]

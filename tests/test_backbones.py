@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from xray.training import backbones as B
+from xray.web.backbones import markdown_lines
 
 
 def _row(name: str, arch: str, pooled: float, sources: dict[str, tuple[float | None, float]]) -> dict:
@@ -136,7 +137,7 @@ def test_cli_scores_every_run_on_the_reference_validation_split_and_writes_the_t
     assert table["shipped"]["shipped"] and table["shipped"]["init"] == "ImageNet"
     # the shipped model is the same network as the distilled run here: equal figures qualify it (>= in the rule)
     assert table["decision"]["fails"]["mnv3 distilled"] == []
-    lines = B.render_backbone_table(table)
+    lines = markdown_lines(table)
     text = "\n".join(lines)
     assert "| model | init | val AUC (pooled) | test AUC kermany-224 | test AUC nih |" in text
     row = next(line for line in lines if line.startswith("| r18 scratch"))
@@ -157,3 +158,23 @@ def test_a_run_trained_on_another_split_is_refused(compared: dict, caplog: pytes
                  "--shipped", f"shipped=local-dir:{models['shipped']}", "--out", str(out)])  # fmt: skip
     assert code == 2 and not out.exists()
     assert "r18 was trained on another val split" in caplog.text and "same data, label map" in caplog.text
+
+
+def test_models_page_section_shows_every_run_and_the_verdicts(compared: dict, tmp_path: Path):
+    from xray.__main__ import main
+    from xray.web.backbones import backbones_html
+
+    models = compared["models"]
+    out = tmp_path / "backbones.json"
+    assert main(["backbones", "--reference", f"local-dir:{models['mnv3']}", "--run", f"r18=local-dir:{models['r18']}",
+                 "--shipped", f"shipped=local-dir:{models['shipped']}", "--out", str(out)]) == 0  # fmt: skip
+    table = json.loads(out.read_text())
+    page = backbones_html(out)
+    assert '<table id="xray-models-backbones">' in page and "<th>test AUC nih</th>" in page
+    default = table["decision"]["default"]
+    assert f"{default} (default)" in page or f"{default} (shipped before) (default)" in page
+    verdict = "passes the rule" if not table["decision"]["fails"]["r18"] else "fails: "
+    assert f"<li><strong>r18</strong>: {verdict}" in page
+    # no file: the page says how to make one instead of an empty table
+    missing = backbones_html(tmp_path / "none.json")
+    assert "No comparison is bundled" in missing and "python -m xray backbones --out" in missing

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from xray.web import models_page
+from xray.web import backbones, models_page
 
 
 def models_tab(names: list[str]) -> None:
@@ -21,6 +21,7 @@ def models_tab(names: list[str]) -> None:
         value=models_page.auc_latency_figure(entries), format="png", label=models_page.CHART_TITLE, show_label=False
     )
     gr.HTML(models_page.tables_html(entries), elem_id="xray-models-tables")
+    gr.HTML(backbones.backbones_html(), elem_id="xray-models-backbones-section")
     for entry in entries:
         with gr.Accordion(f"Model card: {entry.name}", open=False):
             gr.HTML(models_page.card_html(entry))

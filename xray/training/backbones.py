@@ -14,7 +14,7 @@
 3. copies each run's test figures (per data source, with 95% CIs, as train.py measured them) and training facts,
    and times one image through `xray.inference.predict.predict` for the latency column.
 
-The JSON feeds model_card.md (`render_backbone_table`) and the Models page (`xray.web.backbones`).
+The JSON feeds model_card.md and the Models page (`xray.web.backbones` renders both).
 """
 
 from __future__ import annotations
@@ -219,96 +219,3 @@ def run_backbones_command(args: Any) -> int:
         Path(args.out).write_text(json.dumps(out, indent=1, default=float) + "\n", encoding="utf-8")
         print(f"wrote {args.out}")
     return 0
-
-
-# ---------------------------------------------------------------- rendering (model_card.md; the page has HTML)
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
-
-
-def _auc(group: dict[str, Any] | None) -> str:
-    if not group or group.get("auc") is None:
-        return "n/a"
-    ci = group.get("auc_ci")
-    return f"{group['auc']:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
-
-
-def _rate(group: dict[str, Any] | None, key: str) -> str:
-    if not group or group.get(key) is None:
-        return "n/a"
-    ci = group.get(f"{key}_ci")
-    return _pct(group[key]) + (f" ({_pct(ci[0])}-{_pct(ci[1])})" if ci else "")
-
-
-def comparison_sources(table: dict[str, Any]) -> list[str]:
-    """Data sources whose test split holds both classes (they have an AUC), in the runs' order."""
-    first = table["runs"][0]["test"]["sources"] if table["runs"] else {}
-    return [s for s, g in first.items() if g.get("auc") is not None]
-
-
-def row_cells(row: dict[str, Any], sources: Sequence[str]) -> list[str]:
-    """One row's cells, as the card and the page show them (see `COLUMNS`)."""
-    test = row["test"]
-    pooled = test.get("pooled") or {}
-    latency = (row.get("latency") or {}).get("p50_ms")
-    minutes = row["train_seconds"] / 60 if row.get("train_seconds") else None
-    eces = [g.get("ece") for g in test["sources"].values() if g.get("ece") is not None]
-    return [
-        row["name"],
-        row["init"],
-        f"{row['validation']['pooled']['auc']:.3f}",
-        *[_auc(test["sources"].get(s)) for s in sources],
-        _rate(pooled, "sensitivity"),
-        _rate(pooled, "specificity"),
-        "n/a" if pooled.get("ece") is None else f"{pooled['ece']:.3f}",
-        f"{max(eces):.3f}" if eces else "n/a",
-        "n/a" if latency is None else f"{latency:.0f} ms",
-        "n/a" if row.get("weights_bytes") is None else f"{row['weights_bytes'] / 1e6:.1f} MB",
-        "n/a" if row.get("epochs") is None else str(row["epochs"]),
-        "n/a" if minutes is None else f"{minutes:.0f} min",
-        "n/a" if row.get("images_per_second") is None else f"{row['images_per_second']:.1f} ({row['precision']})",
-    ]
-
-
-def columns(sources: Sequence[str]) -> list[str]:
-    """Headers matching `row_cells`."""
-    return ["model", "init", "val AUC (pooled)", *[f"test AUC {s}" for s in sources], "sensitivity @thr (pooled)",
-            "specificity @thr (pooled)", "ECE (pooled)", "ECE (worst source)", "CPU p50", "size", "epochs",
-            "wall time", "img/s (precision)"]  # fmt: skip
-
-
-def render_backbone_table(table: dict[str, Any], *, level: int = 3) -> list[str]:
-    """model_card.md's backbone comparison: every run and the shipped model, and what the rule chose."""
-    sources = comparison_sources(table)
-    rows = [*table["runs"], table["shipped"]]
-    lines = [
-        "#" * level + " Backbone comparison (same data, sampling and training-image budget)",
-        "",
-        f"Chosen on validation ({sum(table['validation_counts'].values())} images: "
-        + ", ".join(f"{k} {v}" for k, v in table["validation_counts"].items())
-        + f"); rule: {table['decision']['rule']}. Test figures (95% CIs) were read after the choice. "
-        "ECE: top-label expected calibration error after temperature scaling; latency: one image through the "
-        f"app's code path on 2 CPU threads ({table.get('latency_image') or 'no image'}).",
-        "",
-        "| " + " | ".join(columns(sources)) + " |",
-        "|" + "---|" * len(columns(sources)),
-    ]
-    for row in rows:
-        cells = row_cells(row, sources)
-        if row.get("shipped"):
-            cells[0] += " (shipped before)"
-        if row["name"] == table["decision"]["default"]:
-            cells[0] = f"**{cells[0]} (default)**"
-        lines.append("| " + " | ".join(cells) + " |")
-    decision = table["decision"]
-    lines.append("")
-    for name, fails in decision["fails"].items():
-        lines.append(f"- {name}: {'passes the rule' if not fails else 'fails: ' + '; '.join(fails)}.")
-    for m in decision["mobilenet"]:
-        gaps = ", ".join(f"{s} {gap:+.3f}" for s, gap in m["auc_gap"].items())
-        within = "within" if m["within_margin"] else "not within"
-        lines.append(f"- {m['name']} vs the best ({decision['best']}), validation AUC short by: {gaps} "
-                     f"({within} {decision['margin']:.2f} on every source).")  # fmt: skip
-    return lines + [""]

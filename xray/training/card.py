@@ -497,7 +497,13 @@ def write_model_card(folder: str | Path) -> Path:
     return path
 
 
-def render_comparison(entries: Sequence[dict[str, Any]], *, defaults: dict[str, str], notes: Sequence[str] = ()) -> str:
+def render_comparison(
+    entries: Sequence[dict[str, Any]],
+    *,
+    defaults: dict[str, str],
+    notes: Sequence[str] = (),
+    sections: dict[str, Sequence[str]] | None = None,
+) -> str:
     """The top-level model_card.md: every trained backbone side by side.
 
     Args:
@@ -505,6 +511,7 @@ def render_comparison(entries: Sequence[dict[str, Any]], *, defaults: dict[str, 
             `weights_bytes`, `shipped` (bundled folder name or None), optionally `gate` (gate.json).
         defaults: task -> one paragraph saying which model is the default and why.
         notes: extra paragraphs (e.g. what could not be done here).
+        sections: task -> Markdown lines put after the task's default paragraph (the backbone comparison).
     """
     lines = ["# Model card: chest X-ray classifiers", "", DISCLAIMER, ""]
     for task in dict.fromkeys(e["task"] for e in entries):
@@ -559,6 +566,7 @@ def render_comparison(entries: Sequence[dict[str, Any]], *, defaults: dict[str, 
                     + tail
                 )
         lines += ["", defaults.get(task, ""), ""]
+        lines += list((sections or {}).get(task, ()))
         for e in rows:
             per_source = render_per_source(e["metrics"], level=4)
             if per_source:
@@ -591,6 +599,7 @@ def build_comparison(
     shipped: dict[str, str] | None = None,
     defaults: dict[str, str] | None = None,
     notes: Sequence[str] = (),
+    sections: dict[str, Sequence[str]] | None = None,
 ) -> Path:
     """Measure every run's one-image CPU latency and write the comparison model_card.md.
 
@@ -602,6 +611,7 @@ def build_comparison(
         shipped: display name -> bundled folder name for the models shipped as defaults.
         defaults: task -> paragraph saying which model is the default and why.
         notes: extra paragraphs.
+        sections: task -> Markdown lines after the task's default paragraph.
     """
     from xray.imaging.io import read_image
     from xray.inference.models import load_model_dir
@@ -624,5 +634,6 @@ def build_comparison(
             }
         )
     path = Path(out_path)
-    path.write_text(render_comparison(entries, defaults=defaults or {}, notes=notes), encoding="utf-8")
+    text = render_comparison(entries, defaults=defaults or {}, notes=notes, sections=sections)
+    path.write_text(text, encoding="utf-8")
     return path

@@ -19,4 +19,5 @@ Modules (each imports only those above it in this list):
     compare    Compare tab: every model on one image, side by side, nothing saved
     demo       public demo: a sample or an upload through the pipeline without a doctor, rate limit, nothing stored
     models_page  public Models page: every registered model side by side from its metrics.json and card
+    backbones  the Models page's and model_card.md's backbone comparison, from models/backbones.json
 """

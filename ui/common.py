@@ -31,6 +31,25 @@ from xray.web.views import HeatmapView
 
 logger = logging.getLogger("xray.app")
 
+
+class DecisionLabel(gr.Label):
+    """`gr.Label` headed by the model's decision (`views.label_value`), not by the most probable class.
+
+    gr.Label always heads with the likeliest class; with a per-population threshold the decision can differ, and a
+    headline that contradicts the sentence under it misleads. Same front-end component (a template of gr.Label).
+    """
+
+    is_template = True
+
+    def postprocess(self, value: Any) -> Any:
+        """`{"label": decision, "confidences": [{"label", "confidence"}, ...]}` keeps its label; else as gr.Label."""
+        from gradio.components.label import LabelConfidence, LabelData
+
+        if isinstance(value, dict) and isinstance(value.get("confidences"), list) and value.get("label"):
+            confidences = [LabelConfidence(label=c["label"], confidence=c["confidence"]) for c in value["confidences"]]
+            return LabelData(label=str(value["label"]), confidences=confidences[: self.num_top_classes])
+        return super().postprocess(value)
+
 TITLE = "Chest X-ray decision support"
 STORAGE_WARNING = (
     "Records and images on this Space are NOT kept: it has no persistent storage and no external database, so "

@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 from sqlmodel import Session
 
-from ui.common import DISPLAY_FORMAT, NOTICE_HTML, AppContext, change_opacity, friendly, quiet, today
+from ui.common import DISPLAY_FORMAT, NOTICE_HTML, AppContext, DecisionLabel, change_opacity, friendly, quiet, today
 from xray.errors import XrayError
 from xray.web import diagnose, forms, history, operating, registry, views
 from xray.web.views import HeatmapView
@@ -33,7 +33,7 @@ def diagnose_tab(ctx: AppContext) -> gr.Dropdown:
             with gr.Column(scale=1):
                 upload, patient, exam_date, model, method, run, population = _diagnose_form(ctx)
             with gr.Column(scale=2):
-                probabilities = gr.Label(
+                probabilities = DecisionLabel(
                     label="Probabilities (calibrated)", num_top_classes=5, elem_id="xray-probabilities"
                 )
                 gate_box = gr.Markdown(visible=False, elem_classes="xray-gate", elem_id="xray-gate")
@@ -249,7 +249,7 @@ def run_diagnose(
                 result.gate_note,
             )  # fmt: skip
         return (
-            result.probabilities,
+            views.label_value(record.predicted_label, result.probabilities),
             summary,
             result.view.pixels,
             result.view.overlay(alpha),
@@ -281,7 +281,7 @@ def reveal(
         info = ctx.infos.get(record.model_name)
         summary += "".join(f"\n\n⚠️ {w}" for w in registry.caveat_warnings(info.caveat if info else None))
         return (
-            record.probabilities,
+            views.label_value(record.predicted_label, record.probabilities),
             summary,
             detail.view.overlay(alpha),
             gr.update(choices=list(record.label_names), value=detail.view.target_label, interactive=True),

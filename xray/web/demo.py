@@ -30,7 +30,7 @@ from xray.errors import InvalidInputError, XrayError
 from xray.inference.population import CHILDREN, choose_threshold
 from xray.web.forms import load_image, read_upload
 from xray.web.registry import caveat_warnings, example_files, load_registered_model
-from xray.web.views import heat_markdown, image_data_uri, make_view, md_escape, prediction_summary
+from xray.web.views import heat_markdown, image_data_uri, label_value, make_view, md_escape, prediction_summary
 
 logger = logging.getLogger(__name__)
 
@@ -489,8 +489,8 @@ def result_outputs(result: DemoResult) -> tuple:
     if not result.in_scope:
         return None, "", result.gate_text, result.caveat_text, result.images_html(), "", result.model_text
     return (
-        result.probabilities, result.summary, result.gate_text, result.caveat_text, result.images_html(),
-        result.heat_text, result.model_text,
+        label_value(result.label, result.probabilities), result.summary, result.gate_text, result.caveat_text,
+        result.images_html(), result.heat_text, result.model_text,
     )  # fmt: skip
 
 

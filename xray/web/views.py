@@ -90,6 +90,17 @@ def md_escape(text: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
+def label_value(decision: str | None, probabilities: dict[str, float]) -> dict[str, Any]:
+    """The probabilities for the label component, headed by the model's decision rather than the likeliest class.
+
+    With a threshold other than 0.5 they differ (a child at P(PNEUMONIA) = 0.70 under the children's 0.797 is
+    NORMAL): the headline must say what the summary sentence says. Classes in order of probability.
+    """
+    ordered = sorted(probabilities.items(), key=lambda item: -float(item[1]))
+    confidences = [{"label": name, "confidence": float(p)} for name, p in ordered]
+    return {"label": decision or (ordered[0][0] if ordered else None), "confidences": confidences}
+
+
 def result_summary(record: Record) -> str:
     """One Markdown sentence stating the model's output against the threshold it was decided with (and why)."""
     return prediction_summary(

@@ -41,12 +41,12 @@ def test_decision_label_component_keeps_the_decision_as_its_headline():
     """The component the Diagnose and demo tabs use sends the decision, where gr.Label would send the argmax."""
     import gradio as gr
 
-    from ui.common import DecisionLabel
+    from ui.common import decision_label
 
-    component = DecisionLabel(num_top_classes=5)
+    component = decision_label(num_top_classes=5)
     data = component.postprocess(views.label_value("NORMAL", {"NORMAL": 0.3, "PNEUMONIA": 0.7}))
     assert data.label == "NORMAL" and [c.label for c in data.confidences] == ["PNEUMONIA", "NORMAL"]
     assert gr.Label().postprocess({"NORMAL": 0.3, "PNEUMONIA": 0.7}).label == "PNEUMONIA"  # what it replaces
     assert component.postprocess({"NORMAL": 0.9, "PNEUMONIA": 0.1}).label == "NORMAL"  # plain dicts still work
     assert component.postprocess(None) == {}
-    assert component.get_block_name() == "label"  # the same front-end component as gr.Label
+    assert type(component) is gr.Label and component.get_block_name() == "label"  # the same front-end component

@@ -32,23 +32,27 @@ from xray.web.views import HeatmapView
 logger = logging.getLogger("xray.app")
 
 
-class DecisionLabel(gr.Label):
-    """`gr.Label` headed by the model's decision (`views.label_value`), not by the most probable class.
+def decision_label(**kwargs: Any) -> gr.Label:
+    """A `gr.Label` headed by the model's decision (`views.label_value`), not by the most probable class.
 
     gr.Label always heads with the likeliest class; with a per-population threshold the decision can differ, and a
-    headline that contradicts the sentence under it misleads. Same front-end component (a template of gr.Label).
+    headline that contradicts the sentence under it misleads. This instance's postprocess keeps the `label` of a
+    `{"label": decision, "confidences": [...]}` value. (A gr.Label subclass would do the same, but gradio writes a
+    .pyi file next to the module of every component class it sees defined.)
     """
+    from gradio.components.label import LabelConfidence, LabelData
 
-    is_template = True
+    component = gr.Label(**kwargs)
+    plain = component.postprocess
 
-    def postprocess(self, value: Any) -> Any:
-        """`{"label": decision, "confidences": [{"label", "confidence"}, ...]}` keeps its label; else as gr.Label."""
-        from gradio.components.label import LabelConfidence, LabelData
-
+    def postprocess(value: Any) -> Any:
         if isinstance(value, dict) and isinstance(value.get("confidences"), list) and value.get("label"):
             confidences = [LabelConfidence(label=c["label"], confidence=c["confidence"]) for c in value["confidences"]]
-            return LabelData(label=str(value["label"]), confidences=confidences[: self.num_top_classes])
-        return super().postprocess(value)
+            return LabelData(label=str(value["label"]), confidences=confidences[: component.num_top_classes])
+        return plain(value)
+
+    component.postprocess = postprocess  # type: ignore[method-assign]
+    return component
 
 TITLE = "Chest X-ray decision support"
 STORAGE_WARNING = (

@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from ui.common import NOTICE_HTML, DecisionLabel, PublicContext, quiet
+from ui.common import NOTICE_HTML, PublicContext, decision_label, quiet
 from xray.web import demo
 
 
@@ -45,7 +45,7 @@ def demo_tab(pctx: PublicContext) -> None:
                 info=pctx.model_info,
             )
         with gr.Column(scale=2):
-            probabilities = DecisionLabel(
+            probabilities = decision_label(
                 label="Probabilities (calibrated)", num_top_classes=5, elem_id="xray-demo-probabilities"
             )
             summary = gr.Markdown(elem_id="xray-demo-summary")

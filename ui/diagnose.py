@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 from sqlmodel import Session
 
-from ui.common import DISPLAY_FORMAT, NOTICE_HTML, AppContext, DecisionLabel, change_opacity, friendly, quiet, today
+from ui.common import DISPLAY_FORMAT, NOTICE_HTML, AppContext, change_opacity, decision_label, friendly, quiet, today
 from xray.errors import XrayError
 from xray.web import diagnose, forms, history, operating, registry, views
 from xray.web.views import HeatmapView
@@ -33,7 +33,7 @@ def diagnose_tab(ctx: AppContext) -> gr.Dropdown:
             with gr.Column(scale=1):
                 upload, patient, exam_date, model, method, run, population = _diagnose_form(ctx)
             with gr.Column(scale=2):
-                probabilities = DecisionLabel(
+                probabilities = decision_label(
                     label="Probabilities (calibrated)", num_top_classes=5, elem_id="xray-probabilities"
                 )
                 gate_box = gr.Markdown(visible=False, elem_classes="xray-gate", elem_id="xray-gate")

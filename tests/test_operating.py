@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from xray.errors import OperatingPointError
-from xray.trust.operating import describe, operating_point, roc_from_metrics, validation_prevalence
+from xray.trust.operating import describe, operating_point, roc_from_metrics, roc_population, validation_prevalence
 
 # As scikit-learn's roc_curve returns it: thresholds decreasing, the first one (infinity) clipped to 1.
 ROC = {"fpr": [0.0, 0.0, 0.1, 0.5, 1.0], "tpr": [0.0, 0.5, 0.8, 0.95, 1.0], "thresholds": [1.0, 0.9, 0.6, 0.3, 0.01]}
@@ -87,6 +87,20 @@ def test_roc_from_metrics() -> None:
         roc_from_metrics(per_class)
     with pytest.raises(OperatingPointError, match="no validation ROC"):
         roc_from_metrics({})
+
+
+def test_a_populations_own_roc_is_used_when_stored_else_the_pooled_one() -> None:
+    children = {"fpr": [0.0, 0.05, 1.0], "tpr": [0.0, 0.95, 1.0], "thresholds": [1.0, 0.8, 0.0]}
+    metrics = {"validation": {"roc": ROC},
+               "population_thresholds": {"populations": {"children": {"n": 745, "roc": children},
+                                                         "adults": {"n": 132}}}}  # fmt: skip
+    assert roc_from_metrics(metrics, population="children") == children
+    assert roc_from_metrics(metrics, population="adults") == ROC  # stored without an ROC: pooled
+    assert roc_from_metrics(metrics) == ROC
+    assert roc_population(metrics, "children") == ("children", 745)
+    assert roc_population(metrics, "adults") == (None, None) and roc_population(metrics, None) == (None, None)
+    text = describe(operating_point(children, 0.8, 0.1), "pneumonia", "children", 745)
+    assert text.startswith("At threshold 0.800, on the validation images of children (745): sensitivity 95.0%")
 
 
 def test_validation_prevalence_and_text() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from xray.training import metrics as M
 from xray.training import thresholds as T
 from xray.training.data import make_splits
 
@@ -160,6 +161,9 @@ def test_cli_writes_thresholds_chosen_on_validation_keeping_the_pooled_one(tiny_
     assert entry["adults"] == pytest.approx(expected["adults"]["threshold"])
     table = json.loads((model / "metrics.json").read_text())["population_thresholds"]
     assert set(table["validation"]["sources"]) == {"kermany-224", "rsna"} and "test" not in table
+    # each population's validation ROC is stored for the app's operating panel
+    mask = np.array([s.data_source == "kermany-224" for s in splits.val])
+    assert table["populations"]["children"]["roc"] == M.roc_points(y[mask], p[mask])
     section = "\n".join(T.render_card_section(json.loads((model / "metrics.json").read_text()), level=3))
     assert section.startswith("### Per-population thresholds (children, adults)")
     assert f"children {entry['children']:.3f}, adults {entry['adults']:.3f}" in section

@@ -107,3 +107,30 @@ def test_a_record_decided_at_its_populations_threshold_names_it_under_another_th
     text = operating.operating_markdown(info, 0.541, 0.1, record)
     assert "current result is NORMAL" in text and "(its threshold 0.113 for adults gave PNEUMONIA)" in text
     assert "current result is PNEUMONIA" in operating.operating_markdown(info, 0.113, 0.1, record)
+
+
+def test_a_records_population_is_judged_on_that_populations_validation_roc(model_with_roc, tmp_path):
+    """Expected sensitivity and specificity for a child come from the children's validation ROC, when stored."""
+    from xray.records.db import Record
+
+    folder = tmp_path / "tiny"
+    shutil.copytree(model_with_roc.removeprefix("local-dir:"), folder)
+    children = {"fpr": [0.0, 0.02, 1.0], "tpr": [0.0, 0.97, 1.0], "thresholds": [1.0, 0.4, 0.0]}
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["population_thresholds"] = {"populations": {"children": {"n": 700, "roc": children}}}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    info = registry.describe_model(f"local-dir:{folder}")
+    record = Record(model_name=info.name, label_names=["NORMAL", "PNEUMONIA"], positive_label="PNEUMONIA",
+                    probabilities={"NORMAL": 0.7, "PNEUMONIA": 0.3}, predicted_label="NORMAL", threshold=0.4,
+                    population="children", population_reason="from the DICOM age 4 years")  # fmt: skip
+    child = operating_point(children, 0.4, 0.1)
+    text = operating.operating_markdown(info, 0.4, 0.1, record)
+    assert text.startswith("At threshold 0.400, on the validation images of children (700): ")
+    assert f"sensitivity {child.sensitivity:.1%}, specificity {child.specificity:.1%}" in text
+    pooled = operating_point(ROC, 0.4, 0.1)
+    assert f"sensitivity {pooled.sensitivity:.1%}" not in text
+    # an adult (no adults' ROC stored) and no record at all: the pooled validation ROC, said as such
+    adult = Record(**{**record.model_dump(exclude={"id"}), "population": "adults"})
+    for text in (operating.operating_markdown(info, 0.4, 0.1, adult), operating.operating_markdown(info, 0.4, 0.1)):
+        assert text.startswith("At threshold 0.400, on validation data: ")
+        assert f"sensitivity {pooled.sensitivity:.1%}, specificity {pooled.specificity:.1%}" in text

@@ -63,7 +63,8 @@ def select_population_thresholds(
         min_sensitivity: the rule's sensitivity target.
 
     Returns:
-        `{population: choose_threshold(...) + {"n", "sources"}}` for each population present.
+        `{population: choose_threshold(...) + {"n", "sources", "roc"}}` for each population present; `roc` is the
+        population's validation ROC (`metrics.roc_points`), for the app's operating panel.
     """
     y = np.asarray(y_true)
     p = np.asarray(p_positive, dtype=np.float64)
@@ -75,6 +76,8 @@ def select_population_thresholds(
             continue
         choice = M.choose_threshold(y[mask], p[mask], min_sensitivity=min_sensitivity)
         choice["n"] = int(mask.sum())
+        if 0 < y[mask].sum() < mask.sum():
+            choice["roc"] = M.roc_points(y[mask], p[mask])
         choice["sources"] = sorted({str(s) for s, m in zip(sources, mask, strict=True) if m})
         out[population] = choice
     return out

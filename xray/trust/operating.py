@@ -112,16 +112,24 @@ def operating_point(roc: Mapping[str, Any], threshold: float, prevalence: float)
     return OperatingPoint(threshold, prevalence, sensitivity, specificity, ppv, npv)
 
 
-def roc_from_metrics(metrics: Mapping[str, Any], label: str | None = None) -> dict[str, list[float]]:
+def roc_from_metrics(
+    metrics: Mapping[str, Any], label: str | None = None, population: str | None = None
+) -> dict[str, list[float]]:
     """The validation ROC stored in a model's metrics.json.
 
     Args:
         metrics: the parsed metrics.json (`LoadedModel.metrics`).
         label: for models with more than two classes, the class whose one-vs-rest ROC is wanted.
+        population: `children` / `adults`: that population's own validation ROC when the model stores one
+            (`python -m xray thresholds --write`), else the pooled ROC.
 
     Raises:
         OperatingPointError: the model has no validation ROC (or none for `label`); the message says why.
     """
+    if population and isinstance(metrics, Mapping):
+        own = (((metrics.get("population_thresholds") or {}).get("populations") or {}).get(population) or {})
+        if own.get("roc") and "fpr" in own["roc"]:
+            return dict(own["roc"])
     roc = (metrics.get("validation") or {}).get("roc") if isinstance(metrics, Mapping) else None
     if not roc:
         raise OperatingPointError(
@@ -135,6 +143,14 @@ def roc_from_metrics(metrics: Mapping[str, Any], label: str | None = None) -> di
             f"This model stores one ROC per class ({', '.join(roc)}); choose one of them."
         )
     return dict(roc[label])
+
+
+def roc_population(metrics: Mapping[str, Any], population: str | None) -> tuple[str | None, int | None]:
+    """(population, validation images) whose ROC `roc_from_metrics(metrics, population=...)` returns; pooled: None."""
+    if not population or not isinstance(metrics, Mapping):
+        return None, None
+    own = (((metrics.get("population_thresholds") or {}).get("populations") or {}).get(population) or {})
+    return (population, own.get("n")) if own.get("roc") else (None, None)
 
 
 def validation_prevalence(metrics: Mapping[str, Any], label: str) -> float | None:
@@ -160,14 +176,18 @@ def shown_threshold(value: float) -> float:
     return round(float(value), THRESHOLD_DECIMALS)
 
 
-def describe(point: OperatingPoint, positive_label: str = "positive") -> str:
-    """One doctor-readable sentence about an operating point."""
+def describe(
+    point: OperatingPoint, positive_label: str = "positive", population: str | None = None, n: int | None = None
+) -> str:
+    """One doctor-readable sentence about an operating point (on one population's validation images when given)."""
 
     def pct(value: float) -> str:
         return "n/a" if math.isnan(value) else f"{value:.1%}"
 
     return (
-        f"At threshold {format_threshold(point.threshold)}, on validation data: sensitivity {pct(point.sensitivity)}, "
+        f"At threshold {format_threshold(point.threshold)}, on "
+        + (f"the validation images of {population}" + (f" ({n})" if n else "") if population else "validation data")
+        + f": sensitivity {pct(point.sensitivity)}, "
         f"specificity {pct(point.specificity)}. If {point.prevalence:.0%} of patients have {positive_label}: "
         f"a positive result is right {pct(point.ppv)} of the time (PPV), a negative one {pct(point.npv)} (NPV)."
     )

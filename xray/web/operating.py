@@ -91,7 +91,14 @@ def operating_markdown(info: ModelInfo | None, threshold: Any, prevalence: Any, 
     Raises:
         OperatingPointError: threshold or prevalence outside 0..1.
     """
-    from xray.trust.operating import describe, describe_threshold, format_threshold, operating_point, roc_from_metrics
+    from xray.trust.operating import (
+        describe,
+        describe_threshold,
+        format_threshold,
+        operating_point,
+        roc_from_metrics,
+        roc_population,
+    )
 
     defaults = operating_defaults(info)
     if not defaults.available or info is None:
@@ -100,8 +107,11 @@ def operating_markdown(info: ModelInfo | None, threshold: Any, prevalence: Any, 
     if isinstance(threshold, (int, float)) and info.threshold is not None:
         if format_threshold(threshold) == format_threshold(info.threshold):
             threshold = info.threshold
-    point = operating_point(roc_from_metrics(info.metrics), threshold, prevalence)
-    lines = [describe(point, defaults.positive_label or "the condition"), "", prevalence_note(defaults)]
+    # a record of one population is judged on that population's validation ROC (children and adults differ)
+    mine = record is not None and record.model_name == info.name
+    population, n = roc_population(info.metrics, record.population if mine and record else None)
+    point = operating_point(roc_from_metrics(info.metrics, population=population), threshold, prevalence)
+    lines = [describe(point, defaults.positive_label or "the condition", population, n), "", prevalence_note(defaults)]
     if record is not None and record.model_name == info.name:
         label = verdict(record, point.threshold)
         if label is not None:

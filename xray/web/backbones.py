@@ -84,8 +84,8 @@ def row_cells(row: dict[str, Any], sources: Sequence[str], val_sources: Sequence
 def columns(sources: Sequence[str]) -> list[str]:
     """Headers matching `row_cells`."""
     return ["model", "init", "val AUC (mean per source)", *[f"test AUC {s}" for s in sources],
-            "sensitivity @thr (pooled)", "specificity @thr (pooled)", "ECE (pooled)", "ECE (worst source)", "CPU p50", "size", "epochs",
-            "wall time", "img/s (precision)"]  # fmt: skip
+            "sensitivity @thr (pooled)", "specificity @thr (pooled)", "ECE (pooled)", "ECE (worst source)",
+            "CPU p50", "size", "epochs", "wall time", "img/s (precision)"]  # fmt: skip
 
 
 def verdicts(decision: dict[str, Any]) -> list[str]:

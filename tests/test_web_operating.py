@@ -70,7 +70,7 @@ def test_prevalence_starts_realistic_and_says_why():
 
 
 def test_threshold_is_shown_one_way_everywhere():
-    """0.541 for the bundled model's 0.5405062...: slider start, operating text, result line, Models page, card."""
+    """The bundled model's exact threshold (0.54705...) shown one way (0.547): slider, texts, Models page, card."""
     from xray.records.db import Record
     from xray.trust.operating import format_threshold
     from xray.web import models_page, views
@@ -78,9 +78,9 @@ def test_threshold_is_shown_one_way_everywhere():
     info = registry.describe_model("pneumonia")
     exact = info.threshold
     shown = format_threshold(exact)
-    assert shown == "0.541" and str(exact) != shown
+    assert len(shown) == 5 and str(exact) != shown  # three decimals, and the exact value has more
     defaults = operating.operating_defaults(info)
-    assert defaults.threshold == 0.541  # the slider starts at what the text says
+    assert defaults.threshold == float(shown)  # the slider starts at what the text says
     assert f"At threshold {shown}," in operating.operating_markdown(info, defaults.threshold, 0.1)
     assert f"threshold {shown}." in views.prediction_summary("PNEUMONIA", {"PNEUMONIA": 0.9, "NORMAL": 0.1}, exact,
                                                              "PNEUMONIA")  # fmt: skip
@@ -88,13 +88,15 @@ def test_threshold_is_shown_one_way_everywhere():
     assert {r[3] for r in rows} == {f"threshold {shown}"}
     card = (models_page.read_entry("pneumonia")).card
     assert f"P(PNEUMONIA) = {shown}" in card and f">= {shown}" in card
-    for wrong in ("0.54 ", "0.5405", "0.540506"):
+    for wrong in (f"{exact:.2f} ", f"{exact:.4f}", f"{exact:.6f}"):
         assert wrong not in operating.operating_markdown(info, defaults.threshold, 0.1)
-    # at the shown start the verdict is the model's own, even for a probability between 0.5405 and 0.541
+    # at the shown start the verdict is the model's own, even for a probability between the exact and shown values
+    p = (exact + float(shown)) / 2
+    own = "PNEUMONIA" if p >= exact else "NORMAL"
     record = Record(model_name=info.name, label_names=["NORMAL", "PNEUMONIA"], positive_label="PNEUMONIA",
-                    probabilities={"NORMAL": 0.4593, "PNEUMONIA": 0.5407}, predicted_label="PNEUMONIA")  # fmt: skip
+                    probabilities={"NORMAL": 1 - p, "PNEUMONIA": p}, predicted_label=own)  # fmt: skip
     text = operating.operating_markdown(info, defaults.threshold, 0.1, record)
-    assert "current result is PNEUMONIA" in text and "the model's own threshold gave" not in text
+    assert f"current result is {own}" in text and "the model's own threshold gave" not in text
 
 
 def test_a_record_decided_at_its_populations_threshold_names_it_under_another_threshold():

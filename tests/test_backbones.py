@@ -48,7 +48,7 @@ def test_rule_needs_no_significant_loss_on_any_source_and_a_higher_mean_auc():
                 {"kermany-224": (0.985, _calls(18, 2)), "nih": (0.80, _calls(12, 8)), "rsna": (None, _calls(16, 4))})
     decision = B.choose([long, worse, low_auc, mnv3], SHIPPED)
     assert decision["fails"]["lite0-long"] == [] and decision["best"] == "lite0-long"
-    assert decision["fails_as_written"]["lite0-long"] == ["pooled AUC 0.940 < 0.950", "rsna: accuracy 75.0% < 80.0%"]
+    assert decision["fails_as_written"]["lite0-long"] == ["pooled AUC 0.9400 < 0.9500", "rsna: accuracy 75.0% < 80.0%"]
     assert decision["paired"]["lite0-long"]["rsna"] == {"gained": 0, "lost": 1, "p": 1.0}
     (loss,) = decision["fails"]["lite1"]
     assert loss.startswith("kermany-224: accuracy 40.0% vs 90.0%, 10 images lost and 0 gained, McNemar p = 0.002")
@@ -78,7 +78,7 @@ def test_mcnemar_is_exact_and_refuses_unpaired_calls():
 
 
 @pytest.fixture()
-def compared(tiny_model_dir: Path, tmp_path: Path) -> dict:
+def compared(tiny_model_dir: Path, tiny_model_dir_3class: Path, tmp_path: Path) -> dict:
     """Generated children and adults, and three real tiny models that 'trained' on them (same recorded split)."""
     import timm
     from PIL import Image
@@ -115,9 +115,11 @@ def compared(tiny_model_dir: Path, tmp_path: Path) -> dict:
                         label_names=["NORMAL", "PNEUMONIA"])  # fmt: skip
     for name, source_dir, init, teacher in (("mnv3", tiny_model_dir, "scratch", "local-dir:/runs/lite0-long"),
                                             ("r18", resnet, "scratch", None),
-                                            ("shipped", tiny_model_dir, "imagenet", None)):  # fmt: skip
+                                            ("shipped", tiny_model_dir, "imagenet", None),
+                                            ("three", tiny_model_dir_3class, "scratch", None)):  # fmt: skip
         folder = shutil.copytree(source_dir, tmp_path / f"m-{name}")
-        update_config(folder, threshold=0.5, positive_label="PNEUMONIA")
+        if name != "three":
+            update_config(folder, threshold=0.5, positive_label="PNEUMONIA")
         training = {"seed": 0, "init": init, "teacher": teacher, "epochs_run": 2, "steps_run": 10, "batch_size": 32,
                     "train_seconds": 120.0, "precision": "fp32"}  # fmt: skip
         metrics = {"data": {"sources": folders, "data_sources": recorded}, "training": training,
@@ -199,3 +201,27 @@ def test_models_page_section_shows_every_run_and_the_verdicts(compared: dict, tm
     # no file: the page says how to make one instead of an empty table
     missing = backbones_html(tmp_path / "none.json")
     assert "No comparison is bundled" in missing and "python -m xray backbones --out" in missing
+
+
+def test_a_three_class_model_is_compared_by_argmax_and_macro_auc(compared: dict, tmp_path: Path):
+    from xray.__main__ import main
+    from xray.inference.models import load_model_dir
+    from xray.training import metrics as M
+    from xray.training.data import load_pixels
+    from xray.training.evaluate import predict_logits
+
+    three, splits = compared["models"]["three"], compared["splits"]
+    out = tmp_path / "three.json"
+    assert main(["backbones", "--reference", f"local-dir:{three}", "--run", f"candidate=local-dir:{three}",
+                 "--shipped", f"shipped=local-dir:{three}", "--out", str(out)]) == 0  # fmt: skip
+    row = json.loads(out.read_text())["runs"][0]["validation"]
+    loaded = load_model_dir(three)
+    labels = loaded.label_names
+    config = loaded.data_config
+    images = load_pixels(splits.val, tuple(config["input_size"][1:]), str(config["interpolation"]), progress=False)
+    probs = M.softmax(predict_logits(loaded, images), loaded.temperature)
+    y = np.array([labels.index(s.label) for s in splits.val])
+    assert row["threshold"] is None
+    assert row["pooled"]["correct"] == (probs.argmax(1) == y).astype(int).tolist()
+    assert row["pooled"]["auc"] == pytest.approx(M.roc_auc(y, probs)["auc"])
+    assert row["pooled"]["counts"] == {"NORMAL": int((y == 0).sum()), "PNEUMONIA": int((y == 1).sum()), "COVID-19": 0}

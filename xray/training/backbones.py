@@ -67,24 +67,35 @@ def _init_text(training: dict[str, Any]) -> str:
 
 
 def validation_by_source(loaded: Any, samples: Sequence[Any]) -> dict[str, Any]:
-    """AUC and accuracy at the model's own threshold, per data source and pooled, on validation samples."""
-    from xray.training.thresholds import score
+    """AUC and accuracy per data source and pooled on validation samples, each image's call kept for pairing.
 
-    if loaded.threshold is None or len(loaded.label_names) != 2:
-        raise DatasetError(f"{loaded.name} has {len(loaded.label_names)} classes: the comparison is for binary models.")
-    y = np.array([s.label == loaded.positive_label for s in samples], dtype=np.int64)
-    p = score(loaded, samples)
+    Binary models decide at their own threshold (AUC of the positive class); models with more classes by argmax
+    (AUC: macro one-vs-rest over the classes the source holds). A source holding one class has no AUC.
+    """
+    from xray.training.data import load_pixels
+    from xray.training.evaluate import predict_logits
+
+    labels = loaded.label_names
+    y = np.array([labels.index(s.label) for s in samples], dtype=np.int64)
+    size = tuple(loaded.data_config["input_size"][1:])
+    images = load_pixels(samples, size, str(loaded.data_config.get("interpolation", "bilinear")), progress=False)
+    probs = M.softmax(predict_logits(loaded, images), loaded.temperature)
+    binary = len(labels) == 2 and loaded.threshold is not None
+    threshold = float(loaded.threshold) if binary else None
+    if binary:
+        positive = labels.index(loaded.positive_label)
+        calls = np.where(probs[:, positive] >= threshold, positive, 1 - positive)
+    else:
+        calls = probs.argmax(axis=1)
     sources = np.array([s.data_source for s in samples], dtype=object)
-    threshold = float(loaded.threshold)
 
     def group(mask: np.ndarray) -> dict[str, Any]:
-        yy, pp = y[mask], p[mask]
-        both = 0 < yy.sum() < len(yy)
-        correct = ((pp >= threshold).astype(int) == yy).astype(int)
+        yy = y[mask]
+        correct = (calls[mask] == yy).astype(int)
         return {
             "n": int(mask.sum()),
-            "positives": int(yy.sum()),
-            "auc": float(M.roc_auc(yy, np.stack([1 - pp, pp], axis=1))["auc"]) if both else None,
+            "counts": {name: int((yy == k).sum()) for k, name in enumerate(labels)},
+            "auc": float(M.roc_auc(yy, probs[mask])["auc"]) if len(np.unique(yy)) > 1 else None,
             "accuracy": float(correct.mean()),
             # per image, in the split's order: the paired test of the rule compares two models image by image
             "correct": correct.tolist(),
@@ -171,7 +182,7 @@ def _as_written(val: dict[str, Any], base: dict[str, Any]) -> list[str]:
         if val["sources"].get(source) and val["sources"][source]["accuracy"] < b["accuracy"]
     ]
     if val["pooled"]["auc"] < base["pooled"]["auc"]:
-        short.insert(0, f"pooled AUC {val['pooled']['auc']:.3f} < {base['pooled']['auc']:.3f}")
+        short.insert(0, f"pooled AUC {val['pooled']['auc']:.4f} < {base['pooled']['auc']:.4f}")
     return short
 
 

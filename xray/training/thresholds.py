@@ -270,8 +270,9 @@ def run_thresholds_command(args: Any) -> int:
     print(format_table(val_table, "validation (accuracy, sensitivity, specificity):"))
     chosen_on = (
         f"Chosen on this model's own validation split, rebuilt with make_splits (seed "
-        f"{(loaded.metrics.get('training') or {}).get('seed', 0)}) from the sources it was trained on, less the "
-        f"{left_out} images added to them after it was trained; the rebuilt per-source counts equal the "
+        f"{(loaded.metrics.get('training') or {}).get('seed', 0)}) from the sources it was trained on"
+        + (f", less the {left_out} images added to them after it was trained" if left_out else "")
+        + "; the rebuilt per-source counts equal the "
         f"recorded ones and the pooled rule on it gives back {refit['threshold']:.3f} (sensitivity "
         f"{100 * refit['sensitivity']:.1f}%, specificity {100 * refit['specificity']:.1f}%)."
     )

@@ -77,7 +77,8 @@ def row_cells(row: dict[str, Any], sources: Sequence[str], val_sources: Sequence
         "n/a" if row.get("weights_bytes") is None else f"{row['weights_bytes'] / 1e6:.1f} MB",
         "n/a" if row.get("epochs") is None else str(row["epochs"]),
         "n/a" if minutes is None else f"{minutes:.0f} min",
-        "n/a" if row.get("images_per_second") is None else f"{row['images_per_second']:.1f} ({row['precision']})",
+        "n/a" if row.get("images_per_second") is None
+        else f"{row['images_per_second']:.1f}" + (f" ({row['precision']})" if row.get("precision") else ""),
     ]
 
 

@@ -165,7 +165,8 @@ def test_cli_scores_every_run_on_the_reference_validation_split_and_writes_the_t
     assert "| model | init | val AUC (mean per source) | test AUC kermany-224 | test AUC nih |" in text
     row = next(line for line in lines if line.startswith("| r18 scratch"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "scratch" and cells[-3:] == ["2", "2 min", "2.7 (fp32)"]
+    assert cells[1] == "scratch" and cells[-1] == "2\u00a0epochs, 2\u00a0min, 2.7\u00a0img/s (fp32)"
+    assert cells[-2].endswith(f", {r18['weights_bytes'] / 1e6:.1f}\u00a0MB")
     assert "shipped (shipped before)" in text and "- r18 scratch: " in text
 
 

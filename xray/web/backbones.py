@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from xray.config import PROJECT_ROOT
-from xray.web.models_page import _page, table_html
+from xray.web.models_page import _cell, _page
 
 #: Where `python -m xray backbones --out` writes the comparison that ships with the app.
 BACKBONES_FILE = PROJECT_ROOT / "models" / "backbones.json"
@@ -64,6 +65,12 @@ def row_cells(row: dict[str, Any], sources: Sequence[str], val_sources: Sequence
     latency = (row.get("latency") or {}).get("p50_ms")
     minutes = row["train_seconds"] / 60 if row.get("train_seconds") else None
     eces = [g.get("ece") for g in test["sources"].values() if g.get("ece") is not None]
+    ece = "n/a" if pooled.get("ece") is None else f"{pooled['ece']:.3f}"
+    # a number never parts from its unit when a cell wraps (non-breaking spaces)
+    epochs = "n/a" if row.get("epochs") is None else f"{row['epochs']}\u00a0epochs"
+    speed = "" if row.get("images_per_second") is None else f", {row['images_per_second']:.1f}\u00a0img/s" + (
+        f" ({row['precision']})" if row.get("precision") else ""
+    )
     return [
         row["name"],
         row["init"],
@@ -71,22 +78,18 @@ def row_cells(row: dict[str, Any], sources: Sequence[str], val_sources: Sequence
         *[_auc(test["sources"].get(s)) for s in sources],
         _rate(pooled, "sensitivity"),
         _rate(pooled, "specificity"),
-        "n/a" if pooled.get("ece") is None else f"{pooled['ece']:.3f}",
-        f"{max(eces):.3f}" if eces else "n/a",
-        "n/a" if latency is None else f"{latency:.0f} ms",
-        "n/a" if row.get("weights_bytes") is None else f"{row['weights_bytes'] / 1e6:.1f} MB",
-        "n/a" if row.get("epochs") is None else str(row["epochs"]),
-        "n/a" if minutes is None else f"{minutes:.0f} min",
-        "n/a" if row.get("images_per_second") is None
-        else f"{row['images_per_second']:.1f}" + (f" ({row['precision']})" if row.get("precision") else ""),
+        f"{ece} / {max(eces):.3f}" if eces else ece,
+        ("n/a" if latency is None else f"{latency:.0f}\u00a0ms")
+        + ("" if row.get("weights_bytes") is None else f", {row['weights_bytes'] / 1e6:.1f}\u00a0MB"),
+        epochs + ("" if minutes is None else f", {minutes:.0f}\u00a0min") + speed,
     ]
 
 
 def columns(sources: Sequence[str]) -> list[str]:
     """Headers matching `row_cells`."""
     return ["model", "init", "val AUC (mean per source)", *[f"test AUC {s}" for s in sources],
-            "sensitivity @thr (pooled)", "specificity @thr (pooled)", "ECE (pooled)", "ECE (worst source)",
-            "CPU p50", "size", "epochs", "wall time", "img/s (precision)"]  # fmt: skip
+            "sensitivity @thr (pooled)", "specificity @thr (pooled)", "ECE pooled / worst source",
+            "CPU p50, size", "training: epochs, wall time, img/s"]  # fmt: skip
 
 
 def verdicts(decision: dict[str, Any]) -> list[str]:
@@ -134,6 +137,25 @@ def markdown_lines(table: dict[str, Any], *, level: int = 3) -> list[str]:
     return lines + [""] + [f"- {text}" for text in verdicts(table["decision"])] + [""]
 
 
+_WITH_CI = re.compile(r"^([\d.%]+) (\([\d.%]+-[\d.%]+\))$")
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    """The page's table layout, with each `value (CI)` cell on two lines so that fifteen figures fit the page."""
+
+    def cell(text: str) -> str:
+        match = _WITH_CI.match(text)
+        if not match:
+            return _cell(text)
+        return (f'<td class="num">{html.escape(match[1])}<br><span style="font-size:0.9em">'
+                f"{html.escape(match[2])}</span></td>")  # fmt: skip
+
+    head = "".join(_cell(h, "th") for h in headers)
+    body = "".join("<tr>" + "".join(cell(c) for c in row) + "</tr>" for row in rows)
+    return (f'<div class="xray-table-wrap"><table id="xray-models-backbones"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")  # fmt: skip
+
+
 def backbones_html(path: str | Path = BACKBONES_FILE) -> str:
     """The comparison table with what the selection rule decided, as the page's HTML."""
     table = read_table(path)
@@ -160,6 +182,6 @@ def backbones_html(path: str | Path = BACKBONES_FILE) -> str:
         f"({html.escape(counts)}), before any test figure was read, by the rule of docs/adult-models.md "
         f"(amended on validation figures, as that file records): {html.escape(decision['rule'])}. Test AUCs (95% CI) "
         "per data source holding both classes, read after the choice.</p>"
-        + table_html(columns(sources), rows, elem_id="xray-models-backbones")
+        + _table(columns(sources), rows)
         + f"<ul>{items}</ul>"
     )

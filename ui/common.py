@@ -54,6 +54,7 @@ def decision_label(**kwargs: Any) -> gr.Label:
     component.postprocess = postprocess  # type: ignore[method-assign]
     return component
 
+
 TITLE = "Chest X-ray decision support"
 STORAGE_WARNING = (
     "Records and images on this Space are NOT kept: it has no persistent storage and no external database, so "

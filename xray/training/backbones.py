@@ -72,14 +72,11 @@ def validation_by_source(loaded: Any, samples: Sequence[Any]) -> dict[str, Any]:
     Binary models decide at their own threshold (AUC of the positive class); models with more classes by argmax
     (AUC: macro one-vs-rest over the classes the source holds). A source holding one class has no AUC.
     """
-    from xray.training.data import load_pixels
-    from xray.training.evaluate import predict_logits
+    from xray.training.thresholds import probabilities
 
     labels = loaded.label_names
     y = np.array([labels.index(s.label) for s in samples], dtype=np.int64)
-    size = tuple(loaded.data_config["input_size"][1:])
-    images = load_pixels(samples, size, str(loaded.data_config.get("interpolation", "bilinear")), progress=False)
-    probs = M.softmax(predict_logits(loaded, images), loaded.temperature)
+    probs = probabilities(loaded, samples)
     binary = len(labels) == 2 and loaded.threshold is not None
     threshold = float(loaded.threshold) if binary else None
     if binary:

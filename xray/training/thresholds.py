@@ -196,15 +196,19 @@ def rebuild_splits(metrics: dict[str, Any], label_names: Sequence[str], data_roo
     raise DatasetError(f"{mismatch}: its validation images cannot be told apart from its training images.")
 
 
-def score(loaded: Any, samples: Sequence[Sample]) -> np.ndarray:
-    """Calibrated probability of the positive class for each sample, through the app's preprocessing."""
+def probabilities(loaded: Any, samples: Sequence[Sample]) -> np.ndarray:
+    """Calibrated class probabilities (N, C) for each sample, through the app's preprocessing."""
     from xray.training.data import load_pixels
     from xray.training.evaluate import predict_logits
 
     size = tuple(loaded.data_config["input_size"][1:])
     images = load_pixels(samples, size, str(loaded.data_config.get("interpolation", "bilinear")), progress=False)
-    probs = M.softmax(predict_logits(loaded, images), loaded.temperature)
-    return probs[:, loaded.label_names.index(loaded.positive_label)]
+    return M.softmax(predict_logits(loaded, images), loaded.temperature)
+
+
+def score(loaded: Any, samples: Sequence[Sample]) -> np.ndarray:
+    """Calibrated probability of the positive class for each sample, through the app's preprocessing."""
+    return probabilities(loaded, samples)[:, loaded.label_names.index(loaded.positive_label)]
 
 
 def _targets(loaded: Any, samples: Sequence[Sample]) -> np.ndarray:

@@ -8,6 +8,7 @@ this way, with XRAY_E2E_MODEL=pneumonia for the bundled model).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -234,13 +235,44 @@ def _records(server, patient: str) -> int:
 def test_a_typed_threshold_updates_the_operating_text(browser, doctor_app):
     from playwright.sync_api import expect
 
+    from xray.trust.operating import format_threshold
+    from xray.web import registry
+
     page = _signed_in(browser, doctor_app)
     page.get_by_text("Operating point").click()
     box = page.locator("#xray-threshold input[type=number]")
     text = page.locator("#xray-operating")
+    # the panel says the expected metrics at the model's own threshold as soon as it opens (no input needed)
+    own = format_threshold(registry.describe_model("pneumonia").threshold)
+    expect(text).to_contain_text(f"At threshold {own}, on validation data", timeout=30_000)
     for typed in ("0.3", "0.72"):
         box.fill(typed)  # typed, no drag and no blur
         expect(text).to_contain_text(f"At threshold {float(typed):.2f}", timeout=30_000)
+    page.close()
+
+
+def test_a_childs_result_starts_the_operating_panel_at_the_childrens_threshold(browser, doctor_app):
+    """A child decided at the children's threshold: the slider starts there and the text uses the children's ROC."""
+    from playwright.sync_api import expect
+
+    from xray.inference.population import population_thresholds
+    from xray.trust.operating import format_threshold
+    from xray.web import registry
+
+    info = registry.describe_model("pneumonia")
+    config = json.loads((SAMPLE.parent.parent / "models" / "pneumonia" / "config.json").read_text(encoding="utf-8"))
+    child = format_threshold(population_thresholds(config)["children"])
+    assert child != format_threshold(info.threshold)  # else this test could not tell the two apart
+    children = info.metrics["population_thresholds"]["populations"]["children"]
+    page = _signed_in(browser, doctor_app)
+    page.locator("#xray-population").get_by_text("Child").click()
+    _analyse(page, SAMPLE, "Operating Child Patient")
+    page.get_by_text("Operating point").click()
+    expect(page.locator("#xray-threshold input[type=number]")).to_have_value(child, timeout=30_000)
+    text = page.locator("#xray-operating")
+    expect(text).to_contain_text(f"At threshold {child}, on the validation images of children ({children['n']})")
+    expect(text).to_contain_text("Under this threshold the current result is")
+    expect(text).not_to_contain_text("gave")  # the record's own threshold: the verdict is the record's
     page.close()
 
 

@@ -136,3 +136,37 @@ def test_a_records_population_is_judged_on_that_populations_validation_roc(model
     for text in (operating.operating_markdown(info, 0.4, 0.1, adult), operating.operating_markdown(info, 0.4, 0.1)):
         assert text.startswith("At threshold 0.400, on validation data: ")
         assert f"sensitivity {pooled.sensitivity:.1%}, specificity {pooled.specificity:.1%}" in text
+
+
+def test_a_new_result_starts_the_panel_at_the_threshold_that_decided_it(session, store, doctors, model_with_roc,
+                                                                         tmp_path):  # fmt: skip
+    """A child decided at the children's 0.400 starts the slider there; another doctor's record or none: the model's."""
+    alice, bob = doctors
+    folder = tmp_path / "tiny"
+    shutil.copytree(model_with_roc.removeprefix("local-dir:"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["thresholds"] = {"children": 0.4, "adults": 0.55}
+    (folder / "config.json").write_text(json.dumps(config))
+    children = {"fpr": [0.0, 0.02, 1.0], "tpr": [0.0, 0.97, 1.0], "thresholds": [1.0, 0.4, 0.0]}
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["population_thresholds"] = {"populations": {"children": {"n": 700, "roc": children}}}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    model = f"local-dir:{folder}"
+    info = registry.describe_model(model)
+    record = _diagnose(session, store, alice, model, population="Child").record
+    assert (record.population, record.threshold) == ("children", 0.4)
+
+    threshold, text = operating.start_for_record(session, doctor=alice, info=info, prevalence=0.1, record_id=record.id)
+    assert threshold == 0.4
+    assert text.startswith("At threshold 0.400, on the validation images of children (700): ")
+    assert f"the current result is {record.predicted_label}**" in text and "gave" not in text
+    # another doctor's record, none on screen, another model's record: the model's own threshold, no verdict
+    for doctor, record_id, other in ((bob, record.id, info), (alice, None, info)):
+        threshold, text = operating.start_for_record(session, doctor=doctor, info=other, prevalence=0.1,
+                                                     record_id=record_id)  # fmt: skip
+        assert threshold == 0.5 and text.startswith("At threshold 0.500, on validation data: ")
+        assert "current result" not in text
+    pooled_model = registry.describe_model(model_with_roc)
+    threshold, text = operating.start_for_record(session, doctor=alice, info=pooled_model, prevalence=0.1,
+                                                 record_id=record.id)  # fmt: skip
+    assert threshold == 0.5 and "current result" not in text

@@ -58,6 +58,9 @@ def diagnose_tab(ctx: AppContext) -> gr.Dropdown:
 
     show_operating = ctx.handler(operating_text)
     op_inputs = [model, op_threshold, op_prevalence, shown_state]
+    # a new result starts the panel at the threshold that decided it (a child's 0.772, not the pooled one)
+    start_operating = ctx.handler(operating_for_result)
+    start_inputs, start_outputs = [model, op_prevalence, shown_state], [op_threshold, op_text]
     # The form's cheap checks first, on an event without outputs: a mistake in the form gets one message and no
     # error badge on every result pane. /diagnose checks them again for API clients.
     run.click(
@@ -73,13 +76,13 @@ def diagnose_tab(ctx: AppContext) -> gr.Dropdown:
         api_name="diagnose",
         concurrency_limit=ctx.settings.inference_concurrency,
         concurrency_id="inference",
-    ).then(show_operating, op_inputs, op_text, api_name="operating_after_diagnose", api_visibility="private")
+    ).then(start_operating, start_inputs, start_outputs, api_name="operating_after_diagnose", api_visibility="private")
     reveal_btn.click(
         ctx.handler(reveal),
         [record_id_out, opacity, gate_note],
         [probabilities, summary, overlay, target, heat_info, gate_box, reveal_btn, view_state, shown_state],
         api_name="show_prediction",
-    ).then(show_operating, op_inputs, op_text, api_name="operating_after_reveal", api_visibility="private")
+    ).then(start_operating, start_inputs, start_outputs, api_name="operating_after_reveal", api_visibility="private")
     # `input`: dragging the knob and typing into the number box alike (`release` missed typing).
     op_threshold.input(show_operating, op_inputs, op_text, api_name="operating_point", trigger_mode="always_last")
     op_prevalence.change(show_operating, op_inputs, op_text, api_name="operating_prevalence", api_visibility="private")
@@ -150,18 +153,23 @@ def _diagnose_form(
 
 def _operating_panel(ctx: AppContext) -> tuple[gr.Accordion, gr.Slider, gr.Number, gr.Markdown]:
     """The operating-point accordion (threshold, prevalence, expected metrics), set for the default model."""
-    start = operating.operating_defaults(ctx.infos.get(ctx.default_model) if ctx.default_model else None)
+    info = ctx.infos.get(ctx.default_model) if ctx.default_model else None
+    start = operating.operating_defaults(info)
     with gr.Accordion("Operating point", open=False, visible=start.available) as group:
         with gr.Row():
             threshold = gr.Slider(
                 0.0, 1.0, value=start.threshold, step=0.001, label="Threshold", elem_id="xray-threshold",
-                info="Positive when its probability is at least this (model default shown)",
+                info="Positive when its probability is at least this (starts at the threshold that decided the result)",
             )  # fmt: skip
             prevalence = gr.Number(
                 value=start.prevalence, minimum=0.0, maximum=1.0, step=0.01,
                 label="Prevalence (0-1)", info=operating.PREVALENCE_INFO,
             )  # fmt: skip
-        text = gr.Markdown(elem_id="xray-operating")
+        # the expected metrics at the start, already there when the panel is opened (nothing to wait for)
+        text = gr.Markdown(
+            operating.operating_markdown(info, start.threshold, start.prevalence) if start.available else "",
+            elem_id="xray-operating",
+        )
     return group, threshold, prevalence, text
 
 
@@ -303,6 +311,18 @@ def operating_text(
             session, doctor=doctor, info=ctx.infos.get(model_name or ""), threshold=threshold, prevalence=prevalence,
             record_id=shown,
         )  # fmt: skip
+
+
+def operating_for_result(
+    ctx: AppContext, model_name: str | None, prevalence: Any, shown: Any, request: gr.Request
+) -> tuple[Any, str]:
+    """The slider at the threshold that decided the record on screen, and the expected metrics there."""
+    with Session(ctx.engine) as session:
+        doctor = ctx.doctor(session, request)
+        threshold, text = operating.start_for_record(
+            session, doctor=doctor, info=ctx.infos.get(model_name or ""), prevalence=prevalence, record_id=shown
+        )
+    return gr.update(value=threshold), text
 
 
 def operating_start(ctx: AppContext, model_name: str | None) -> tuple[Any, Any, Any]:

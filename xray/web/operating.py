@@ -103,12 +103,13 @@ def operating_markdown(info: ModelInfo | None, threshold: Any, prevalence: Any, 
     defaults = operating_defaults(info)
     if not defaults.available or info is None:
         return f"_{defaults.reason}_"
-    # the slider starts at the shown 0.541: that is the model's own threshold (0.5405...), so verdicts agree
-    if isinstance(threshold, (int, float)) and info.threshold is not None:
-        if format_threshold(threshold) == format_threshold(info.threshold):
-            threshold = info.threshold
-    # a record of one population is judged on that population's validation ROC (children and adults differ)
     mine = record is not None and record.model_name == info.name
+    # the slider starts at the shown 0.541 (or the record's 0.772): that is the exact threshold that decided it
+    # (0.5405...), so verdicts agree
+    exact = [t for t in (record.threshold if mine and record else None, info.threshold) if t is not None]
+    if isinstance(threshold, (int, float)):
+        threshold = next((t for t in exact if format_threshold(threshold) == format_threshold(t)), threshold)
+    # a record of one population is judged on that population's validation ROC (children and adults differ)
     population, n = roc_population(info.metrics, record.population if mine and record else None)
     point = operating_point(roc_from_metrics(info.metrics, population=population), threshold, prevalence)
     lines = [describe(point, defaults.positive_label or "the condition", population, n), "", prevalence_note(defaults)]
@@ -134,3 +135,20 @@ def operating_for_record(
     """`operating_markdown` for one of the doctor's records by id (None or another doctor's id: no verdict)."""
     record = crud.get_record(session, doctor=doctor, record_id=int(record_id)) if record_id else None
     return operating_markdown(info, threshold, prevalence, record)
+
+
+def start_for_record(
+    session: Session, *, doctor: Doctor, info: ModelInfo | None, prevalence: Any, record_id: Any
+) -> tuple[float, str]:
+    """Where the panel starts for a new result: the threshold that decided the record, and the text there.
+
+    A child's record decided at the children's 0.772 starts the slider at 0.772, not at the pooled threshold; no
+    record on screen (hidden, or another model's) starts at the model's own threshold.
+    """
+    from xray.trust.operating import shown_threshold
+
+    record = crud.get_record(session, doctor=doctor, record_id=int(record_id)) if record_id else None
+    threshold = operating_defaults(info).threshold
+    if record is not None and info is not None and record.model_name == info.name and record.threshold is not None:
+        threshold = shown_threshold(record.threshold)
+    return threshold, operating_markdown(info, threshold, prevalence, record)

@@ -176,10 +176,19 @@ def test_cli_writes_thresholds_chosen_on_validation_keeping_the_pooled_one(tiny_
     assert kept["children"] == pytest.approx(expected["children"]["threshold"])
     recorded = json.loads((model / "metrics.json").read_text())["population_thresholds"]["populations"]["adults"]
     assert recorded["own_threshold"] == pytest.approx(expected["adults"]["threshold"]) and recorded["kept_pooled"]
+    # a rerun without the flag would store the adults' own threshold, rejected before: refused, nothing written
+    before = (model / "config.json").read_text()
+    assert main(["thresholds", "--model", f"local-dir:{model}", "--write"]) == 2
+    assert (model / "config.json").read_text() == before
+    with pytest.raises(T.DatasetError, match=r"keeps the pooled threshold for adults .*--keep-pooled adults.*"
+                                             r"--replace-kept to replace it on purpose\. Nothing was written"):
+        T._refuse_silent_replacement(json.loads(before), [], {"children": 0.7, "adults": 0.2}, replace=False)
     # --min-specificity: the written-in-advance fallback; a population below the floor keeps the pooled threshold
+    # (--replace-kept: each step lets go of the population the previous one kept)
     floor = (expected["children"]["specificity"] + 1e-9, 0.0)
     for value, keeps in ((floor[0], ["children"]), (floor[1], [])):
-        assert main(["thresholds", "--model", f"local-dir:{model}", "--write", "--min-specificity", str(value)]) == 0
+        assert main(["thresholds", "--model", f"local-dir:{model}", "--write", "--min-specificity", str(value),
+                     "--replace-kept"]) == 0  # fmt: skip
         stored = json.loads((model / "config.json").read_text())["thresholds"]
         assert stored.get("kept_pooled", []) == keeps
         assert stored["children"] == (0.5 if keeps else pytest.approx(expected["children"]["threshold"]))

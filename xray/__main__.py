@@ -257,6 +257,9 @@ def _add_thresholds(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-specificity", type=float, default=None, metavar="SPEC",
                    help="a population whose own threshold has validation specificity below SPEC (0-1) keeps the "
                         "pooled threshold, as --keep-pooled: the fallback rule written before the figures are seen")
+    p.add_argument("--replace-kept", action="store_true",
+                   help="with --write: let a population that config.json keeps on the pooled threshold get its own "
+                        "(refused otherwise, so a rerun without the earlier flags cannot replace it unnoticed)")
     p.set_defaults(func=_run_thresholds)
 
 

@@ -288,6 +288,9 @@ def run_thresholds_command(args: Any) -> int:
     if args.write:
         if set(per_population) != {CHILDREN, ADULTS}:
             raise DatasetError(f"Validation holds only {', '.join(per_population)}: both populations are needed.")
+        # config.json as it is on disk now (the loaded model may be cached from before an earlier --write)
+        on_disk = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        _refuse_silent_replacement(on_disk, kept, per_population, getattr(args, "replace_kept", False))
         counts = ", ".join(f"{n}: {c['n']} images ({', '.join(c['sources'])})" for n, c in chosen.items())
         update_config(folder, thresholds={
             **per_population, "rule": RULE.format(min_sensitivity),
@@ -309,6 +312,30 @@ def run_thresholds_command(args: Any) -> int:
         if args.write:
             _update_metrics(folder, {"test": {"thresholds": stored, "sources": test_table}})
     return 0
+
+
+def _refuse_silent_replacement(
+    config: dict[str, Any], kept: list[str], per_population: dict[str, float], replace: bool
+) -> None:
+    """Refuse to overwrite a population's kept pooled threshold unless this run keeps it too or `replace` says so.
+
+    A rerun without `--min-specificity` (or `--keep-pooled`) would otherwise store that population's own threshold,
+    which the earlier run had rejected on validation, with nothing said.
+
+    Raises:
+        DatasetError: a population kept on the pooled threshold in config.json would get its own threshold.
+    """
+    stored = config.get("thresholds") if isinstance(config, dict) else None
+    before = set((stored or {}).get("kept_pooled") or []) if isinstance(stored, dict) else set()
+    dropped = sorted(before - set(kept))
+    if dropped and not replace:
+        changes = ", ".join(f"{name} {per_population[name]:.4f}" for name in dropped if name in per_population)
+        raise DatasetError(
+            f"config.json keeps the pooled threshold for {', '.join(dropped)} (an earlier --keep-pooled or "
+            f"--min-specificity choice); this run would store its own threshold instead ({changes}). Repeat the "
+            f"earlier flag ({' '.join(f'--keep-pooled {n}' for n in dropped)} or the same --min-specificity), or "
+            "pass --replace-kept to replace it on purpose. Nothing was written."
+        )
 
 
 def splits_for_test(loaded: Any, data_root: Path | None) -> tuple[list[Sample], Any]:

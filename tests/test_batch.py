@@ -57,8 +57,11 @@ def test_predict_csv_has_a_probability_column_per_class(
     main(["predict", str(mixed_folder / "NORMAL"), "--model", f"local-dir:{tiny_model_dir}", "--csv", str(out)])
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert len(rows) == 1
-    assert list(rows[0]) == ["file", "model", "label", "p_NORMAL", "p_PNEUMONIA", "in_scope", "reasons", "error"]
+    assert list(rows[0]) == ["file", "model", "label", "p_NORMAL", "p_PNEUMONIA", "threshold", "population",
+                             "population_reason", "in_scope", "reasons", "error"]  # fmt: skip
     assert rows[0]["in_scope"] == "true" and rows[0]["reasons"] == ""  # a real frontal X-ray
+    # the tiny model has one pooled threshold: it is said, no population
+    assert float(rows[0]["threshold"]) == 0.5 and rows[0]["population"] == rows[0]["population_reason"] == ""
     assert abs(float(rows[0]["p_NORMAL"]) + float(rows[0]["p_PNEUMONIA"]) - 1) < 1e-4
 
 
@@ -81,3 +84,63 @@ def test_predict_reports_the_input_check_of_an_out_of_scope_file(tiny_model_dir:
     assert row["in_scope"] is False and any("colour" in r for r in row["reasons"])
     (line,) = list(csv.DictReader(io.StringIO(out.read_text())))
     assert line["in_scope"] == "false" and line["reasons"] == " | ".join(row["reasons"])
+
+
+@pytest.fixture()
+def split_model(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    """The tiny binary model with per-population thresholds: children 0.0 (always positive), adults 1.0 (never)."""
+    from xray.inference.models import update_config
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "split")
+    update_config(folder, threshold=0.5, thresholds={"children": 0.0, "adults": 1.0, "rule": "test"})
+    return folder
+
+
+@pytest.fixture()
+def aged_folder(tmp_path: Path, kermany_fullres: list[Path]) -> Path:
+    """A DICOM aged 7 years, one aged 45 and a JPEG without an age."""
+    from tests.dicom_files import make_dicom
+
+    folder = tmp_path / "aged"
+    folder.mkdir()
+    with Image.open(kermany_fullres[0]) as image:
+        pixels = np.asarray(image.convert("L").resize((256, 256)))
+    (folder / "a-child.dcm").write_bytes(make_dicom(pixels, PatientAge="007Y"))
+    (folder / "b-adult.dcm").write_bytes(make_dicom(pixels, PatientAge="045Y"))
+    shutil.copy(kermany_fullres[0], folder / "c-no-age.jpeg")
+    return folder
+
+
+def test_predict_decides_each_file_with_its_populations_threshold_and_says_which(
+    split_model: Path, aged_folder: Path, capsys: pytest.CaptureFixture
+):
+    """DICOM age first, then --population (default adults, as in the app); every row names its threshold."""
+    model = f"local-dir:{split_model}"
+    expected = {
+        None: ("adults", "no age given: most patients are adults", "NORMAL"),
+        "Child": ("children", "chosen by the doctor", "PNEUMONIA"),
+        "Adult": ("adults", "chosen by the doctor", "NORMAL"),
+    }
+    for population, (group, reason, label) in expected.items():
+        extra = ["--population", population] if population else []
+        assert main(["predict", str(aged_folder), "--model", model, "--json", *extra]) == 0
+        child, adult, no_age = json.loads(capsys.readouterr().out)
+        assert (child["population"], child["threshold"], child["label"]) == ("children", 0.0, "PNEUMONIA")
+        assert child["population_reason"] == "from the DICOM age 7 years"
+        assert (adult["population"], adult["threshold"], adult["label"]) == ("adults", 1.0, "NORMAL")
+        assert adult["population_reason"] == "from the DICOM age 45 years"
+        assert (no_age["population"], no_age["population_reason"], no_age["label"]) == (group, reason, label)
+        assert no_age["threshold"] == (0.0 if group == "children" else 1.0)
+    # the table says it in words too, and the CSV has the columns
+    assert main(["predict", str(aged_folder), "--model", model, "--population", "Child"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "(threshold 0.000 for children (from the DICOM age 7 years))" in lines[0]
+    assert "(threshold 0.000 for children (chosen by the doctor))" in lines[2]
+    out = aged_folder.parent / "aged.csv"
+    assert main(["predict", str(aged_folder), "--model", model, "--csv", str(out)]) == 0
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert [(r["threshold"], r["population"]) for r in rows] == [
+        ("0.000000", "children"), ("1.000000", "adults"), ("1.000000", "adults")
+    ]  # fmt: skip
+    with pytest.raises(SystemExit):  # argparse: "invalid choice: 'Toddler' (choose from Adult, Child)"
+        main(["predict", str(aged_folder), "--model", model, "--population", "Toddler"])

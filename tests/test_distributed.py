@@ -77,6 +77,8 @@ def _assert_same(rows: list[dict], expected: dict[str, dict], label_names: list[
         for name in label_names:
             assert abs(row[f"p_{name}"] - want["probabilities"][name]) <= TOLERANCE, row["file"]
         assert row["in_scope"] == want["in_scope"] and list(row["reasons"]) == want["reasons"], row["file"]
+        for key in ("threshold", "population", "population_reason"):
+            assert row[key] == want[key], (row["file"], key)
 
 
 def test_importing_the_module_needs_no_ray_and_no_torch():
@@ -172,6 +174,41 @@ def test_ray_rows_equal_the_single_process_path(ray_cluster, inputs, tiny_model_
     assert {r["model"] for r in rows} == {model} and len({r["version"] for r in rows}) == 1
 
 
+def test_ray_decides_each_image_with_its_populations_threshold(ray_cluster, kermany_fullres, tiny_model_dir,
+                                                                 tmp_path):  # fmt: skip
+    """DICOM ages and --population pick the threshold on the Ray path exactly as in the single-process one."""
+    import shutil
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from tests.dicom_files import make_dicom
+    from xray.__main__ import main
+    from xray.inference.models import update_config
+
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "split")
+    update_config(model_dir, threshold=0.5, thresholds={"children": 0.0, "adults": 1.0, "rule": "test"})
+    folder = tmp_path / "aged"
+    folder.mkdir()
+    with Image.open(kermany_fullres[0]) as image:
+        pixels = np.asarray(image.convert("L").resize((256, 256)))
+    (folder / "a-child.dcm").write_bytes(make_dicom(pixels, PatientAge="007Y"))
+    (folder / "b-adult.dcm").write_bytes(make_dicom(pixels, PatientAge="045Y"))
+    shutil.copy(kermany_fullres[0], folder / "c-no-age.jpeg")
+    model = f"local-dir:{model_dir}"
+    for population, no_age in ((None, ("adults", 1.0, "NORMAL")), ("Child", ("children", 0.0, "PNEUMONIA"))):
+        extra = ["--population", population] if population else []
+        ray_out, single_out = tmp_path / f"ray-{population}.parquet", tmp_path / f"single-{population}.parquet"
+        assert main(["predict", str(folder), "--model", model, "--ray", "--out", str(ray_out), *extra]) == 0
+        assert main(["predict", str(folder), "--model", model, "--out", str(single_out), *extra]) == 0
+        rows = pq.read_table(ray_out).to_pylist()
+        assert rows == pq.read_table(single_out).to_pylist()
+        assert [(r["population"], r["threshold"], r["label"]) for r in rows] == [
+            ("children", 0.0, "PNEUMONIA"), ("adults", 1.0, "NORMAL"), no_age
+        ]  # fmt: skip
+        assert rows[0]["population_reason"] == "from the DICOM age 7 years"
+
+
 def test_the_command_line_writes_csv_and_exits_1_for_unreadable_files(ray_cluster, inputs, tiny_model_dir, tmp_path):
     import csv
 
@@ -184,8 +221,8 @@ def test_the_command_line_writes_csv_and_exits_1_for_unreadable_files(ray_cluste
     with out.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert [Path(r["file"]).name for r in rows] == ["colour-photo.png", "empty.png", "notes.jpg", "truncated.png"]
-    assert list(rows[0]) == ["file", "model", "version", "label", "p_NORMAL", "p_PNEUMONIA", "in_scope", "reasons",
-                             "error"]  # fmt: skip
+    assert list(rows[0]) == ["file", "model", "version", "label", "p_NORMAL", "p_PNEUMONIA", "threshold", "population",
+                             "population_reason", "in_scope", "reasons", "error"]  # fmt: skip
     assert rows[0]["in_scope"] == "false" and rows[0]["reasons"] and not rows[0]["error"]
     assert all(r["error"] and not r["label"] for r in rows[1:])
     # the single-process path writes the same table with --out

@@ -103,6 +103,9 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
     p.add_argument("--csv", metavar="FILE", default=None, help="also write the results as CSV ('-' for stdout)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--population", choices=["Adult", "Child"], default=None,
+                   help="the patients' group, for models with one threshold per population: files with a DICOM "
+                        "PatientAge use it instead; default Adult, as in the app (each row says which threshold)")
     p.add_argument("--out", metavar="FILE", default=None,
                    help="write one row per file to FILE.parquet or FILE.csv (a local path or an fsspec URL)")
     ray = p.add_argument_group("Ray (pip install -r requirements-ray.txt)")

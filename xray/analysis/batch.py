@@ -1,7 +1,9 @@
 """Classify many files at once: the engine of `python -m xray predict` (files or folders, per-file errors).
 
 Every file goes through `xray.analysis.pipeline.analyse_many`, the same pipeline as the app: each row carries the
-input gate's verdict (`in_scope`, `reasons`) next to the prediction.
+input gate's verdict (`in_scope`, `reasons`) next to the prediction, and the threshold it was decided with. A model
+with one threshold per population decides each file as the app does (`choose_threshold`): the DICOM PatientAge
+when the file has one, else `--population` (default adults).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from xray.analysis.pipeline import analyse_many
 from xray.errors import XrayError
 from xray.imaging.io import IMAGE_EXTENSIONS, read_image
 from xray.inference.models import LoadedModel, load_model
+from xray.inference.population import ThresholdChoice, choose_threshold, parse_population
+from xray.trust.operating import describe_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +42,16 @@ class FileResult:
     in_scope: bool | None = None
     reasons: list[str] | None = None
     error: str | None = None
+    threshold: float | None = None
+    population: str | None = None
+    population_reason: str | None = None
 
     def as_dict(self) -> dict:
         """JSON-ready dict; `error` only appears for failed files."""
         out = {"file": self.file, "label": self.label, "probabilities": self.probabilities, "model": self.model,
-               "in_scope": self.in_scope, "reasons": self.reasons}  # fmt: skip
+               "threshold": self.threshold, "population": self.population,
+               "population_reason": self.population_reason, "in_scope": self.in_scope,
+               "reasons": self.reasons}  # fmt: skip
         if self.error:
             out["error"] = self.error
         return out
@@ -58,8 +67,23 @@ def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
             yield path
 
 
+def threshold_choices(loaded: LoadedModel, images: list, population: str | None = None) -> list[ThresholdChoice]:
+    """Each image's threshold as the app chooses it: its DICOM PatientAge, else `population` (None: adults)."""
+    return [
+        choose_threshold(loaded, patient_age=(getattr(image, "metadata", None) or {}).get("PatientAge"),
+                         population=population)
+        for image in images
+    ]  # fmt: skip
+
+
 def predict_files(
-    loaded: LoadedModel, files: list[Path], *, batch_size: int = 32, cam_dir: Path | None = None, progress: bool = True
+    loaded: LoadedModel,
+    files: list[Path],
+    *,
+    batch_size: int = 32,
+    cam_dir: Path | None = None,
+    progress: bool = True,
+    population: str | None = None,
 ) -> list[FileResult]:
     """Predict every file; unreadable files get an `error` instead of stopping the batch.
 
@@ -69,16 +93,26 @@ def predict_files(
         batch_size: images per forward pass.
         cam_dir: when given, write `<stem>_cam.png` Grad-CAM overlays of the predicted class there.
         progress: show a progress bar on stderr.
+        population: the patients' group ("Adult" / "Child", `adults` / `children`) for files without a DICOM age;
+            None: adults, as in the app. Only models with one threshold per population use it.
+
+    Raises:
+        ValueError: an unknown population.
     """
+    parse_population(population)  # a wrong group fails before any file is read
     results: list[FileResult] = []
     pending: list[tuple[FileResult, object]] = []
     cam_names: set[str] = set()
 
     def flush() -> None:
         images = [img for _, img in pending]
-        analyses = analyse_many(loaded, images, batch_size=batch_size, heatmaps=cam_dir is not None)
-        for (result, _image), analysis in zip(pending, analyses, strict=True):
+        choices = threshold_choices(loaded, images, population)
+        analyses = analyse_many(loaded, images, batch_size=batch_size, heatmaps=cam_dir is not None,
+                                thresholds=[c.threshold for c in choices])  # fmt: skip
+        for (result, _image), analysis, choice in zip(pending, analyses, choices, strict=True):
             result.label, result.probabilities = analysis.label, analysis.probabilities
+            result.threshold, result.population = choice.threshold, choice.population
+            result.population_reason = choice.why or None
             result.in_scope, result.reasons = analysis.in_scope, analysis.reasons
             if cam_dir is not None:
                 # Same file names in different folders (NORMAL/x.png, PNEUMONIA/x.png) must not overwrite each other.
@@ -107,16 +141,21 @@ def predict_files(
 
 
 def write_csv(results: list[FileResult], label_names: list[str], stream: IO[str]) -> None:
-    """Write one CSV row per file: file, model, label, one probability column per class, in_scope, reasons, error.
+    """Write one CSV row per file.
 
-    `in_scope` is true/false (empty for unreadable files); `reasons` joins the gate's reasons with " | ".
+    Columns: file, model, label, one probability column per class, threshold, population, population_reason,
+    in_scope, reasons, error. `in_scope` is true/false (empty for unreadable files); `reasons` joins the gate's
+    reasons with " | "; `threshold` is empty for argmax models, `population` for a pooled threshold.
     """
     writer = csv.writer(stream)
-    writer.writerow(["file", "model", "label", *[f"p_{name}" for name in label_names], "in_scope", "reasons", "error"])
+    writer.writerow(["file", "model", "label", *[f"p_{name}" for name in label_names], "threshold", "population",
+                     "population_reason", "in_scope", "reasons", "error"])  # fmt: skip
     for r in results:
         probs = [f"{r.probabilities[n]:.6f}" if r.probabilities else "" for n in label_names]
         scope = "" if r.in_scope is None else str(r.in_scope).lower()
-        writer.writerow([r.file, r.model, r.label or "", *probs, scope, " | ".join(r.reasons or []), r.error or ""])
+        threshold = "" if r.threshold is None else f"{r.threshold:.6f}"
+        writer.writerow([r.file, r.model, r.label or "", *probs, threshold, r.population or "",
+                         r.population_reason or "", scope, " | ".join(r.reasons or []), r.error or ""])  # fmt: skip
 
 
 def run_predict_command(args: argparse.Namespace) -> int:
@@ -129,14 +168,17 @@ def run_predict_command(args: argparse.Namespace) -> int:
         return 2
     loaded = load_model(args.model or get_settings().default_model)
     results = predict_files(
-        loaded, files, batch_size=args.batch_size, cam_dir=Path(args.cam) if args.cam else None, progress=not args.json
-    )
+        loaded, files, batch_size=args.batch_size, cam_dir=Path(args.cam) if args.cam else None, progress=not args.json,
+        population=getattr(args, "population", None),
+    )  # fmt: skip
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
     elif args.csv != "-":
         width = max(len(r.file) for r in results)
         for r in results:
             detail = r.error or "  ".join(f"{k}={v:.3f}" for k, v in (r.probabilities or {}).items())
+            if not r.error and r.threshold is not None:
+                detail += f"  ({describe_threshold(r.threshold, r.population, r.population_reason)})"
             if r.in_scope is False:
                 detail += "  OUT OF SCOPE: " + " ".join(r.reasons or [])
             print(f"{r.file:<{width}}  {r.label or 'ERROR':<12}  {detail}")
@@ -157,6 +199,7 @@ def write_table(results: list[FileResult], loaded: LoadedModel, out: str) -> Non
     with ResultsWriter(out, loaded.label_names) as writer:
         writer.write(
             result_row(r.file, r.model, loaded.version, loaded.label_names, label=r.label,
-                       probabilities=r.probabilities, in_scope=r.in_scope, reasons=r.reasons, error=r.error)
+                       probabilities=r.probabilities, in_scope=r.in_scope, reasons=r.reasons, error=r.error,
+                       threshold=r.threshold, population=r.population, population_reason=r.population_reason)
             for r in results
         )  # fmt: skip

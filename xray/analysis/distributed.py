@@ -208,9 +208,12 @@ class Scorer:
         model: model name (bundled, `local-dir:PATH`, `hf-hub:org/repo`), resolved on the worker.
         threads: torch (and ONNX Runtime) intra-op threads of this worker; None keeps the worker's default.
         batch_size: images per forward pass.
+        population: the patients' group for images without a DICOM age (`xray.analysis.batch.threshold_choices`).
     """
 
-    def __init__(self, model: str, threads: int | None = None, batch_size: int = 32) -> None:
+    def __init__(
+        self, model: str, threads: int | None = None, batch_size: int = 32, population: str | None = None
+    ) -> None:
         import torch
 
         from xray.inference.models import load_model
@@ -219,6 +222,7 @@ class Scorer:
             torch.set_num_threads(threads)
         self.loaded = load_model(model)
         self.batch_size = batch_size
+        self.population = population
 
     def __call__(self, batch: Any) -> Any:
         """Score one batch (pyarrow Table from `decode_batch`) into result rows, in the same order."""
@@ -238,26 +242,35 @@ class Scorer:
             if row["error"] is not None or isinstance(found, str):
                 out.append(result_row(**base, error=row["error"] or found))
             else:
-                out.append(result_row(**base, label=found.label, probabilities=found.probabilities,
-                                      in_scope=found.in_scope, reasons=found.reasons))  # fmt: skip
+                analysis, choice = found
+                out.append(result_row(**base, label=analysis.label, probabilities=analysis.probabilities,
+                                      in_scope=analysis.in_scope, reasons=analysis.reasons, threshold=choice.threshold,
+                                      population=choice.population, population_reason=choice.why))  # fmt: skip
             out[-1]["index"] = row["index"]
             out[-1]["true_label"] = row.get("true_label")
         schema = arrow_schema(loaded.label_names, true_label=True).append(pa.field("index", pa.int64()))
         return pa.Table.from_pylist(out, schema=schema)
 
     def _analyse(self, images: list[Any], rows: list[dict[str, Any]]) -> dict[int, Any]:
-        """`analyse_many` of the batch by row index; if it fails, image by image, so one bad image fails alone."""
+        """(analysis, threshold choice) of each image by row index, from `analyse_many`.
+
+        If the batch fails, image by image, so one bad image fails alone (its value is then the error text).
+        """
+        from xray.analysis.batch import threshold_choices
         from xray.analysis.pipeline import analyse_many
 
+        choices = threshold_choices(self.loaded, images, self.population)
         try:
-            analyses = analyse_many(self.loaded, images, batch_size=self.batch_size)
-            return {r["index"]: a for r, a in zip(rows, analyses, strict=True)}
+            analyses = analyse_many(self.loaded, images, batch_size=self.batch_size,
+                                    thresholds=[c.threshold for c in choices])  # fmt: skip
+            return {r["index"]: (a, c) for r, a, c in zip(rows, analyses, choices, strict=True)}
         except Exception:  # noqa: BLE001
             logger.exception("a batch failed; scoring its images one by one")
         found: dict[int, Any] = {}
-        for row, image in zip(rows, images, strict=True):
+        for row, image, choice in zip(rows, images, choices, strict=True):
             try:
-                found[row["index"]] = analyse_many(self.loaded, [image], batch_size=1)[0]
+                analysis = analyse_many(self.loaded, [image], batch_size=1, thresholds=[choice.threshold])[0]
+                found[row["index"]] = (analysis, choice)
             except Exception as exc:  # noqa: BLE001
                 found[row["index"]] = f"analysis failed: {exc}"
         return found
@@ -324,6 +337,7 @@ def score(
     batch_size: int = 32,
     files_per_block: int = FILES_PER_BLOCK,
     progress: bool = True,
+    population: str | None = None,
 ) -> ScoreSummary:
     """Score files (or a sample generator) on Ray and write one row per input to `out` (.parquet or .csv).
 
@@ -342,15 +356,19 @@ def score(
         batch_size: images per forward pass (and per scoring call).
         files_per_block: files per decode task.
         progress: show Ray Data's progress bars.
+        population: the patients' group for images without a DICOM age ("Adult" / "Child"; None: adults), for
+            models with one threshold per population.
 
     Returns:
         A `ScoreSummary`.
     """
     from xray.inference.models import load_model
+    from xray.inference.population import parse_population
 
     if (paths is None) == (items is None):
         raise ValueError("give either paths or items")
     label_names = load_model(model).label_names  # fails early, on the driver, for an unknown model
+    parse_population(population)  # and for an unknown patient group
     ray = require_ray()
     started = connect(address)
     context = ray.data.DataContext.get_current()
@@ -375,7 +393,7 @@ def score(
         dataset = dataset.map_batches(decode_batch, batch_format="pyarrow", batch_size=files_per_block,
                                       num_cpus=decode_cpus)  # fmt: skip
         dataset = dataset.map_batches(
-            Scorer, fn_constructor_kwargs={"model": model, "batch_size": batch_size,
+            Scorer, fn_constructor_kwargs={"model": model, "batch_size": batch_size, "population": population,
                                            "threads": threads_per_worker or max(1, math.ceil(cpus_per_worker))},
             batch_format="pyarrow", batch_size=batch_size, num_cpus=cpus_per_worker,
             compute=ray.data.ActorPoolStrategy(size=workers),  # a fixed pool: `concurrency=workers` before Ray 2.51
@@ -424,7 +442,7 @@ def run_ray_predict_command(args: Any, items: Callable[[], Iterable[Any]] | None
         args.paths if items is None else None, items=items, item_prefix=f"hf:{args.dataset}:{args.split or 'all'}:",
         model=args.model or get_settings().default_model, out=args.out, address=address, workers=args.workers,
         cpus_per_worker=args.cpus_per_worker, threads_per_worker=args.threads_per_worker,
-        decode_cpus=args.decode_cpus, batch_size=args.batch_size,
+        decode_cpus=args.decode_cpus, batch_size=args.batch_size, population=getattr(args, "population", None),
     )  # fmt: skip
     print(f"{summary.files} rows ({summary.errors} unreadable, {summary.out_of_scope} out of scope) in "
           f"{summary.seconds:.1f} s, {summary.images_per_second:.1f} images/s -> {summary.out}")  # fmt: skip

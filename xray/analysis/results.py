@@ -1,6 +1,8 @@
 """The batch results table: one row per input file, written as Parquet or CSV to a path or any fsspec URL.
 
 Columns: `file`, `model`, `version` (hub revision or a hash of the weights), `label`, one `p_<class>` per class,
+`threshold` (the one `label` was decided with; empty for argmax models), `population` and `population_reason`
+(whose threshold it is and why, for models with one per population; empty for a pooled threshold),
 `in_scope` and `reasons` (the input gate's verdict), `error` (why the file could not be read; empty otherwise),
 and `true_label` when the inputs carry one (a labelled dataset). Both `python -m xray predict --out` paths (single
 process and `--ray`) write it through `ResultsWriter`, so their files are alike. In CSV, `in_scope` is true/false,
@@ -18,6 +20,8 @@ from typing import IO, Any
 
 from xray.errors import XrayError
 
+#: The threshold a row was decided with, and whose it is (`xray.inference.population.choose_threshold`).
+THRESHOLD_COLUMNS = ("threshold", "population", "population_reason")
 #: Output formats by file suffix.
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
@@ -38,8 +42,8 @@ def output_format(out: str) -> str:
 def columns(label_names: Sequence[str], *, true_label: bool = False) -> list[str]:
     """Column names in order."""
     truth = ["true_label"] if true_label else []
-    return ["file", "model", "version", "label", *[f"p_{n}" for n in label_names], "in_scope", "reasons", "error",
-            *truth]  # fmt: skip
+    return ["file", "model", "version", "label", *[f"p_{n}" for n in label_names], *THRESHOLD_COLUMNS, "in_scope",
+            "reasons", "error", *truth]  # fmt: skip
 
 
 def arrow_schema(label_names: Sequence[str], *, true_label: bool = False) -> Any:
@@ -48,6 +52,8 @@ def arrow_schema(label_names: Sequence[str], *, true_label: bool = False) -> Any
 
     fields = [pa.field(name, pa.string()) for name in ("file", "model", "version", "label")]
     fields += [pa.field(f"p_{n}", pa.float64()) for n in label_names]
+    fields += [pa.field("threshold", pa.float64()), pa.field("population", pa.string()),
+               pa.field("population_reason", pa.string())]  # fmt: skip
     fields += [pa.field("in_scope", pa.bool_()), pa.field("reasons", pa.list_(pa.string())),
                pa.field("error", pa.string())]  # fmt: skip
     if true_label:
@@ -66,11 +72,16 @@ def result_row(
     in_scope: bool | None = None,
     reasons: Sequence[str] | None = None,
     error: str | None = None,
+    threshold: float | None = None,
+    population: str | None = None,
+    population_reason: str | None = None,
 ) -> dict[str, Any]:
     """One row as a dict (None where a failed file has no value)."""
     row: dict[str, Any] = {"file": file, "model": model, "version": version, "label": label}
     for name in label_names:
         row[f"p_{name}"] = None if probabilities is None else float(probabilities[name])
+    row.update(threshold=None if threshold is None else float(threshold), population=population,
+               population_reason=population_reason or None)  # fmt: skip
     row.update(in_scope=in_scope, reasons=None if reasons is None else list(reasons), error=error)
     return row
 
@@ -81,7 +92,7 @@ def _csv_cells(row: dict[str, Any], names: Sequence[str]) -> list[str]:
         value = row.get(name)
         if value is None:
             cells.append("")
-        elif name.startswith("p_") and isinstance(value, float):
+        elif (name.startswith("p_") or name == "threshold") and isinstance(value, float):
             cells.append(f"{value:.6f}")
         elif name == "in_scope":
             cells.append(str(bool(value)).lower())

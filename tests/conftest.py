@@ -64,6 +64,37 @@ def tiny_model_dir_3class(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def split_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny binary model with per-population thresholds: children 0.0 (always positive), adults 1.0 (never)."""
+    import shutil
+
+    from xray.inference.models import update_config
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path_factory.mktemp("split") / "model")
+    update_config(folder, threshold=0.5, thresholds={"children": 0.0, "adults": 1.0, "rule": "test"})
+    return folder
+
+
+@pytest.fixture(scope="session")
+def aged_folder(kermany_fullres: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real X-ray three times: a DICOM aged 7 years, one aged 45 and the JPEG without an age (sorted so)."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.dicom_files import make_dicom
+
+    folder = tmp_path_factory.mktemp("aged")
+    with Image.open(kermany_fullres[0]) as image:
+        pixels = np.asarray(image.convert("L").resize((256, 256)))
+    (folder / "a-child.dcm").write_bytes(make_dicom(pixels, PatientAge="007Y"))
+    (folder / "b-adult.dcm").write_bytes(make_dicom(pixels, PatientAge="045Y"))
+    shutil.copy(kermany_fullres[0], folder / "c-no-age.jpeg")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """URL of an empty database on a throwaway PostgreSQL server started for this test session (tests/pg_server.py).
 

@@ -86,33 +86,8 @@ def test_predict_reports_the_input_check_of_an_out_of_scope_file(tiny_model_dir:
     assert line["in_scope"] == "false" and line["reasons"] == " | ".join(row["reasons"])
 
 
-@pytest.fixture()
-def split_model(tiny_model_dir: Path, tmp_path: Path) -> Path:
-    """The tiny binary model with per-population thresholds: children 0.0 (always positive), adults 1.0 (never)."""
-    from xray.inference.models import update_config
-
-    folder = shutil.copytree(tiny_model_dir, tmp_path / "split")
-    update_config(folder, threshold=0.5, thresholds={"children": 0.0, "adults": 1.0, "rule": "test"})
-    return folder
-
-
-@pytest.fixture()
-def aged_folder(tmp_path: Path, kermany_fullres: list[Path]) -> Path:
-    """A DICOM aged 7 years, one aged 45 and a JPEG without an age."""
-    from tests.dicom_files import make_dicom
-
-    folder = tmp_path / "aged"
-    folder.mkdir()
-    with Image.open(kermany_fullres[0]) as image:
-        pixels = np.asarray(image.convert("L").resize((256, 256)))
-    (folder / "a-child.dcm").write_bytes(make_dicom(pixels, PatientAge="007Y"))
-    (folder / "b-adult.dcm").write_bytes(make_dicom(pixels, PatientAge="045Y"))
-    shutil.copy(kermany_fullres[0], folder / "c-no-age.jpeg")
-    return folder
-
-
 def test_predict_decides_each_file_with_its_populations_threshold_and_says_which(
-    split_model: Path, aged_folder: Path, capsys: pytest.CaptureFixture
+    split_model: Path, aged_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ):
     """DICOM age first, then --population (default adults, as in the app); every row names its threshold."""
     model = f"local-dir:{split_model}"
@@ -136,7 +111,7 @@ def test_predict_decides_each_file_with_its_populations_threshold_and_says_which
     lines = capsys.readouterr().out.splitlines()
     assert "(threshold 0.000 for children (from the DICOM age 7 years))" in lines[0]
     assert "(threshold 0.000 for children (chosen by the doctor))" in lines[2]
-    out = aged_folder.parent / "aged.csv"
+    out = tmp_path / "aged.csv"
     assert main(["predict", str(aged_folder), "--model", model, "--csv", str(out)]) == 0
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert [(r["threshold"], r["population"]) for r in rows] == [

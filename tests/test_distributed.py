@@ -174,28 +174,13 @@ def test_ray_rows_equal_the_single_process_path(ray_cluster, inputs, tiny_model_
     assert {r["model"] for r in rows} == {model} and len({r["version"] for r in rows}) == 1
 
 
-def test_ray_decides_each_image_with_its_populations_threshold(ray_cluster, kermany_fullres, tiny_model_dir,
-                                                                 tmp_path):  # fmt: skip
+def test_ray_decides_each_image_with_its_populations_threshold(ray_cluster, split_model, aged_folder, tmp_path):
     """DICOM ages and --population pick the threshold on the Ray path exactly as in the single-process one."""
-    import shutil
-
     import pyarrow.parquet as pq
-    from PIL import Image
 
-    from tests.dicom_files import make_dicom
     from xray.__main__ import main
-    from xray.inference.models import update_config
 
-    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "split")
-    update_config(model_dir, threshold=0.5, thresholds={"children": 0.0, "adults": 1.0, "rule": "test"})
-    folder = tmp_path / "aged"
-    folder.mkdir()
-    with Image.open(kermany_fullres[0]) as image:
-        pixels = np.asarray(image.convert("L").resize((256, 256)))
-    (folder / "a-child.dcm").write_bytes(make_dicom(pixels, PatientAge="007Y"))
-    (folder / "b-adult.dcm").write_bytes(make_dicom(pixels, PatientAge="045Y"))
-    shutil.copy(kermany_fullres[0], folder / "c-no-age.jpeg")
-    model = f"local-dir:{model_dir}"
+    folder, model = aged_folder, f"local-dir:{split_model}"
     for population, no_age in ((None, ("adults", 1.0, "NORMAL")), ("Child", ("children", 0.0, "PNEUMONIA"))):
         extra = ["--population", population] if population else []
         ray_out, single_out = tmp_path / f"ray-{population}.parquet", tmp_path / f"single-{population}.parquet"

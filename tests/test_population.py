@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 from tests.dicom_files import make_dicom
 from xray.imaging.io import read_image
 from xray.inference import population as P
-from xray.inference.models import load_model_dir, update_config
+from xray.inference.models import load_model_dir
 from xray.trust.operating import describe_threshold
 
 
@@ -42,14 +41,6 @@ def test_doctors_choice_defaults_to_adults_and_refuses_anything_else():
     assert P.parse_population("Child") == P.parse_population("children") == "children"
     with pytest.raises(ValueError, match="Unknown patient group 'teen'; choose Adult or Child"):
         P.parse_population("teen")
-
-
-@pytest.fixture(scope="module")
-def split_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny binary model with per-population thresholds: children 0.0 (always positive), adults 1.0 (never)."""
-    folder = shutil.copytree(tiny_model_dir, tmp_path_factory.mktemp("split") / "model")
-    update_config(folder, threshold=0.5, thresholds={"children": 0.0, "adults": 1.0, "rule": "test"})
-    return folder
 
 
 def test_config_round_trip_keeps_both_thresholds_and_the_pooled_fallback(split_model: Path):

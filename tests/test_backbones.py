@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.generated_data import children_and_adults
 from xray.training import backbones as B
 from xray.web.backbones import markdown_lines
 
@@ -81,7 +82,6 @@ def test_mcnemar_is_exact_and_refuses_unpaired_calls():
 def compared(tiny_model_dir: Path, tiny_model_dir_3class: Path, tmp_path: Path) -> dict:
     """Generated children and adults, and three real tiny models that 'trained' on them (same recorded split)."""
     import timm
-    from PIL import Image
 
     from xray.inference.models import save_model, update_config
     from xray.training.data import load_samples, make_splits
@@ -89,17 +89,7 @@ def compared(tiny_model_dir: Path, tiny_model_dir_3class: Path, tmp_path: Path) 
 
     rng = np.random.default_rng(0)
     data = tmp_path / "data"
-    for folder, source in (("kermany-224", None), ("adults", "nih")):
-        rows = ["path,label,source,patient_id,split"]
-        for label in ("NORMAL", "PNEUMONIA"):
-            for i in range(20):
-                path = data / folder / "train" / label / f"{label}-{i}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray((rng.random((48, 48)) * 255).astype(np.uint8)).save(path)
-                rows.append(f"train/{label}/{label}-{i}.png,{label},{source},{source}-{label}-{i},train")
-        if source:
-            (data / folder / "metadata.csv").write_text("\n".join(rows) + "\n")
-    folders = [str(data / "kermany-224"), str(data / "adults")]
+    folders = children_and_adults(data, rng, adult_source="nih", per_class=20, size=48)
     splits = make_splits([load_samples(f) for f in folders], label_names=["NORMAL", "PNEUMONIA"], seed=0)
     recorded = {s: dict(Counter(x.data_source for x in getattr(splits, s))) for s in ("train", "val")}
     y = np.array([0, 1] * 10)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.generated_data import children_and_adults
 from xray.training import metrics as M
 from xray.training import thresholds as T
 from xray.training.data import make_splits
@@ -118,25 +119,14 @@ def test_training_time_sources_leave_out_images_added_later_and_the_splits_match
 
 def test_cli_writes_thresholds_chosen_on_validation_keeping_the_pooled_one(tiny_model_dir: Path, tmp_path: Path):
     """`python -m xray thresholds --write` on a tiny model trained on generated children and adults."""
-    from PIL import Image
 
     from xray.__main__ import main
     from xray.inference.models import update_config
 
     data = tmp_path / "data"
     rng = np.random.default_rng(0)
-    for folder, source_rows in (("kermany-224", None), ("adults", "rsna")):
-        rows = ["path,label,source,patient_id,split"]
-        for label in ("NORMAL", "PNEUMONIA"):
-            for i in range(24):
-                path = data / folder / "train" / label / f"{label}-{i}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray((rng.random((40, 40)) * 255).astype(np.uint8)).save(path)
-                rows.append(f"train/{label}/{label}-{i}.png,{label},{source_rows},{source_rows}-{label}-{i},train")
-        if source_rows:
-            (data / folder / "metadata.csv").write_text("\n".join(rows) + "\n")
+    sources = children_and_adults(data, rng, adult_source="rsna", per_class=24, size=40)
     model = shutil.copytree(tiny_model_dir, tmp_path / "model")
-    sources = [str(data / "kermany-224"), str(data / "adults")]
     from xray.training.data import load_samples
 
     splits = make_splits([load_samples(s) for s in sources], label_names=["NORMAL", "PNEUMONIA"], seed=0)

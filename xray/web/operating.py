@@ -117,7 +117,7 @@ def operating_markdown(info: ModelInfo | None, threshold: Any, prevalence: Any, 
         label = verdict(record, point.threshold)
         if label is not None:
             p = record.probabilities.get(defaults.positive_label or "", math.nan)
-            # a record decided with its population's threshold names it (the slider starts at the pooled one)
+            # a record decided with its population's threshold names it once the slider is moved off it
             own = (f"its {describe_threshold(record.threshold, record.population)}" if record.population
                    and record.threshold is not None else "the model's own threshold")  # fmt: skip
             changed = "" if label == record.predicted_label else f" ({own} gave {record.predicted_label})"

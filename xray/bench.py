@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--data", action="append", default=[], metavar="PATH",
                        help="training images (train.py's --data); default: the example X-rays")  # fmt: skip
     train.add_argument("--settings", nargs="+", default=None, help="training settings (default: before, "
-                       "cache-fp32, cache-bf16; also decode-bf16)")  # fmt: skip
+                       "cache-fp32, cache-bf16; also decode-bf16, cache-fp32-compile)")  # fmt: skip
     train.add_argument("--steps", type=int, default=4, help="timed training steps per measurement")
     train.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
     train.add_argument("--rounds", type=int, default=2, help="interleaved rounds over every architecture/setting")

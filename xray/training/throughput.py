@@ -8,7 +8,9 @@ augmentation, forward, backward, AdamW) with batches of real images:
 - `cache-fp32`: uint8 tensors from the pixel cache, each batch augmented as one tensor (`xray.training.augment`),
   fp32;
 - `cache-bf16`: the same under bf16 autocast (fp32 weights), what `--precision auto` picks on a bf16 CPU;
-- `decode-bf16`: no cache: every step decodes and resizes its files again, then as `cache-bf16`.
+- `decode-bf16`: no cache: every step decodes and resizes its files again, then as `cache-bf16`;
+- `cache-fp32-compile`: as `cache-fp32` with the model under `torch.compile` (inductor; the one-off compilation
+  falls in the untimed warm-up steps), to see whether compiling pays for training on this CPU.
 
 Settings are interleaved (every architecture and setting once per round, `repeats` rounds), so a neighbour's load
 on a shared machine falls on all of them alike; the table gives the median and the range over the rounds, of
@@ -31,7 +33,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-SETTINGS = ("before", "cache-fp32", "cache-bf16", "decode-bf16")
+SETTINGS = ("before", "cache-fp32", "cache-bf16", "decode-bf16", "cache-fp32-compile")
 DEFAULT_SETTINGS = ("before", "cache-fp32", "cache-bf16")
 TRAIN_ARCHS = ("efficientnet_lite0", "mobilenetv3_large_100", "resnet18")
 #: train.py's default augmentation (rotation, shift, zoom, brightness/contrast)
@@ -106,8 +108,10 @@ def time_setting(arch: str, setting: str, samples: Sequence[Any], targets: np.nd
     data_config = data_config_for(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     criterion = torch.nn.CrossEntropyLoss()
-    precision = "bf16" if setting.endswith("bf16") else "fp32"
+    precision = "bf16" if "bf16" in setting else "fp32"
     loader = _loader(arch, setting, samples, targets, data_config, batch, cache_dir)
+    if setting.endswith("-compile"):
+        model = torch.compile(model)
     augment = build_augment(**AUGMENTATION)
     device = torch.device("cpu")
 

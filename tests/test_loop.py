@@ -72,6 +72,15 @@ def test_precision_choice():
         resolve_precision("fp16", cpu)
 
 
+def test_auto_precision_takes_bf16_only_for_a_real_gain():
+    from xray.training.loop import BF16_MIN_GAIN, faster_precision
+
+    assert faster_precision({"fp32": 8.0, "bf16": 16.6}) == "bf16"  # ResNet-50's probe
+    assert faster_precision({"fp32": 9.195, "bf16": 9.209}) == "fp32"  # EfficientNet-Lite2's: noise
+    assert faster_precision({"fp32": 19.5, "bf16": 17.9}) == "fp32"
+    assert faster_precision({"fp32": 10.0, "bf16": 10.0 * BF16_MIN_GAIN}) == "bf16"
+
+
 def test_the_precision_probe_times_both_on_a_copy_and_leaves_the_run_untouched(batch):
     _, labels, pixels = batch
     torch.manual_seed(0)

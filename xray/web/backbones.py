@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from xray.config import PROJECT_ROOT
-from xray.web.models_page import _cell, _page
+from xray.web.models_page import _cell, _page, table_html
 
 #: Where `python -m xray backbones --out` writes the comparison that ships with the app.
 BACKBONES_FILE = PROJECT_ROOT / "models" / "backbones.json"
@@ -140,20 +140,13 @@ def markdown_lines(table: dict[str, Any], *, level: int = 3) -> list[str]:
 _WITH_CI = re.compile(r"^([\d.%]+) (\([\d.%]+-[\d.%]+\))$")
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    """The page's table layout, with each `value (CI)` cell on two lines so that fifteen figures fit the page."""
-
-    def cell(text: str) -> str:
-        match = _WITH_CI.match(text)
-        if not match:
-            return _cell(text)
-        return (f'<td class="num">{html.escape(match[1])}<br><span style="font-size:0.9em">'
-                f"{html.escape(match[2])}</span></td>")  # fmt: skip
-
-    head = "".join(_cell(h, "th") for h in headers)
-    body = "".join("<tr>" + "".join(cell(c) for c in row) + "</tr>" for row in rows)
-    return (f'<div class="xray-table-wrap"><table id="xray-models-backbones"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{body}</tbody></table></div>")  # fmt: skip
+def _cell_with_ci(text: str) -> str:
+    """A `value (CI)` cell on two lines, so that fifteen figures fit the page; any other cell as the page has it."""
+    match = _WITH_CI.match(text)
+    if not match:
+        return _cell(text)
+    return (f'<td class="num">{html.escape(match[1])}<br><span style="font-size:0.9em">'
+            f"{html.escape(match[2])}</span></td>")  # fmt: skip
 
 
 def backbones_html(path: str | Path = BACKBONES_FILE) -> str:
@@ -182,6 +175,6 @@ def backbones_html(path: str | Path = BACKBONES_FILE) -> str:
         f"({html.escape(counts)}), before any test figure was read, by the rule of docs/adult-models.md "
         f"(amended on validation figures, as that file records): {html.escape(decision['rule'])}. Test AUCs (95% CI) "
         "per data source holding both classes, read after the choice.</p>"
-        + _table(columns(sources), rows)
+        + table_html(columns(sources), rows, elem_id="xray-models-backbones", cell=_cell_with_ci)
         + f"<ul>{items}</ul>"
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -632,10 +633,16 @@ def _cell(value: Any, tag: str = "td") -> str:
     return f"<{tag}{attrs}>{html.escape(text)}</{tag}>"
 
 
-def table_html(columns: list[str], rows: list[list[Any]], *, elem_id: str) -> str:
-    """An HTML table in a box of its own (it scrolls sideways rather than widening the page)."""
+def table_html(
+    columns: list[str], rows: list[list[Any]], *, elem_id: str, cell: Callable[[Any], str] | None = None
+) -> str:
+    """An HTML table in a box of its own (it scrolls sideways rather than widening the page).
+
+    `cell` renders one body cell (default `_cell`), e.g. to put a confidence interval on a line of its own.
+    """
+    render = cell or _cell
     head = "".join(_cell(c, "th") for c in columns)
-    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(render(v) for v in row) + "</tr>" for row in rows)
     return (f'<div class="xray-table-wrap"><table id="{elem_id}"><thead><tr>{head}</tr></thead>'
             f"<tbody>{body}</tbody></table></div>")  # fmt: skip
 
